@@ -1,0 +1,115 @@
+"""Step time of every decay variant x base against torch's fastest optimizer.
+
+For the parameter sets of timm models, times one optimizer step (plus, for
+pwd/lpwd, the pre-forward decay the model's hook applies) next to torch's
+fastest AdamW / SGD on the same device (fused where supported, foreach
+otherwise), interleaved round by round so machine noise hits both alike, and
+prints medians and ratios. Diagnostics are timed off and on (R_op every 10th
+step on a 4096-coordinate sample, the defaults).
+
+    python benchmarks/optimizer_step.py [--device cuda] [--models resnet18 convnext_atto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import timm
+import torch
+
+import lpwd
+from lpwd.optim import _fused_supported
+
+LR, WD = 1e-3, 0.05
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def baseline(model, base, device):
+    decay = [p for n, p in model.named_parameters() if n not in lpwd.no_decay_names(model)]
+    rest = [p for n, p in model.named_parameters() if n in lpwd.no_decay_names(model)]
+    groups = [{"params": decay, "weight_decay": WD}, {"params": rest, "weight_decay": 0.0}]
+    speed = {"fused": True} if _fused_supported(list(model.parameters())) else {"foreach": True}
+    if base == "adam":
+        return torch.optim.AdamW(groups, lr=LR, **speed), f"torch AdamW {next(iter(speed))}"
+    return torch.optim.SGD(groups, lr=LR, momentum=0.9, **speed), f"torch SGD {next(iter(speed))}"
+
+
+def step_fn(model, opt):
+    # pwd/lpwd: this optimizer's own pre-forward hook, the real decay path
+    handle = getattr(opt, "_hook", None)
+    hooks = [model._forward_pre_hooks[handle.id]] if handle is not None else []
+
+    def run():
+        for hook in hooks:
+            hook(model, ())
+        opt.step()
+
+    return run
+
+
+def timed(fn, device):
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def bench_model(name, device, rounds, warmup):
+    model = timm.create_model(name, pretrained=False, num_classes=100).to(device)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    nparams = sum(p.numel() for p in model.parameters())
+    rows = []
+    for base in ("adam", "sgd"):
+        kwargs = {"momentum": 0.9} if base == "sgd" else {}
+        ref_opt, ref_name = baseline(model, base, device)
+        contenders = {"baseline": step_fn(model, ref_opt)}
+        for variant in lpwd.VARIANTS:
+            for diag in (0, 10):
+                opt = lpwd.build_optimizer(model, variant, LR, WD, base, diagnostics_every=diag, **kwargs)
+                contenders[(variant, diag)] = step_fn(model, opt)
+        times = {k: [] for k in contenders}
+        for r in range(warmup + rounds):
+            for key, fn in contenders.items():
+                # 10 steps per sample, so every-10th-step diagnostics are averaged in
+                t = timed(lambda: [fn() for _ in range(10)], device) / 10
+                if r >= warmup:
+                    times[key].append(t)
+        ref = statistics.median(times["baseline"])
+        for variant in lpwd.VARIANTS:
+            off = statistics.median(times[(variant, 0)])
+            on = statistics.median(times[(variant, 10)])
+            rows.append((name, base, variant, ref_name, ref * 1e3, off * 1e3, off / ref, on * 1e3, on / ref))
+        model._forward_pre_hooks.clear()
+    return nparams, rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", nargs="+", default=["resnet18", "convnext_atto"])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# optimizer step, torch {torch.__version__}, {where}; median of {args.rounds} x 10 steps")
+    print("| model | base | variant | baseline | baseline ms | ours ms | ratio | ours+diag ms | ratio+diag |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        nparams, rows = bench_model(name, device, args.rounds, args.warmup)
+        for row in rows:
+            model, base, variant, ref_name, ref, off, r_off, on, r_on = row
+            print(f"| {model} ({nparams / 1e6:.1f}M) | {base} | {variant} | {ref_name} | {ref:.2f} | "
+                  f"{off:.2f} | {r_off:.2f}x | {on:.2f} | {r_on:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,334 @@
+"""Decay variants as *where* and *how much* decay meets torch's own optimizers.
+
+Every variant is torch's Adam or SGD (fused where the device supports it,
+foreach otherwise, single-tensor with ``foreach=False``) with its own weight
+decay switched off, plus one multiplicative shrink of the decayed tensors,
+``theta <- (1 - lr_t * lambda_p) * theta``, placed at one of three moments:
+
+=========  ==================================  ===============================
+variant    where the shrink happens            resulting update
+=========  ==================================  ===============================
+``none``   nowhere                             theta - lr u
+``l2``     inside the base (coupled L2)        g <- g + lambda theta
+``wd``     before the base update (for Adam:      theta - lr u - lr lambda theta
+           inside torch's own decoupled kernel)
+``rwd``    after the base update               (1 - lr lambda)(theta - lr u)
+``pwd``    before the next forward pass        see below
+``lpwd``   ``pwd`` with lambda_l = lambda f(l, L)
+=========  ==================================  ===============================
+
+The per-step shrink is ``lr * weight_decay`` with the group's *current* lr
+(PyTorch's AdamW convention), so any lr scheduler scales decay with lr.
+
+Pre-weight decay and the forward pre-hook
+-----------------------------------------
+``pwd``/``lpwd`` decay step t's weights *before* step t's forward pass, with
+step t's learning rate, so the gradient is taken at the decayed weights. The
+optimizer owns a forward pre-hook on the model it was built for: the first
+forward pass after each ``step()`` (and the very first forward pass) that runs
+with gradients enabled applies the pending decay, using the lr the group holds
+at that moment (after ``scheduler.step()``). Forward passes under
+``torch.no_grad()``/``inference_mode`` never decay, so evaluation is safe;
+extra forward passes before the next ``step()`` (gradient accumulation) do not
+decay twice. If ``step()`` is reached while a decay is still pending (no
+forward pass with gradients ran through the model since the last step), the
+decay is applied there, before the update. The pending flag is part of
+``state_dict()``, so a resumed run continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+from torch import nn
+
+from .diagnostics import OpposingPenaltyProbe, layer_weight_norms
+from .layers import LayerSchedule, layer_indices, layer_scale, no_decay_names, resolve_schedule
+
+VARIANTS = ("none", "l2", "wd", "rwd", "pwd", "lpwd")
+
+# where each variant's decoupled shrink happens (None: no decoupled shrink)
+PLACEMENT = {
+    "none": None,
+    "l2": None,
+    "wd": "before_update",
+    "rwd": "after_update",
+    "pwd": "before_forward",
+    "lpwd": "before_forward",
+}
+
+BASES: dict[str, tuple[type[torch.optim.Optimizer], set[str]]] = {
+    "adam": (torch.optim.Adam, {"betas", "eps", "amsgrad"}),
+    "sgd": (torch.optim.SGD, {"momentum", "nesterov", "dampening"}),
+}
+
+
+class DecayMixin:
+    """Adds a placed decoupled decay and R_op diagnostics to a torch optimizer.
+
+    Param groups carry three extra keys: ``decay_rate`` (lambda, the
+    decoupled rate), ``layer_scales`` (f(l, L) per parameter; all 1 except for
+    ``lpwd``) and ``layers`` (l per parameter, for per-layer norms). The base
+    optimizer's own ``weight_decay`` is lambda only for ``l2`` and 0 otherwise.
+    """
+
+    variant: str
+    placement: str | None
+
+    def _init_decay(self, variant, placement, model, fast, probe):
+        self.variant = variant
+        self.placement = placement
+        self._fast = fast
+        self._probe = probe
+        self._steps = 0
+        self._pending = self.placement == "before_forward"
+        self._hook = None
+        if self.placement == "before_forward":
+            self._hook = model.register_forward_pre_hook(_pre_forward_decay(weakref.ref(self)))
+
+    # -- the decay itself -------------------------------------------------
+    def _decayed(self):
+        """(param, lr * lambda_p) for every tensor the shrink touches."""
+        out = []
+        for group in self.param_groups:
+            rate = group["decay_rate"]
+            if rate == 0 or self.placement is None:
+                continue
+            lr = float(group["lr"])
+            out.extend((p, lr * rate * s) for p, s in zip(group["params"], group["layer_scales"]))
+        return out
+
+    @torch.no_grad()
+    def _apply_decay(self) -> None:
+        pairs = self._decayed()
+        if pairs:
+            params = [p for p, _ in pairs]
+            factors = [1.0 - shrink for _, shrink in pairs]
+            if self._fast:
+                torch._foreach_mul_(params, factors)
+            else:
+                for p, f in zip(params, factors):
+                    p.mul_(f)
+        self._pending = False
+
+    def _eligible(self):
+        """Decay-eligible parameters (not excluded as bias/norm/no_weight_decay)."""
+        params, layers = [], []
+        for group in self.param_groups:
+            if group["decay_eligible"]:
+                params.extend(group["params"])
+                layers.extend(group["layers"])
+        return params, layers
+
+    # -- the step ---------------------------------------------------------
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            # evaluate first so wd's pre-update shrink cannot leak into the gradient
+            with torch.enable_grad():
+                loss = closure()
+        if self._pending:
+            self._apply_decay()
+        probing = self._probe is not None and self._probe.due(self._steps)
+        if probing:
+            eligible, _ = self._eligible()
+            probing = bool(eligible)
+        if probing:
+            before = self._probe.snapshot(eligible)
+        if self.placement == "before_update":
+            self._apply_decay()
+        super().step()
+        if probing:
+            self._probe.record(before, self._shrink_already_taken())
+        if self.placement == "after_update":
+            self._apply_decay()
+        self._pending = self.placement == "before_forward"
+        self._steps += 1
+        return loss
+
+    def _shrink_already_taken(self):
+        """Per sampled coordinate, lr * lambda_p taken off before the update (wd only)."""
+        if self.placement not in ("before_update", "in_update"):
+            return None
+        shrink_of = {id(p): s for p, s in self._decayed()}
+        tensors = self._probe.sampled_tensors()
+        device = tensors[0][0].device
+        values = torch.tensor([shrink_of.get(id(p), 0.0) for p, _ in tensors], device=device)
+        counts = torch.tensor([n for _, n in tensors], device=device)
+        return torch.repeat_interleave(values, counts).to(tensors[0][0].dtype)
+
+    # -- diagnostics --------------------------------------------------------
+    def diagnostics(self, reset: bool = True) -> dict:
+        """R_op since the last call and the current per-layer weight norms.
+
+        Returns ``r_op`` (mean over probed steps; NaN when none was probed),
+        ``r_op_steps`` (how many), ``weight_norm`` (all decay-eligible weights)
+        and ``layer_weight_norms`` ({l: norm}). ``reset=False`` keeps
+        accumulating R_op.
+        """
+        r_op, n = self._probe.read(reset) if self._probe is not None else (math.nan, 0)
+        norms = layer_weight_norms(*self._eligible())
+        total = math.sqrt(sum(v * v for v in norms.values()))
+        return {"r_op": r_op, "r_op_steps": n, "weight_norm": total, "layer_weight_norms": norms}
+
+    def remove_hook(self) -> None:
+        """Detach the pre-forward hook (pwd/lpwd), e.g. before building a new optimizer."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    # -- state ----------------------------------------------------------------
+    def state_dict(self):
+        state = super().state_dict()
+        state["decay"] = {
+            "variant": self.variant,
+            "pending": self._pending,
+            "steps": self._steps,
+            "probe": self._probe.state_dict() if self._probe is not None else None,
+        }
+        return state
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("decay", None)
+        if extra is not None and extra["variant"] != self.variant:
+            raise ValueError(
+                f"optimizer state is for variant {extra['variant']!r}, "
+                f"this optimizer is {self.variant!r}"
+            )
+        super().load_state_dict(state_dict)
+        if extra is not None:
+            self._pending = extra["pending"]
+            self._steps = extra["steps"]
+            if self._probe is not None and extra["probe"] is not None:
+                self._probe.load_state_dict(extra["probe"])
+
+
+def _pre_forward_decay(optimizer_ref):
+    """A forward pre-hook that applies a pending pre-weight decay.
+
+    Holds only a weak reference, so a discarded optimizer never decays again.
+    """
+
+    def hook(module, args):
+        optimizer = optimizer_ref()
+        if optimizer is not None and optimizer._pending and torch.is_grad_enabled():
+            optimizer._apply_decay()
+
+    return hook
+
+
+class DecayedAdam(DecayMixin, torch.optim.Adam):
+    """torch.optim.Adam (no own weight decay unless ``l2``) plus a placed decay."""
+
+
+class DecayedSGD(DecayMixin, torch.optim.SGD):
+    """torch.optim.SGD (no own weight decay unless ``l2``) plus a placed decay."""
+
+
+_CLASSES = {"adam": DecayedAdam, "sgd": DecayedSGD}
+
+
+def _fused_supported(params: list[torch.Tensor]) -> bool:
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+        devices = set(_get_fused_kernels_supported_devices())
+    except ImportError:  # older torch
+        devices = {"cuda"}
+    return all(p.device.type in devices and torch.is_floating_point(p) for p in params)
+
+
+def build_optimizer(
+    model: nn.Module,
+    variant: str = "lpwd",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    base: str = "adam",
+    *,
+    layer_schedule: LayerSchedule = "linear",
+    decay_bias_and_norm: bool = False,
+    foreach: bool | None = None,
+    diagnostics_every: int = 10,
+    diagnostics_sample: int | None = 4096,
+    diagnostics_seed: int = 0,
+    **base_kwargs,
+) -> DecayedAdam | DecayedSGD:
+    """Build the optimizer of one decay variant for ``model``.
+
+    Args:
+        model: the module whose trainable parameters are optimised. For
+            ``pwd``/``lpwd`` the optimizer registers a forward pre-hook on it
+            (see the module docstring).
+        variant: one of ``none``, ``l2``, ``wd``, ``rwd``, ``pwd``, ``lpwd``.
+        lr: learning rate (> 0).
+        weight_decay: lambda >= 0; the per-step shrink is ``lr * weight_decay``.
+        base: ``adam`` (kwargs ``betas``, ``eps``, ``amsgrad``) or ``sgd``
+            (kwargs ``momentum``, ``nesterov``, ``dampening``).
+        layer_schedule: for ``lpwd`` only: ``linear`` (lambda_l = lambda l/L,
+            the paper), ``constant``, ``inverse``, ``sqrt`` or ``f(l, L) -> scale``.
+            Layers come from :func:`lpwd.layer_indices`.
+        decay_bias_and_norm: also decay 1-D tensors and ``no_weight_decay()`` names.
+        foreach: ``None``/``True`` use torch's fused kernels where the device
+            has them (foreach otherwise); ``False`` the single-tensor path.
+        diagnostics_every: probe R_op every k-th step (0: off).
+        diagnostics_sample: coordinates in the seeded R_op sample (None: all).
+        diagnostics_seed: seed of that sample.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is unknown; use one of {list(VARIANTS)}")
+    if base not in BASES:
+        raise ValueError(f"base={base!r} is unknown; use one of {sorted(BASES)}")
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr={lr!r} must be a finite number > 0")
+    if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
+        raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
+    base_cls, allowed = BASES[base]
+    unknown = set(base_kwargs) - allowed
+    if unknown:
+        raise ValueError(
+            f"{sorted(unknown)} not accepted for base={base!r}; accepted keyword arguments: {sorted(allowed)}"
+        )
+    schedule = resolve_schedule(layer_schedule if variant == "lpwd" else "constant")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("model has no trainable parameters; pass a model with requires_grad parameters")
+
+    layers = layer_indices(model)
+    skip = no_decay_names(model, decay_bias_and_norm)
+    groups: dict[bool, dict] = {}
+    for name, p in named:
+        eligible = name not in skip
+        l, L = layers[name]
+        group = groups.setdefault(eligible, {
+            "params": [], "layer_scales": [], "layers": [],
+            "decay_eligible": eligible,
+            "decay_rate": float(weight_decay) if eligible and variant != "l2" else 0.0,
+            # what torch's base applies itself: coupled L2 for l2 only
+            "weight_decay": float(weight_decay) if eligible and variant == "l2" else 0.0,
+        })
+        group["params"].append(p)
+        group["layer_scales"].append(layer_scale(schedule, l, L))
+        group["layers"].append(l)
+
+    params = [p for _, p in named]
+    placement = PLACEMENT[variant]
+    if variant == "wd" and base == "adam":
+        # AdamW exactly: torch's Adam applies the decoupled shrink inside its own
+        # (fused) kernel, saving a pass over the weights
+        placement = "in_update"
+        base_kwargs["decoupled_weight_decay"] = True
+        for group in groups.values():
+            group["weight_decay"] = group["decay_rate"]
+    fast = foreach is not False
+    speed = {"foreach": False}
+    if fast:
+        speed = {"fused": True} if _fused_supported(params) else {"foreach": True}
+    optimizer = _CLASSES[base](list(groups.values()), lr=lr, **speed, **base_kwargs)
+    probe = None
+    if diagnostics_every:
+        probe = OpposingPenaltyProbe(diagnostics_every, diagnostics_sample, diagnostics_seed)
+    optimizer._init_decay(variant, placement, model, fast, probe)
+    return optimizer

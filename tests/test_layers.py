@@ -1,0 +1,67 @@
+"""Layer indexing: timm's own grouping for timm models, module order otherwise."""
+
+import pytest
+import timm
+from torch import nn
+
+import lpwd
+
+
+def depth_of(model, prefix):
+    layers = lpwd.layer_indices(model)
+    return {layers[n] for n in layers if n.startswith(prefix)}
+
+
+def test_resnet18_stem_first_blocks_in_order_head_last():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    layers = lpwd.layer_indices(model)
+    assert set(layers) == {n for n, _ in model.named_parameters()}
+    # stem, 8 basic blocks, head
+    assert depth_of(model, "conv1.") == {(1, 10)} and depth_of(model, "bn1.") == {(1, 10)}
+    blocks = [f"layer{s}.{b}." for s in range(1, 5) for b in range(2)]
+    assert [depth_of(model, p) for p in blocks] == [{(i, 10)} for i in range(2, 10)]
+    assert depth_of(model, "fc.") == {(10, 10)}
+
+
+def test_convnext_atto_stages_and_blocks_in_order():
+    model = timm.create_model("convnext_atto", pretrained=False, num_classes=10)
+    layers = lpwd.layer_indices(model)
+    L = next(iter(layers.values()))[1]
+    assert depth_of(model, "stem.") == {(1, L)}
+    assert depth_of(model, "head.fc.") == {(L, L)}
+    order = [layers[n][0] for n, _ in model.named_parameters()]
+    assert order == sorted(order)  # depth never decreases from input to output
+    assert depth_of(model, "stages.0.blocks.0.") != depth_of(model, "stages.0.blocks.1.")
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
+def test_transformers_embed_first_head_last(name):
+    model = timm.create_model(name, pretrained=False, num_classes=10)
+    layers = lpwd.layer_indices(model)
+    L = next(iter(layers.values()))[1]
+    assert layers["patch_embed.proj.weight"] == (1, L)
+    head = "head.weight" if name.startswith("vit") else "head.fc.weight"
+    assert layers[head] == (L, L)
+    if name.startswith("vit"):
+        assert L == 12 + 2  # embeddings, 12 blocks, head
+        assert [layers[f"blocks.{i}.attn.qkv.weight"][0] for i in range(12)] == list(range(2, 14))
+    else:
+        firsts = [layers[f"layers.{s}.blocks.0.attn.qkv.weight"][0] for s in range(4)]
+        assert firsts == sorted(firsts) and len(set(firsts)) == 4
+
+
+def test_plain_sequential_one_layer_per_weight_owning_module():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8, 2)
+    )
+    assert lpwd.layer_indices(model) == {
+        "0.weight": (1, 3), "0.bias": (1, 3),
+        "1.weight": (1, 3), "1.bias": (1, 3),  # a norm belongs to the layer before it
+        "3.weight": (2, 3), "3.bias": (2, 3),
+        "5.weight": (3, 3), "5.bias": (3, 3),
+    }
+
+
+def test_leading_norm_joins_first_layer():
+    model = nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 4))
+    assert lpwd.layer_indices(model) == {n: (1, 1) for n in ["0.weight", "0.bias", "1.weight", "1.bias"]}
