@@ -1,0 +1,164 @@
+"""``python -m study``: a thin layer that wires the stages together.
+
+    study run CONFIG [--set k=v ...]     run (or resume) a study, then its report
+    study resume STUDY_DIR               finish an interrupted study
+    study status STUDY_DIR               done / running / pending / errored
+    study report STUDY_DIR [--metric M] [--baseline wd]
+    study trial CONFIG --variant V --lr X --weight-decay Y --seed S   one cell, in-process
+    study ui [--port 5000] [--host 127.0.0.1] [--uri URI]
+    study data fetch cifar10 --root DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="study", description="LPWD robustness studies on Ray Tune + MLflow.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run (or resume) a study from a YAML config")
+    run.add_argument("config")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    resume = sub.add_parser("resume", help="finish an interrupted study")
+    resume.add_argument("study_dir")
+    status = sub.add_parser("status", help="progress of a study")
+    status.add_argument("study_dir")
+    report = sub.add_parser("report", help="robustness metrics, heatmaps and curves")
+    report.add_argument("study_dir")
+    report.add_argument("--metric", default="test_acc_at_best_val")
+    report.add_argument("--baseline", default="wd")
+    trial = sub.add_parser("trial", help="run one cell in this process (no Ray)")
+    trial.add_argument("config")
+    trial.add_argument("--variant", required=True)
+    trial.add_argument("--lr", type=float, required=True)
+    trial.add_argument("--weight-decay", type=float, required=True)
+    trial.add_argument("--seed", type=int, default=0)
+    trial.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ui = sub.add_parser("ui", help="the MLflow UI on the study's tracking store")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--uri", default=None, help="tracking store (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    data = sub.add_parser("data", help="dataset tools")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_sub.add_parser("fetch", help="download a CIFAR archive and check its MD5")
+    fetch.add_argument("name")
+    fetch.add_argument("--root", required=True)
+    return p
+
+
+def _next_steps(study_dir: Path) -> str:
+    return (f"results: {study_dir}\n"
+            f"  python -m study status {study_dir}\n"
+            f"  python -m study report {study_dir}\n"
+            f"  python -m study ui            # MLflow UI at http://127.0.0.1:5000")
+
+
+def cmd_run(cfg, report: bool) -> int:
+    from . import sweep
+
+    study_dir = cfg.study_dir
+    try:
+        sweep.run_study(cfg)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; nothing finished is lost. Resume with: python -m study resume {study_dir}", file=sys.stderr)
+        return 130
+    if report:
+        cmd_report(study_dir, "test_acc_at_best_val", "wd", cfg)
+    print(_next_steps(study_dir))
+    return 0
+
+
+def cmd_report(study_dir: Path, metric: str, baseline: str, cfg=None) -> int:
+    from .report import write_report
+
+    write_report(Path(study_dir), metric=metric, baseline=baseline, cfg=cfg)
+    return 0
+
+
+def cmd_status(study_dir: str) -> int:
+    from .status import print_status
+
+    print_status(Path(study_dir))
+    return 0
+
+
+def cmd_trial(args) -> int:
+    from .config import load_config
+    from .trial import PrintReporter, run_trial
+
+    cfg = load_config(args.config, args.overrides)
+    params = {"variant": args.variant, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed}
+    try:
+        import lpwd
+
+        lpwd.build_optimizer(__import__("torch").nn.Linear(1, 1), args.variant, args.lr, args.weight_decay)
+    except ValueError as e:
+        raise UserError(f"trial: {e}") from None
+    tracking = None
+    if cfg.tracking.enabled:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            print("MLflow is not installed: tracking is off for this trial", file=sys.stderr)
+        else:
+            from .sweep import STUDY_FILE, prepare_study_dir
+            from .tracking import start_study
+
+            study_dir = prepare_study_dir(cfg)
+            tracking = start_study(cfg, study_dir, (study_dir / STUDY_FILE).read_text())
+    metrics = run_trial(cfg, params, PrintReporter(), tracking)
+    print({k: metrics[k] for k in ("val_acc", "test_acc_at_best_val", "final_test_acc", "diverged")})
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from .tracking import resolve_uri
+
+    uri = resolve_uri(args.uri)
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", args.host, "--port", str(args.port), "--workers", "1"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            from .config import load_config
+
+            return cmd_run(load_config(args.config, args.overrides), not args.no_report)
+        if args.command == "resume":
+            from .sweep import load_study
+
+            return cmd_run(load_study(args.study_dir), True)
+        if args.command == "status":
+            return cmd_status(args.study_dir)
+        if args.command == "report":
+            from .sweep import load_study
+
+            load_study(args.study_dir)  # refuses a path that is not a study
+            return cmd_report(Path(args.study_dir), args.metric, args.baseline)
+        if args.command == "trial":
+            return cmd_trial(args)
+        if args.command == "ui":
+            return cmd_ui(args)
+        if args.command == "data":
+            from .data import fetch
+
+            print(fetch(args.name, args.root))
+            return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

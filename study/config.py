@@ -1,0 +1,197 @@
+"""The study YAML, validated with pydantic, with ``--set key=value`` overrides.
+
+Every key is documented in ``configs/README.md``. Validation happens before
+anything is started; a mistake becomes one line naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+import lpwd
+
+from .errors import UserError
+
+Variant = Literal["none", "l2", "wd", "rwd", "pwd", "lpwd"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    name: Literal["digits", "cifar10", "cifar100"] = "digits"
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    root: Optional[str] = None
+    augment: Optional[bool] = None  # default: on for CIFAR (crop + flip), off for digits
+
+
+class ModelConfig(Strict):
+    name: str = "small_cnn"
+    pretrained: bool = False
+    pretrained_path: Optional[str] = None
+    img_size: Optional[int] = Field(None, gt=0)
+    channels_last: Optional[bool] = None  # default: on for CUDA
+    compile: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def known_model(cls, name: str) -> str:
+        if name != "small_cnn":
+            import timm
+
+            if not timm.is_model(name):
+                raise ValueError(f"unknown model {name!r}; use small_cnn or a timm model name (timm.list_models())")
+        return name
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    base: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    step_milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
+    step_gamma: float = Field(0.1, gt=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    amp: Literal["off", "bf16"] = "off"
+    decay_bias_and_norm: bool = False
+    diagnostics_every: int = Field(10, ge=0)
+
+    @field_validator("step_milestones")
+    @classmethod
+    def fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in v):
+            raise ValueError("milestones are fractions of training, each between 0 and 1")
+        return v
+
+
+class SearchConfig(Strict):
+    mode: Literal["grid", "optuna"] = "grid"
+    variants: list[Variant] = Field(default_factory=lambda: ["wd", "lpwd"], min_length=1)
+    lr: list[float] = Field(default_factory=lambda: [1e-3, 3e-3, 1e-2], min_length=1)
+    weight_decay: list[float] = Field(default_factory=lambda: [0.0, 0.1, 1.0], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    layer_schedule: Literal[tuple(lpwd.SCHEDULES)] = "linear"  # type: ignore[valid-type]
+    num_samples: int = Field(20, ge=1)
+
+    @field_validator("lr")
+    @classmethod
+    def positive_lr(cls, v: list[float]) -> list[float]:
+        if any(not x > 0 for x in v):
+            raise ValueError("every learning rate must be > 0")
+        return v
+
+    @field_validator("weight_decay")
+    @classmethod
+    def nonnegative_decay(cls, v: list[float]) -> list[float]:
+        if any(not x >= 0 for x in v):
+            raise ValueError("every decay rate must be >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def optuna_needs_a_range(self):
+        if self.mode == "optuna" and not any(x > 0 for x in self.weight_decay):
+            raise ValueError("optuna mode samples weight_decay log-uniformly: give at least one value > 0")
+        return self
+
+
+class ResourcesConfig(Strict):
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+    max_concurrent: Optional[int] = Field(None, ge=1)
+
+
+class TrackingConfig(Strict):
+    enabled: bool = True
+    uri: Optional[str] = None  # default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
+
+
+class StudyConfig(Strict):
+    name: str = Field("quick", pattern=r"^[A-Za-z0-9_.-]+$")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    storage: str = "./studies"
+    max_failures: int = Field(2, ge=0)
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.storage).expanduser().resolve() / self.name
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``--set a.b=value``: value parsed as YAML (numbers, lists, booleans)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def describe(error: ValidationError, source: str) -> str:
+    """The first validation error as one actionable line."""
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key; see configs/README.md for the accepted keys"
+    shown = first.get("input")
+    got = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(shown, dict) else f" (got {shown!r})"
+    more = f" [+{len(error.errors()) - 1} more]" if len(error.errors()) > 1 else ""
+    return f"config error in {source}: {where}: {msg}{got}; fix it in the file or with --set {where}=...{more}"
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> StudyConfig:
+    source = str(path) if path else "defaults"
+    raw: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file {p} not found; pass a YAML file such as configs/quick.yaml")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"config file {p} must be a mapping of keys (name:, data:, ...)")
+    raw = apply_overrides(raw, list(overrides))
+    return validate(raw, source)
+
+
+def validate(raw: dict, source: str = "config") -> StudyConfig:
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(describe(e, source)) from None
+
+
+def trial_grid(cfg: StudyConfig) -> list[dict]:
+    """Every (variant, lr, weight_decay, seed) cell of a grid study."""
+    s = cfg.search
+    return [
+        {"variant": v, "lr": lr, "weight_decay": wd, "seed": seed}
+        for v in s.variants for lr in s.lr for wd in s.weight_decay for seed in s.seeds
+    ]
+
+
+def dump(cfg: StudyConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

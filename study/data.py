@@ -1,0 +1,199 @@
+"""Datasets as tensors resident on the trial's device, with batched augmentation.
+
+Following airbench: the whole split is one tensor on the device, batches are
+index slices of a seeded permutation, and augmentation (CIFAR: random crop
+with 4 px padding + horizontal flip) runs on the whole batch at once. No
+DataLoader, no per-sample Python on the hot path.
+
+The validation split is held out of the *training* set with the trial's seed;
+the test set is fixed and only ever reported, never used for selection.
+Raw arrays are cached per process, so a reused Ray actor loads a dataset once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+CIFAR = {
+    "cifar10": {
+        "archive": "cifar-10-python.tar.gz",
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "md5": "c58f30108f718f92721af3b95e74349a",
+        "folder": "cifar-10-batches-py",
+        "train": [f"data_batch_{i}" for i in range(1, 6)],
+        "test": ["test_batch"],
+        "labels": b"labels",
+        "classes": 10,
+    },
+    "cifar100": {
+        "archive": "cifar-100-python.tar.gz",
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "md5": "eb9058c3a382ffc7106e4002c42a8d85",
+        "folder": "cifar-100-python",
+        "train": ["train"],
+        "test": ["test"],
+        "labels": b"fine_labels",
+        "classes": 100,
+    },
+}
+
+
+@dataclass
+class Split:
+    """One dataset split on the device: images (N, C, H, W) float, labels (N,) long."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    augment: bool
+
+
+def fetch_command(name: str, root: str | None) -> str:
+    return f"python -m study data fetch {name} --root {root or 'DIR'}"
+
+
+def check_available(name: str, root: str | None) -> None:
+    """Fail early, before any trial, if a dataset's files are missing."""
+    if name == "digits":
+        return
+    if root is None:
+        raise UserError(f"data.root is not set for {name}; set it to the folder holding "
+                        f"{CIFAR[name]['archive']} (get it with: {fetch_command(name, None)})")
+    _cifar_source(name, root)
+
+
+def _cifar_source(name: str, root: str) -> Path:
+    spec = CIFAR[name]
+    base = Path(root).expanduser()
+    for candidate in (base / spec["folder"], base / spec["archive"]):
+        if candidate.exists():
+            return candidate
+    raise UserError(f"data.root: {base} has neither {spec['archive']} nor {spec['folder']}/; "
+                    f"get it with: {fetch_command(name, root)}")
+
+
+def _read_cifar_batches(source: Path, spec: dict, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+
+    def add(entry: dict) -> None:
+        xs.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(entry[spec["labels"]], dtype=np.int64))
+
+    if source.is_dir():
+        for n in names:
+            with open(source / n, "rb") as f:
+                add(pickle.load(f, encoding="bytes"))
+    else:
+        with tarfile.open(source) as tar:
+            for n in names:
+                member = tar.extractfile(f"{spec['folder']}/{n}")
+                if member is None:
+                    raise UserError(f"data.root: {source} lacks {spec['folder']}/{n}; re-fetch it")
+                add(pickle.load(member, encoding="bytes"))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@lru_cache(maxsize=4)
+def load_raw(name: str, root: str | None):
+    """(train_x, train_y, test_x, test_y, classes), uint8/float arrays, cached per process."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x = (digits.images.astype(np.float32) / 16.0)[:, None]
+        y = digits.target.astype(np.int64)
+        # a fixed test set (same for every trial and seed), 20% of the data
+        order = np.random.RandomState(1234).permutation(len(y))
+        n_test = len(y) // 5
+        test, train = order[:n_test], order[n_test:]
+        return x[train], y[train], x[test], y[test], 10
+    spec = CIFAR[name]
+    source = _cifar_source(name, root)
+    try:
+        train_x, train_y = _read_cifar_batches(source, spec, spec["train"])
+        test_x, test_y = _read_cifar_batches(source, spec, spec["test"])
+    except (OSError, EOFError, tarfile.TarError, pickle.UnpicklingError, KeyError) as e:
+        raise UserError(f"data.root: could not read {source} ({e}); re-fetch it: "
+                        f"{fetch_command(name, root)}") from None
+    return train_x, train_y, test_x, test_y, spec["classes"]
+
+
+def load_dataset(name: str, root: str | None, val_fraction: float, seed: int,
+                 device: torch.device, augment: bool | None = None) -> Dataset:
+    train_x, train_y, test_x, test_y, classes = load_raw(name, root)
+    order = np.random.RandomState(seed).permutation(len(train_y))
+    n_val = max(1, int(round(val_fraction * len(train_y))))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+
+    def to_split(x: np.ndarray, y: np.ndarray) -> Split:
+        t = torch.as_tensor(x)
+        if t.dtype == torch.uint8:
+            t = t.float().div_(255.0)
+        return Split(t.to(device), torch.as_tensor(y).to(device))
+
+    train = to_split(train_x[train_idx], train_y[train_idx])
+    # normalise with statistics of this trial's training part only
+    mean = train.x.mean(dim=(0, 2, 3), keepdim=True)
+    std = train.x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    splits = [train, to_split(train_x[val_idx], train_y[val_idx]), to_split(test_x, test_y)]
+    for s in splits:
+        s.x = (s.x - mean) / std
+    if augment is None:
+        augment = name != "digits"
+    return Dataset(*splits, num_classes=classes, augment=augment)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop (zero padding ``pad``) and horizontal flip, for a whole batch on its device."""
+    n, c, h, w = x.shape
+    dev = x.device
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(dev)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(dev)
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]  # (n, h, 1)
+    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, :]  # (n, 1, w)
+    batch = torch.arange(n, device=dev)[:, None, None]
+    cropped = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    flip = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(dev)
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped).contiguous()
+
+
+def fetch(name: str, root: str) -> Path:
+    """Download a CIFAR archive into ``root`` and check its published MD5."""
+    if name not in CIFAR:
+        raise UserError(f"dataset {name!r} cannot be fetched; use one of {sorted(CIFAR)} (digits ships with scikit-learn)")
+    spec = CIFAR[name]
+    target = Path(root).expanduser() / spec["archive"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        partial = target.with_suffix(".part")
+        try:
+            urllib.request.urlretrieve(spec["url"], partial)
+        except OSError as e:
+            raise UserError(f"could not download {spec['url']} ({e}); download it by hand into {target.parent}") from None
+        partial.rename(target)
+    digest = hashlib.md5(target.read_bytes()).hexdigest()
+    if digest != spec["md5"]:
+        raise UserError(f"{target} has MD5 {digest}, expected {spec['md5']}; delete it and fetch again")
+    return target

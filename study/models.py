@@ -1,0 +1,59 @@
+"""Models: a small CNN for CPU studies, and any timm model by name.
+
+``pretrained: true`` fine-tunes ImageNet weights (from the hub when online, or
+``pretrained_path`` to a local checkpoint file), otherwise from scratch. The
+model is built under ``torch.manual_seed(seed)`` so its init follows the
+trial's seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .errors import UserError
+
+
+def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def small_cnn(in_chans: int, num_classes: int, width: int = 32) -> nn.Sequential:
+    """Three conv-BN-ReLU layers and a linear head: seconds per trial on a CPU."""
+    return nn.Sequential(
+        *_conv_bn(in_chans, width),
+        *_conv_bn(width, 2 * width),
+        nn.MaxPool2d(2),
+        *_conv_bn(2 * width, 2 * width),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * width, num_classes),
+    )
+
+
+def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, img_size: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    if cfg.name == "small_cnn":
+        return small_cnn(in_chans, num_classes)
+    import timm
+
+    kwargs = {"num_classes": num_classes, "in_chans": in_chans}
+    if cfg.img_size is not None:
+        kwargs["img_size"] = cfg.img_size
+    if cfg.pretrained and cfg.pretrained_path:
+        path = Path(cfg.pretrained_path).expanduser()
+        if not path.is_file():
+            raise UserError(f"model.pretrained_path: {path} does not exist; point it at a timm checkpoint file")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    try:
+        return timm.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs)
+    except (OSError, RuntimeError) as e:
+        if cfg.pretrained:
+            raise UserError(
+                f"model.pretrained: could not load weights for {cfg.name} ({str(e).splitlines()[0][:120]}); "
+                "offline, set model.pretrained_path to a local checkpoint file"
+            ) from None
+        raise

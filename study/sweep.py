@@ -1,0 +1,201 @@
+"""Ray Tune sweeps: grid (FIFO, every cell trained the same) or Optuna (TPE per variant).
+
+A study dir ``storage/name/`` holds ``study.yaml`` (the resolved config),
+``trials.csv`` (the tidy table), the report, and one Ray experiment per sweep:
+``grid/`` or ``optuna-<variant>/``. Running a study whose dir exists resumes
+it with ``Tuner.restore`` (unfinished and errored trials continue from their
+last checkpoint); nothing finished is rerun.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from .config import StudyConfig, dump, validate
+from .data import check_available
+from .errors import UserError
+from .table import TidyTable
+from .trial import run_trial, trial_name
+
+STUDY_FILE = "study.yaml"
+# config sections that define which trials exist and what they compute
+DEFINING = ("data", "model", "train", "search")
+
+
+class RayReporter:
+    """Checkpoints through Ray Tune: ``tune.report`` each epoch, ``tune.get_checkpoint`` on restart."""
+
+    def restore(self) -> dict | None:
+        from ray import tune
+
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        try:
+            with checkpoint.as_directory() as d:
+                return torch.load(Path(d) / "state.pt", weights_only=False)
+        except Exception as e:  # a corrupt checkpoint must never give a silent wrong result
+            print(f"trial {tune.get_context().get_trial_name()}: checkpoint {checkpoint.path} is unreadable "
+                  f"({type(e).__name__}: {e}); restarting this trial from scratch", file=sys.stderr)
+            return None
+
+    def report(self, metrics: dict, state: dict) -> None:
+        from ray import tune
+
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / "state.pt")
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+_config_cache: dict = {}
+
+
+def trainable(config: dict, study: dict, tracking: dict | None):
+    """The Ray Tune function trainable: one trial of the study."""
+    from ray import tune
+
+    from .tracking import StudyRun
+
+    logging.getLogger("ray").setLevel(logging.WARNING)  # no "checkpoint created" line per epoch
+    key = repr(study)
+    if key not in _config_cache:  # reused actors validate the study config once
+        _config_cache[key] = validate(study)
+    tags = {"ray_trial_id": tune.get_context().get_trial_id()}
+    run_trial(_config_cache[key], config, RayReporter(), StudyRun(**tracking) if tracking else None, tags)
+
+
+def name_trial(trial) -> str:
+    return trial_name(trial.config)
+
+
+def trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def experiments(cfg: StudyConfig) -> list[tuple[str, dict, dict]]:
+    """(experiment name, param_space, TuneConfig kwargs) for each sweep of the study."""
+    from ray import tune
+
+    s = cfg.search
+    common = {"reuse_actors": True, "max_concurrent_trials": cfg.resources.max_concurrent,
+              "trial_name_creator": name_trial, "trial_dirname_creator": trial_dirname}
+    if s.mode == "grid":
+        space = {"variant": tune.grid_search(s.variants), "lr": tune.grid_search(s.lr),
+                 "weight_decay": tune.grid_search(s.weight_decay), "seed": tune.grid_search(s.seeds)}
+        return [("grid", space, common)]
+    from optuna.samplers import TPESampler
+    from ray.tune.search.optuna import OptunaSearch
+
+    def log_range(values: list[float]):
+        positive = [v for v in values if v > 0]
+        lo, hi = min(positive), max(positive)
+        return tune.loguniform(lo, hi) if hi > lo else lo
+
+    out = []
+    for variant in s.variants:
+        space = {"variant": variant, "lr": log_range(s.lr), "weight_decay": log_range(s.weight_decay),
+                 "seed": s.seeds[0]}
+        search = OptunaSearch(sampler=TPESampler(seed=s.seeds[0]), metric="best_val_acc", mode="max")
+        out.append((f"optuna-{variant}", space, {**common, "search_alg": search, "num_samples": s.num_samples}))
+    return out
+
+
+def prepare_study_dir(cfg: StudyConfig) -> Path:
+    """Create the study dir, or check an existing one was made by a compatible config."""
+    study_dir = cfg.study_dir
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        probe = study_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"storage: cannot write to {study_dir} ({e.strerror}); set storage to a writable folder") from None
+    saved = study_dir / STUDY_FILE
+    if saved.exists():
+        old = yaml.safe_load(saved.read_text())
+        new = cfg.model_dump(mode="json")
+        differs = [f"{sec}.{k}" for sec in DEFINING for k in set(old.get(sec, {})) | set(new[sec])
+                   if old.get(sec, {}).get(k) != new[sec].get(k)]
+        if differs:
+            raise UserError(f"{study_dir} was created by a different config ({', '.join(sorted(differs)[:4])} differ); "
+                            f"choose another study name with --set name=NEW, or delete {study_dir}")
+    else:
+        saved.write_text(dump(cfg))
+    return study_dir
+
+
+def preflight(cfg: StudyConfig) -> None:
+    """Everything that can be checked before Ray starts."""
+    check_available(cfg.data.name, cfg.data.root)
+    if cfg.resources.gpu > 0 and not os.environ.get("RAY_ADDRESS") and not torch.cuda.is_available():
+        raise UserError(f"resources.gpu={cfg.resources.gpu} but this machine has no CUDA GPU; "
+                        "set resources.gpu=0, or submit to a GPU cluster with ray job submit")
+    if cfg.model.pretrained and cfg.model.pretrained_path and not Path(cfg.model.pretrained_path).expanduser().is_file():
+        raise UserError(f"model.pretrained_path: {cfg.model.pretrained_path} does not exist; point it at a checkpoint file")
+
+
+def init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+    # per-epoch checkpoints of second-long trials snapshot often by design; the warning is noise here
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False if not os.environ.get("RAY_ADDRESS") else None,
+             runtime_env={"env_vars": env}, logging_level="WARNING", log_to_driver=True)
+
+
+def run_study(cfg: StudyConfig) -> Path:
+    """Run (or resume) every sweep of the study; returns the study dir."""
+    from ray import tune
+
+    from .tracking import start_study
+
+    preflight(cfg)
+    study_dir = prepare_study_dir(cfg)
+    tracking = None
+    if cfg.tracking.enabled:
+        tracking = start_study(cfg, study_dir, (study_dir / STUDY_FILE).read_text()).__dict__
+    init_ray()
+    fixed = {"base": cfg.train.base, "layer_schedule": cfg.search.layer_schedule,
+             "model": cfg.model.name, "dataset": cfg.data.name}
+    resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
+    fn = tune.with_resources(
+        tune.with_parameters(trainable, study=cfg.model_dump(mode="json"), tracking=tracking), resources)
+    for name, space, tune_kwargs in experiments(cfg):
+        path = study_dir / name
+        if tune.Tuner.can_restore(str(path)):
+            tuner = tune.Tuner.restore(str(path), fn, resume_unfinished=True, resume_errored=True)
+        else:
+            if path.exists():  # a sweep killed before its first state save: start it afresh
+                shutil.rmtree(path)
+            tuner = tune.Tuner(
+                fn, param_space=space,
+                tune_config=tune.TuneConfig(**tune_kwargs),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=str(study_dir), verbose=1,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                    callbacks=[TidyTable(str(study_dir), name, fixed)],
+                ),
+            )
+        tuner.fit()
+    return study_dir
+
+
+def load_study(study_dir: str | os.PathLike) -> StudyConfig:
+    path = Path(study_dir)
+    if not (path / STUDY_FILE).is_file():
+        raise UserError(f"{path} is not a study dir (no {STUDY_FILE}); pass storage/NAME of a study started with study run")
+    cfg = validate(yaml.safe_load((path / STUDY_FILE).read_text()), str(path / STUDY_FILE))
+    # the study dir may have moved (copied from a cluster): keep using where it is now
+    return cfg.model_copy(update={"storage": str(path.resolve().parent), "name": path.resolve().name})

@@ -1,0 +1,77 @@
+"""The tidy table: one row per trial, the hinge between running and analysing.
+
+``trials.csv`` in the study dir holds, per trial, its cell (variant, lr,
+weight_decay, seed), the fixed settings that matter for comparison, its Ray
+status and every metric of its last report. It is rewritten (atomically) as
+trials start, finish or fail, so an interrupted study still has its table;
+analysis and plots read only this file.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from ray import tune
+
+from .trial import EPOCH_METRICS, TRIAL_PARAMS
+
+TABLE = "trials.csv"
+# the per-epoch ``lr`` metric (the scheduled lr) would clash with the cell's lr: Ray and MLflow keep it
+METRIC_COLUMNS = [m for m in EPOCH_METRICS if m not in TRIAL_PARAMS]
+COLUMNS = ["trial_id", "experiment", "status", *TRIAL_PARAMS, "base", "layer_schedule", "model", "dataset",
+           "epochs_done", *METRIC_COLUMNS, "error"]
+
+
+def read_rows(study_dir: Path) -> list[dict]:
+    path = Path(study_dir) / TABLE
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(study_dir: Path, rows: list[dict]) -> None:
+    path = Path(study_dir) / TABLE
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+class TidyTable(tune.Callback):
+    """A Ray Tune callback on the driver that keeps ``trials.csv`` current."""
+
+    def __init__(self, study_dir: str, experiment: str, fixed: dict):
+        self.study_dir = Path(study_dir)
+        self.experiment = experiment
+        self.fixed = fixed  # base, layer_schedule, model, dataset
+
+    def _row(self, trial) -> dict:
+        result = trial.last_result or {}
+        row = {"trial_id": trial.trial_id, "experiment": self.experiment, "status": trial.status,
+               **{k: trial.config.get(k) for k in TRIAL_PARAMS}, **self.fixed,
+               "epochs_done": result.get("training_iteration", 0),
+               **{k: result.get(k) for k in METRIC_COLUMNS}}
+        if trial.status == "ERROR":
+            row["error"] = (getattr(trial, "error_message", None) or "see the trial's error.txt").strip().splitlines()[-1][:300]
+        return row
+
+    def _write(self, trials) -> None:
+        others = [r for r in read_rows(self.study_dir) if r["experiment"] != self.experiment]
+        write_rows(self.study_dir, others + [self._row(t) for t in trials])
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._write(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._write(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._write(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self._write(trials)

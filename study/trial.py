@@ -1,0 +1,216 @@
+"""One trial: data -> model -> lpwd optimizer -> epochs, reporting every epoch.
+
+Free of Ray: the sweep wraps it in a Ray reporter, ``python -m study trial``
+runs it in-process (debugging one cell under pdb, or a GPU machine without
+Ray). Every random source derives from the trial's seed: model init
+(``torch.manual_seed``), the validation split, batch order and augmentation
+(one seeded generator whose state is checkpointed), and the R_op sample.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+import lpwd
+
+from .config import StudyConfig
+from .data import augment_batch, load_dataset
+from .models import build_model
+
+# every metric a trial reports, named the same in Ray, MLflow and trials.csv
+EPOCH_METRICS = [
+    "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "best_val_acc",
+    "test_acc_at_best_val", "r_op", "weight_norm", "lr", "diverged",
+    "final_test_acc", "paper_top10_test_acc", "images_per_s",
+]
+TRIAL_PARAMS = ["variant", "lr", "weight_decay", "seed"]
+
+
+class Reporter(Protocol):
+    def restore(self) -> dict | None: ...
+
+    def report(self, metrics: dict, state: dict) -> None: ...
+
+
+class PrintReporter:
+    """In-process runs: print each epoch, keep no checkpoint."""
+
+    def restore(self) -> dict | None:
+        return None
+
+    def report(self, metrics: dict, state: dict) -> None:
+        shown = {k: metrics[k] for k in ("epoch", "train_loss", "val_acc", "test_acc", "r_op", "images_per_s")}
+        print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()), flush=True)
+
+
+def trial_name(params: dict) -> str:
+    return f"{params['variant']} lr={params['lr']:.3g} wd={params['weight_decay']:.3g} s{params['seed']}"
+
+
+def lr_factor(cfg: StudyConfig, steps_per_epoch: int):
+    """Multiplier of the base lr at optimizer step t: warmup, then constant / cosine / step."""
+    total = cfg.train.epochs * steps_per_epoch
+    warmup = int(round(cfg.train.warmup_epochs * steps_per_epoch))
+    milestones = [int(m * total) for m in cfg.train.step_milestones]
+
+    def factor(t: int) -> float:
+        if t < warmup:
+            return (t + 1) / warmup
+        if cfg.train.lr_schedule == "cosine":
+            progress = (t - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if cfg.train.lr_schedule == "step":
+            return cfg.train.step_gamma ** sum(t >= m for m in milestones)
+        return 1.0
+
+    return factor
+
+
+def pick_device(cfg: StudyConfig) -> torch.device:
+    return torch.device("cuda" if cfg.resources.gpu > 0 and torch.cuda.is_available() else "cpu")
+
+
+@torch.inference_mode()
+def evaluate(model, split, batch_size: int = 1024, autocast=None) -> tuple[float, float]:
+    model.eval()
+    loss, correct = torch.zeros((), device=split.x.device), torch.zeros((), device=split.x.device)
+    for i in range(0, len(split), batch_size):
+        x, y = split.x[i:i + batch_size], split.y[i:i + batch_size]
+        with autocast():
+            out = model(x).float()
+        loss += F.cross_entropy(out, y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    return loss.item() / len(split), correct.item() / len(split)
+
+
+def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None, tags: dict | None = None) -> dict:
+    """Train one (variant, lr, weight_decay, seed) cell; returns the last metrics."""
+    device = pick_device(cfg)
+    torch.set_num_threads(max(1, int(cfg.resources.cpu)))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    seed = int(params["seed"])
+    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_fraction, seed, device, cfg.data.augment)
+    in_chans, img_size = data.train.x.shape[1], data.train.x.shape[-1]
+    model = build_model(cfg.model, in_chans, data.num_classes, img_size, seed).to(device)
+    channels_last = cfg.model.channels_last if cfg.model.channels_last is not None else device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    extra = {"momentum": cfg.train.momentum} if cfg.train.base == "sgd" else {}
+    opt = lpwd.build_optimizer(
+        model, params["variant"], float(params["lr"]), float(params["weight_decay"]), cfg.train.base,
+        layer_schedule=cfg.search.layer_schedule, decay_bias_and_norm=cfg.train.decay_bias_and_norm,
+        diagnostics_every=cfg.train.diagnostics_every, diagnostics_seed=seed, **extra,
+    )
+    forward = torch.compile(model) if cfg.model.compile else model
+    steps = math.ceil(len(data.train) / cfg.train.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, steps))
+    gen = torch.Generator().manual_seed(seed)
+    amp = cfg.train.amp == "bf16"
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+
+    history: dict[str, list] = {"test_acc": [], "val_acc": []}
+    best = {"val_acc": -1.0, "test_acc": float("nan")}
+    start, run_id = 0, None
+    state = reporter.restore()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        history, best, run_id = state["history"], state["best"], state["mlflow_run_id"]
+        start = state["epoch"] + 1
+    run = None
+    if tracking is not None:
+        from .tracking import TrialRun
+
+        logged = {**params, "base": cfg.train.base, "layer_schedule": cfg.search.layer_schedule,
+                  "model": cfg.model.name, "pretrained": cfg.model.pretrained, "dataset": cfg.data.name,
+                  "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
+                  "lr_schedule": cfg.train.lr_schedule, "warmup_epochs": cfg.train.warmup_epochs,
+                  "label_smoothing": cfg.train.label_smoothing}
+        run = TrialRun(tracking, run_id, trial_name(params), logged, {"study": cfg.name, **(tags or {})})
+
+    chance = 1.0 / data.num_classes
+    metrics: dict = {}
+    check_every = 1 if device.type == "cpu" else 25  # a finiteness check syncs a GPU
+    for epoch in range(start, cfg.train.epochs):
+        model.train()
+        began = time.perf_counter()
+        lr_now = opt.param_groups[0]["lr"]
+        order = torch.randperm(len(data.train), generator=gen).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        diverged = False
+        for i in range(steps):
+            idx = order[i * cfg.train.batch_size:(i + 1) * cfg.train.batch_size]
+            x, y = data.train.x[idx], data.train.y[idx]
+            if data.augment:
+                x = augment_batch(x, gen)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            opt.zero_grad(set_to_none=True)
+            with autocast():
+                out = forward(x)
+                loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.train.label_smoothing)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
+            if (i + 1) % check_every == 0 and not torch.isfinite(loss_sum):
+                diverged = True
+                break
+        train_loss = loss_sum.item() / len(data.train)
+        diverged = diverged or not math.isfinite(train_loss)
+        seconds = time.perf_counter() - began
+        diag = opt.diagnostics()
+        if diverged:
+            val_loss, val_acc, test_acc = float("nan"), chance, chance
+        else:
+            val_loss, val_acc = evaluate(forward, data.val, autocast=autocast)
+            _, test_acc = evaluate(forward, data.test, autocast=autocast)
+        history["test_acc"].append(test_acc)
+        history["val_acc"].append(val_acc)
+        if val_acc > best["val_acc"]:
+            best = {"val_acc": val_acc, "test_acc": test_acc}
+        top10 = sorted(history["test_acc"], reverse=True)[:10]
+        metrics = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": correct.item() / len(data.train),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "test_acc": test_acc,
+            "best_val_acc": best["val_acc"],
+            "test_acc_at_best_val": best["test_acc"],
+            "r_op": diag["r_op"],
+            "weight_norm": diag["weight_norm"],
+            "lr": lr_now,
+            "diverged": int(diverged),
+            "final_test_acc": test_acc,
+            "paper_top10_test_acc": sum(top10) / len(top10),
+            "images_per_s": (i + 1) * cfg.train.batch_size / seconds,
+        }
+        if run is not None:
+            run.log_epoch({k: metrics[k] for k in EPOCH_METRICS}, epoch)
+        state = {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "generator": gen.get_state(), "history": history, "best": best, "epoch": epoch,
+            "mlflow_run_id": run.run_id if run is not None else None,
+        }
+        last = diverged or epoch == cfg.train.epochs - 1
+        if last and run is not None:
+            run.finish("FAILED" if diverged else "FINISHED")
+        reporter.report({**metrics, "done": int(last)}, state)
+        if diverged:
+            break
+    opt.remove_hook()
+    return metrics
