@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import StudyConfig, dump, validate
+from .config import StudyConfig, dump, trial_grid, validate
 from .data import check_available
 from .errors import UserError
+from .progress import ProgressLine
 from .table import TidyTable
 from .trial import run_trial, trial_name
 
@@ -120,7 +121,7 @@ def prepare_study_dir(cfg: StudyConfig) -> Path:
         raise UserError(f"storage: cannot write to {study_dir} ({e.strerror}); set storage to a writable folder") from None
     saved = study_dir / STUDY_FILE
     if saved.exists():
-        old = yaml.safe_load(saved.read_text())
+        old = validate(yaml.safe_load(saved.read_text()), str(saved)).model_dump(mode="json")
         new = cfg.model_dump(mode="json")
         differs = [f"{sec}.{k}" for sec in DEFINING for k in set(old.get(sec, {})) | set(new[sec])
                    if old.get(sec, {}).get(k) != new[sec].get(k)]
@@ -172,6 +173,7 @@ def run_study(cfg: StudyConfig) -> Path:
     fn = tune.with_resources(
         tune.with_parameters(trainable, study=cfg.model_dump(mode="json"), tracking=tracking), resources)
     for name, space, tune_kwargs in experiments(cfg):
+        total = tune_kwargs.get("num_samples") or len(trial_grid(cfg))
         path = study_dir / name
         if tune.Tuner.can_restore(str(path)):
             tuner = tune.Tuner.restore(str(path), fn, resume_unfinished=True, resume_errored=True)
@@ -182,10 +184,10 @@ def run_study(cfg: StudyConfig) -> Path:
                 fn, param_space=space,
                 tune_config=tune.TuneConfig(**tune_kwargs),
                 run_config=tune.RunConfig(
-                    name=name, storage_path=str(study_dir), verbose=1,
+                    name=name, storage_path=str(study_dir), verbose=0,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                    callbacks=[TidyTable(str(study_dir), name, fixed)],
+                    callbacks=[TidyTable(str(study_dir), name, fixed), ProgressLine(total)],
                 ),
             )
         tuner.fit()

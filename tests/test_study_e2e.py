@@ -1,0 +1,134 @@
+"""A real tiny study on local Ray, tracked by a real MLflow server, reported in real Chromium."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+
+import pytest
+import requests
+from PIL import Image, ImageStat
+
+from study.trial import EPOCH_METRICS
+
+from .conftest import ROOT, run_study_cli, study_env, tiny_args
+
+pytestmark = pytest.mark.slow
+EPOCHS = 3
+CHILD_PARAMS = {"variant", "base", "lr", "weight_decay", "seed", "layer_schedule", "model", "dataset", "epochs",
+                "batch_size", "lr_schedule"}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, mlflow_server):
+    work = tmp_path_factory.mktemp("e2e")
+    proc = run_study_cli(tiny_args("e2e", "--set", "search.seeds=[0,1]"), work,
+                         study_env(MLFLOW_TRACKING_URI=mlflow_server))
+    study_dir = work / "studies" / "e2e"
+    with open(study_dir / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    return {"dir": study_dir, "rows": rows, "stdout": proc.stdout, "server": mlflow_server}
+
+
+def test_every_trial_ran_and_learned(study):
+    rows = study["rows"]
+    cells = {(r["variant"], float(r["lr"]), float(r["weight_decay"]), int(r["seed"])) for r in rows}
+    assert len(rows) == len(cells) == 2 * 2 * 3 * 2
+    assert all(r["status"] == "TERMINATED" for r in rows)
+    healthy = [r for r in rows if float(r["weight_decay"]) < 1000]
+    assert all(r["diverged"] == "0" and int(r["epochs_done"]) == EPOCHS for r in healthy)
+    assert max(float(r["test_acc_at_best_val"]) for r in healthy) > 0.85  # chance is 0.10
+
+
+def test_divergence_is_recorded_not_fatal(study):
+    exploded = [r for r in study["rows"] if float(r["weight_decay"]) >= 1000]
+    assert exploded and all(r["diverged"] == "1" for r in exploded)
+    assert all(int(r["epochs_done"]) <= EPOCHS for r in exploded)
+
+
+def test_run_prints_where_results_are(study):
+    assert f"results: {study['dir']}" in study["stdout"]
+    assert "python -m study resume" in study["stdout"] or "python -m study status" in study["stdout"]
+    assert "report: " in study["stdout"]
+
+
+def api(server, path, payload):
+    r = requests.post(f"{server}/api/2.0/mlflow/{path}", json=payload, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def test_mlflow_server_has_parent_and_one_child_per_trial(study):
+    server = study["server"]
+    exp = requests.get(f"{server}/api/2.0/mlflow/experiments/get-by-name",
+                       params={"experiment_name": "e2e"}, timeout=30).json()["experiment"]
+    runs = api(server, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parents = [r for r, t in zip(runs, tags) if "mlflow.parentRunId" not in t]
+    children = [(r, t) for r, t in zip(runs, tags) if "mlflow.parentRunId" in t]
+    assert len(parents) == 1
+    parent_id = parents[0]["info"]["run_id"]
+    assert len(children) == len(study["rows"])
+    assert {t["ray_trial_id"] for _, t in children} == {r["trial_id"] for r in study["rows"]}
+    for run, t in children:
+        assert t["mlflow.parentRunId"] == parent_id and t["study"] == "e2e"
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        assert CHILD_PARAMS <= set(params)
+        epochs = int(next(r for r in study["rows"] if r["trial_id"] == t["ray_trial_id"])["epochs_done"])
+        for metric in EPOCH_METRICS:
+            history = requests.get(f"{server}/api/2.0/mlflow/metrics/get-history",
+                                   params={"run_id": run["info"]["run_id"], "metric_key": metric}, timeout=30).json()
+            steps = sorted({m["step"] for m in history.get("metrics", [])})
+            assert steps == list(range(epochs)), (metric, t["mlflow.runName"], steps)
+    # the report is attached to the parent run
+    listed = requests.get(f"{server}/api/2.0/mlflow/artifacts/list",
+                          params={"run_id": parent_id, "path": "report"}, timeout=30).json()
+    names = {f["path"].split("/")[-1] for f in listed.get("files", [])}
+    assert {"report.html", "robustness.csv", "trials.csv", "heatmaps.png"} <= names
+
+
+def test_report_files(study):
+    d = study["dir"]
+    summary = json.loads((d / "robustness.json").read_text())
+    assert {s["variant"] for s in summary} == {"wd", "lpwd"}
+    for name in ["heatmaps", "difference", "tuning_curves", "cell_distribution", "training_curves"]:
+        img = Image.open(d / f"{name}.png")
+        img.verify()
+        img = Image.open(d / f"{name}.png").convert("L")
+        assert img.size[0] > 300 and ImageStat.Stat(img).stddev[0] > 5  # not blank
+
+
+def test_report_renders_in_headless_chromium(study, chromium, tmp_path):
+    html = study["dir"] / "report.html"
+    shot = tmp_path / "shot.png"
+    base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+            f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+            "--virtual-time-budget=10000"]
+    dom = subprocess.run(base + ["--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120)
+    errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line and ("Error" in line or "Uncaught" in line)]
+    assert not errors, errors
+    assert dom.stdout.count('class="main-svg"') >= 5  # plotly drew every figure from the embedded plotly.js
+    subprocess.run(base + [f"--screenshot={shot}", "--window-size=1400,1800", html.as_uri()],
+                   capture_output=True, timeout=120)
+    img = Image.open(shot).convert("L")
+    assert ImageStat.Stat(img).stddev[0] > 10
+
+
+def test_status_command(study):
+    proc = run_study_cli(["status", str(study["dir"])], study["dir"])
+    assert f"{len(study['rows'])} done, 0 running, 0 pending, 0 errored" in proc.stdout
+
+
+def test_resume_of_finished_study_reruns_nothing(study):
+    before = (study["dir"] / "trials.csv").read_text()
+    run_study_cli(["resume", str(study["dir"])], study["dir"].parent.parent,
+                  study_env(MLFLOW_TRACKING_URI=study["server"]))
+    after = list(csv.DictReader(open(study["dir"] / "trials.csv")))
+    assert [r["test_acc_at_best_val"] for r in after] == [r["test_acc_at_best_val"] for r in csv.DictReader(before.splitlines())]
+    runs = api(study["server"], "runs/search", {"experiment_ids": [
+        requests.get(f"{study['server']}/api/2.0/mlflow/experiments/get-by-name",
+                     params={"experiment_name": "e2e"}, timeout=30).json()["experiment"]["experiment_id"]],
+        "max_results": 1000})["runs"]
+    assert len(runs) == len(after) + 1  # no duplicate children, one parent
