@@ -39,6 +39,7 @@ class ModelConfig(Strict):
     img_size: Optional[int] = Field(None, gt=0)
     channels_last: Optional[bool] = None  # default: on for CUDA
     compile: bool = False
+    timm_kwargs: dict = Field(default_factory=dict)  # passed to timm.create_model, e.g. {window_size: 4}
 
     @field_validator("name")
     @classmethod

@@ -40,7 +40,7 @@ def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, img_size: int
         return small_cnn(in_chans, num_classes)
     import timm
 
-    kwargs = {"num_classes": num_classes, "in_chans": in_chans}
+    kwargs = {"num_classes": num_classes, "in_chans": in_chans, **cfg.timm_kwargs}
     if cfg.img_size is not None:
         kwargs["img_size"] = cfg.img_size
     if cfg.pretrained and cfg.pretrained_path:

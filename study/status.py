@@ -27,7 +27,8 @@ def study_counts(study_dir: Path) -> tuple[Counter, list[dict]]:
 def print_status(study_dir: Path) -> None:
     counts, rows = study_counts(study_dir)
     console = Console()
-    console.print(f"[bold]{study_dir}[/]: " + ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "pending", "errored")))
+    console.print(f"[bold]{study_dir}[/]: " + ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "pending", "errored")),
+                  soft_wrap=True)
     if counts["running"]:
         console.print("(trials shown running while no driver is alive were interrupted: python -m study resume DIR)")
     table = Table("variant", "done", "running", "errored", "best val_acc", "test_acc_at_best_val")
