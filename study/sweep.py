@@ -35,17 +35,39 @@ class RayReporter:
     """Checkpoints through Ray Tune: ``tune.report`` each epoch, ``tune.get_checkpoint`` on restart."""
 
     def restore(self) -> dict | None:
+        """The newest readable checkpoint of this trial, falling back to older ones.
+
+        Ray's experiment snapshot is periodic, so after a hard kill it may name
+        an older checkpoint than the trial had written: looking in the trial's
+        own folder continues from the newest one and never trains an epoch twice.
+        A corrupt checkpoint is reported naming the trial and skipped.
+        """
         from ray import tune
 
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
-            return None
+        known = tune.get_checkpoint()
+        context = tune.get_context()
+        folders = {Path(context.get_trial_dir())}
+        if known is not None:
+            folders.add(Path(known.path).parent)
+        candidates = sorted({c for f in folders if f.is_dir() for c in f.glob("checkpoint_*")},
+                            key=lambda c: c.name, reverse=True)
+        if not candidates and known is not None:  # remote storage: only Ray can fetch it
+            with known.as_directory() as d:
+                candidates = [Path(d)]
+                return self._load(candidates[0], context.get_trial_name())
+        for folder in candidates:
+            state = self._load(folder, context.get_trial_name())
+            if state is not None:
+                return state
+        return None
+
+    @staticmethod
+    def _load(folder: Path, trial: str) -> dict | None:
         try:
-            with checkpoint.as_directory() as d:
-                return torch.load(Path(d) / "state.pt", weights_only=False)
+            return torch.load(folder / "state.pt", weights_only=False)
         except Exception as e:  # a corrupt checkpoint must never give a silent wrong result
-            print(f"trial {tune.get_context().get_trial_name()}: checkpoint {checkpoint.path} is unreadable "
-                  f"({type(e).__name__}: {e}); restarting this trial from scratch", file=sys.stderr)
+            print(f"trial {trial}: checkpoint {folder} is unreadable ({type(e).__name__}: {e}); "
+                  "trying the previous one (or restarting from scratch)", file=sys.stderr)
             return None
 
     def report(self, metrics: dict, state: dict) -> None:

@@ -137,8 +137,8 @@ class TrialRun:
         from mlflow.entities import Param, RunTag
 
         self._c = client(study.uri)
-        self.run_id = run_id
-        if run_id is None:
+        self.run_id = run_id or self._existing(study, tags.get("ray_trial_id"))
+        if self.run_id is None:
             tags = {"mlflow.parentRunId": study.parent_run_id, "mlflow.runName": name, **tags}
             run = retry(lambda: self._c.create_run(study.experiment_id, tags=tags), "create child run")
             self.run_id = run.info.run_id
@@ -146,6 +146,14 @@ class TrialRun:
                   "log trial params")
         else:
             retry(lambda: self._c.update_run(self.run_id, status="RUNNING"), "reopen child run")
+
+    def _existing(self, study: StudyRun, trial_id: str | None) -> str | None:
+        """The run a restarted trial created before its first checkpoint, so it is not duplicated."""
+        if trial_id is None:
+            return None
+        query = f"tags.ray_trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{study.parent_run_id}'"
+        runs = retry(lambda: self._c.search_runs([study.experiment_id], query, max_results=1), "find child run")
+        return runs[0].info.run_id if runs else None
 
     def log_epoch(self, metrics: dict[str, float], epoch: int) -> None:
         from mlflow.entities import Metric

@@ -127,6 +127,11 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
         gen.set_state(state["generator"])
         history, best, run_id = state["history"], state["best"], state["mlflow_run_id"]
         start = state["epoch"] + 1
+        if state["finished"]:
+            # finished before an interruption that Ray's snapshot missed: report it again, train nothing
+            reporter.report({**state["metrics"], "done": 1, "replayed": 1}, state)
+            opt.remove_hook()
+            return state["metrics"]
     run = None
     if tracking is not None:
         from .tracking import TrialRun
@@ -201,12 +206,12 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
         }
         if run is not None:
             run.log_epoch({k: metrics[k] for k in EPOCH_METRICS}, epoch)
+        last = diverged or epoch == cfg.train.epochs - 1
         state = {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "generator": gen.get_state(), "history": history, "best": best, "epoch": epoch,
-            "mlflow_run_id": run.run_id if run is not None else None,
+            "mlflow_run_id": run.run_id if run is not None else None, "metrics": metrics, "finished": last,
         }
-        last = diverged or epoch == cfg.train.epochs - 1
         if last and run is not None:
             run.finish("FAILED" if diverged else "FINISHED")
         reporter.report({**metrics, "done": int(last)}, state)
