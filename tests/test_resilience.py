@@ -92,3 +92,16 @@ def test_kill_9_mid_sweep_then_resume(tmp_path):
     assert final_metrics(rows) == reference  # identical to the uninterrupted run (CPU determinism)
     _, runs = children(tmp_path / "mlflow.db", "killed")
     assert len(runs) == 8  # no duplicate child runs
+
+
+def test_optuna_mode_runs_seeded_tpe_per_variant(tmp_path):
+    run_study_cli(tiny_args("opt", "--set", "search.mode=optuna", "--set", "search.num_samples=3",
+                            "--set", "search.weight_decay=[0.01,1.0]", "--set", "train.epochs=2",
+                            "--set", "tracking.enabled=false", "--no-report"), tmp_path)
+    rows = read_rows(tmp_path / "studies" / "opt")
+    assert sorted(r["experiment"] for r in rows) == ["optuna-lpwd"] * 3 + ["optuna-wd"] * 3
+    assert all(r["status"] == "TERMINATED" for r in rows)
+    assert all(3e-3 <= float(r["lr"]) <= 3e-2 and 0.01 <= float(r["weight_decay"]) <= 1.0 for r in rows)
+    # the sampler is seeded: each variant's search starts from the same suggestions
+    suggest = {v: sorted((r["lr"], r["weight_decay"]) for r in rows if r["variant"] == v) for v in ("wd", "lpwd")}
+    assert suggest["wd"] == suggest["lpwd"]
