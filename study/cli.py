@@ -95,10 +95,11 @@ def cmd_trial(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     params = {"variant": args.variant, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed}
-    try:
+    try:  # the optimizer's own argument checks, before any data is loaded
         import lpwd
+        import torch
 
-        lpwd.build_optimizer(__import__("torch").nn.Linear(1, 1), args.variant, args.lr, args.weight_decay)
+        lpwd.build_optimizer(torch.nn.Linear(1, 1), args.variant, args.lr, args.weight_decay)
     except ValueError as e:
         raise UserError(f"trial: {e}") from None
     tracking = None

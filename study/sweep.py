@@ -53,8 +53,7 @@ class RayReporter:
                             key=lambda c: c.name, reverse=True)
         if not candidates and known is not None:  # remote storage: only Ray can fetch it
             with known.as_directory() as d:
-                candidates = [Path(d)]
-                return self._load(candidates[0], context.get_trial_name())
+                return self._load(Path(d), context.get_trial_name())
         for folder in candidates:
             state = self._load(folder, context.get_trial_name())
             if state is not None:

@@ -108,7 +108,7 @@ def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
         run = StudyRun(**json.loads(saved.read_text()))
         if run.uri == uri:
             return run
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     experiment = retry(lambda: c.get_experiment_by_name(cfg.name), "get experiment")
     exp_id = experiment.experiment_id if experiment else retry(lambda: c.create_experiment(cfg.name), "create experiment")
@@ -134,7 +134,7 @@ class TrialRun:
     """A trial's child run: created once, continued after a restore (run id in the checkpoint)."""
 
     def __init__(self, study: StudyRun, run_id: str | None, name: str, params: dict, tags: dict):
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         self._c = client(study.uri)
         self.run_id = run_id or self._existing(study, tags.get("ray_trial_id"))
