@@ -70,15 +70,15 @@ def cmd_run(cfg, report: bool) -> int:
         print(f"\ninterrupted; nothing finished is lost. Resume with: python -m study resume {study_dir}", file=sys.stderr)
         return 130
     if report:
-        cmd_report(study_dir, "test_acc_at_best_val", "wd", cfg)
+        cmd_report(study_dir, "test_acc_at_best_val", "wd")
     print(_next_steps(study_dir))
     return 0
 
 
-def cmd_report(study_dir: Path, metric: str, baseline: str, cfg=None) -> int:
+def cmd_report(study_dir: Path, metric: str, baseline: str) -> int:
     from .report import write_report
 
-    write_report(Path(study_dir), metric=metric, baseline=baseline, cfg=cfg)
+    write_report(Path(study_dir), metric=metric, baseline=baseline)
     return 0
 
 

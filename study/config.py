@@ -194,5 +194,12 @@ def trial_grid(cfg: StudyConfig) -> list[dict]:
     ]
 
 
+def planned_trials(cfg: StudyConfig) -> int:
+    """How many trials the study runs in all (optuna: num_samples per variant)."""
+    if cfg.search.mode == "grid":
+        return len(trial_grid(cfg))
+    return cfg.search.num_samples * len(cfg.search.variants)
+
+
 def dump(cfg: StudyConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

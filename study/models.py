@@ -34,6 +34,11 @@ def small_cnn(in_chans: int, num_classes: int, width: int = 32) -> nn.Sequential
     )
 
 
+def check_pretrained_path(cfg: ModelConfig) -> None:
+    if cfg.pretrained and cfg.pretrained_path and not Path(cfg.pretrained_path).expanduser().is_file():
+        raise UserError(f"model.pretrained_path: {cfg.pretrained_path} does not exist; point it at a timm checkpoint file")
+
+
 def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, img_size: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     if cfg.name == "small_cnn":
@@ -43,11 +48,9 @@ def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, img_size: int
     kwargs = {"num_classes": num_classes, "in_chans": in_chans, **cfg.timm_kwargs}
     if cfg.img_size is not None:
         kwargs["img_size"] = cfg.img_size
+    check_pretrained_path(cfg)
     if cfg.pretrained and cfg.pretrained_path:
-        path = Path(cfg.pretrained_path).expanduser()
-        if not path.is_file():
-            raise UserError(f"model.pretrained_path: {path} does not exist; point it at a timm checkpoint file")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        kwargs["pretrained_cfg_overlay"] = {"file": str(Path(cfg.pretrained_path).expanduser())}
     try:
         return timm.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs)
     except (OSError, RuntimeError) as e:

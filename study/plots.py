@@ -19,6 +19,11 @@ def _labels(values) -> list[str]:
     return [f"{v:.0e}" if v else "0" for v in values]
 
 
+def _grid(table: pd.DataFrame, values: str, lrs, wds) -> pd.DataFrame:
+    """One column of a per-cell table as an lr x weight-decay grid (missing cells NaN)."""
+    return table.pivot(index="lr", columns="weight_decay", values=values).reindex(index=lrs, columns=wds)
+
+
 def heatmaps(df: pd.DataFrame, metric: str) -> go.Figure:
     """One heatmap per variant, x = weight decay, y = lr, one shared colour scale."""
     c = cells(df)
@@ -28,9 +33,8 @@ def heatmaps(df: pd.DataFrame, metric: str) -> go.Figure:
                         horizontal_spacing=0.03)
     lo, hi = c["mean"].min(), c["mean"].max()
     for i, v in enumerate(variants, start=1):
-        grid = c[c["variant"] == v].pivot(index="lr", columns="weight_decay", values="mean").reindex(index=lrs, columns=wds)
-        sd = c[c["variant"] == v].pivot(index="lr", columns="weight_decay", values="sd").reindex(index=lrs, columns=wds)
-        div = c[c["variant"] == v].pivot(index="lr", columns="weight_decay", values="diverged").reindex(index=lrs, columns=wds)
+        mine = c[c["variant"] == v]
+        grid, sd, div = (_grid(mine, col, lrs, wds) for col in ("mean", "sd", "diverged"))
         text = [[("" if np.isnan(m) else f"{m:.1f}") + ("" if np.isnan(s) else f"±{s:.1f}") + (" ✗" if d and d > 0 else "")
                  for m, s, d in zip(mr, sr, dr)] for mr, sr, dr in zip(grid.values, sd.values, div.values)]
         fig.add_trace(go.Heatmap(
@@ -57,8 +61,7 @@ def difference_heatmaps(df: pd.DataFrame, baseline: str) -> go.Figure | None:
                         shared_yaxes=True, horizontal_spacing=0.03)
     for i, v in enumerate(variants, start=1):
         d = diffs[v]
-        z = d.pivot(index="lr", columns="weight_decay", values="diff").reindex(index=lrs, columns=wds)
-        p = d.pivot(index="lr", columns="weight_decay", values="p").reindex(index=lrs, columns=wds)
+        z, p = _grid(d, "diff", lrs, wds), _grid(d, "p", lrs, wds)
         text = [[("" if np.isnan(a) else f"{a:+.1f}") + ("*" if not np.isnan(q) and q < 0.05 else "")
                  for a, q in zip(ar, qr)] for ar, qr in zip(z.values, p.values)]
         fig.add_trace(go.Heatmap(z=z.values, x=_labels(wds), y=_labels(lrs), text=text, texttemplate="%{text}",

@@ -65,7 +65,7 @@ def print_summary(summary: pd.DataFrame, metric: str, baseline: str, one_seed: b
                         "add seeds (search.seeds) for Welch's t-tests[/]")
 
 
-def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline: str = "wd", cfg=None) -> Path:
+def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline: str = "wd") -> Path:
     study_dir = Path(study_dir)
     table = pd.DataFrame(read_rows(study_dir))
     if table.empty:

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .config import trial_grid
+from .config import planned_trials
 from .sweep import load_study
 from .table import read_rows
 
@@ -19,8 +19,7 @@ def study_counts(study_dir: Path) -> tuple[Counter, list[dict]]:
     cfg = load_study(study_dir)
     rows = read_rows(study_dir)
     counts = Counter(STATES.get(r["status"], "pending") for r in rows)
-    expected = len(trial_grid(cfg)) if cfg.search.mode == "grid" else cfg.search.num_samples * len(cfg.search.variants)
-    counts["pending"] += max(0, expected - len(rows))
+    counts["pending"] += max(0, planned_trials(cfg) - len(rows))
     return counts, rows
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import StudyConfig, dump, trial_grid, validate
+from .config import StudyConfig, dump, planned_trials, validate
 from .data import check_available
 from .errors import UserError
+from .models import check_pretrained_path
 from .progress import ProgressLine
 from .table import TidyTable
 from .trial import run_trial, trial_name
@@ -144,8 +145,7 @@ def prepare_study_dir(cfg: StudyConfig) -> Path:
     if saved.exists():
         old = validate(yaml.safe_load(saved.read_text()), str(saved)).model_dump(mode="json")
         new = cfg.model_dump(mode="json")
-        differs = [f"{sec}.{k}" for sec in DEFINING for k in set(old.get(sec, {})) | set(new[sec])
-                   if old.get(sec, {}).get(k) != new[sec].get(k)]
+        differs = [f"{sec}.{k}" for sec in DEFINING for k in new[sec] if old[sec][k] != new[sec][k]]
         if differs:
             raise UserError(f"{study_dir} was created by a different config ({', '.join(sorted(differs)[:4])} differ); "
                             f"choose another study name with --set name=NEW, or delete {study_dir}")
@@ -160,8 +160,7 @@ def preflight(cfg: StudyConfig) -> None:
     if cfg.resources.gpu > 0 and not os.environ.get("RAY_ADDRESS") and not torch.cuda.is_available():
         raise UserError(f"resources.gpu={cfg.resources.gpu} but this machine has no CUDA GPU; "
                         "set resources.gpu=0, or submit to a GPU cluster with ray job submit")
-    if cfg.model.pretrained and cfg.model.pretrained_path and not Path(cfg.model.pretrained_path).expanduser().is_file():
-        raise UserError(f"model.pretrained_path: {cfg.model.pretrained_path} does not exist; point it at a checkpoint file")
+    check_pretrained_path(cfg.model)
 
 
 def init_ray() -> None:
@@ -193,8 +192,9 @@ def run_study(cfg: StudyConfig) -> Path:
     resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
     fn = tune.with_resources(
         tune.with_parameters(trainable, study=cfg.model_dump(mode="json"), tracking=tracking), resources)
-    for name, space, tune_kwargs in experiments(cfg):
-        total = tune_kwargs.get("num_samples") or len(trial_grid(cfg))
+    sweeps = experiments(cfg)
+    for name, space, tune_kwargs in sweeps:
+        total = planned_trials(cfg) // len(sweeps)
         path = study_dir / name
         if tune.Tuner.can_restore(str(path)):
             tuner = tune.Tuner.restore(str(path), fn, resume_unfinished=True, resume_errored=True)

@@ -1,8 +1,5 @@
 """Mistakes are refused before anything starts: exit 2, one line naming the key and the fix."""
 
-import pickle
-import tarfile
-import io
 from pathlib import Path
 
 import pytest

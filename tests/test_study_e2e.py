@@ -12,7 +12,7 @@ from PIL import Image, ImageStat
 
 from study.trial import EPOCH_METRICS
 
-from .conftest import ROOT, run_study_cli, study_env, tiny_args
+from .conftest import run_study_cli, study_env, tiny_args
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
