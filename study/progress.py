@@ -23,6 +23,8 @@ class ProgressLine(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
+        if r.get("finished") != 1:
+            return  # stopped by Ctrl-C, not finished: it resumes later
         if r.get("diverged"):
             text = f"[red]diverged at epoch {r.get('epoch')}[/]"
         else:

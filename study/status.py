@@ -12,7 +12,8 @@ from .config import planned_trials
 from .sweep import load_study
 from .table import read_rows
 
-STATES = {"TERMINATED": "done", "RUNNING": "running", "PENDING": "pending", "PAUSED": "pending", "ERROR": "errored"}
+STATES = {"TERMINATED": "done", "RUNNING": "running", "PENDING": "pending", "PAUSED": "pending",
+          "INTERRUPTED": "pending", "ERROR": "errored"}
 
 
 def study_counts(study_dir: Path) -> tuple[Counter, list[dict]]:

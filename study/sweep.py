@@ -33,7 +33,14 @@ DEFINING = ("data", "model", "train", "search")
 
 
 class RayReporter:
-    """Checkpoints through Ray Tune: ``tune.report`` each epoch, ``tune.get_checkpoint`` on restart."""
+    """Checkpoints through Ray Tune: ``tune.report`` each epoch, ``tune.get_checkpoint`` on restart.
+
+    ``trial_folder`` is where this trial's checkpoints land with local or shared storage
+    (``storage/name/<experiment>/<trial_id>``, see ``trial_dirname``).
+    """
+
+    def __init__(self, trial_folder: Path):
+        self.trial_folder = trial_folder
 
     def restore(self) -> dict | None:
         """The newest readable checkpoint of this trial, falling back to older ones.
@@ -46,17 +53,13 @@ class RayReporter:
         from ray import tune
 
         known = tune.get_checkpoint()
-        context = tune.get_context()
-        folders = {Path(context.get_trial_dir())}
-        if known is not None:
-            folders.add(Path(known.path).parent)
-        candidates = sorted({c for f in folders if f.is_dir() for c in f.glob("checkpoint_*")},
-                            key=lambda c: c.name, reverse=True)
+        name = tune.get_context().get_trial_name()
+        candidates = sorted(self.trial_folder.glob("checkpoint_*"), key=lambda c: c.name, reverse=True)
         if not candidates and known is not None:  # remote storage: only Ray can fetch it
             with known.as_directory() as d:
-                return self._load(Path(d), context.get_trial_name())
+                return self._load(Path(d), name)
         for folder in candidates:
-            state = self._load(folder, context.get_trial_name())
+            state = self._load(folder, name)
             if state is not None:
                 return state
         return None
@@ -91,8 +94,10 @@ def trainable(config: dict, study: dict, tracking: dict | None):
     key = repr(study)
     if key not in _config_cache:  # reused actors validate the study config once
         _config_cache[key] = validate(study)
-    tags = {"ray_trial_id": tune.get_context().get_trial_id()}
-    run_trial(_config_cache[key], config, RayReporter(), StudyRun(**tracking) if tracking else None, tags)
+    cfg, context = _config_cache[key], tune.get_context()
+    folder = cfg.study_dir / context.get_experiment_name() / context.get_trial_id()
+    tags = {"ray_trial_id": context.get_trial_id()}
+    run_trial(cfg, config, RayReporter(folder), StudyRun(**tracking) if tracking else None, tags)
 
 
 def name_trial(trial) -> str:
@@ -166,6 +171,11 @@ def preflight(cfg: StudyConfig) -> None:
 def init_ray() -> None:
     import ray
 
+    # on Ctrl-C Ray's multi-line "Tuner.restore(...)" advice is replaced by the CLI's one line,
+    # and trials that never started have no results to complain about
+    for noisy in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
     if ray.is_initialized():
         return
     env = {"MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -211,7 +221,12 @@ def run_study(cfg: StudyConfig) -> Path:
                     callbacks=[TidyTable(str(study_dir), name, fixed), ProgressLine(total)],
                 ),
             )
-        tuner.fit()
+        results = tuner.fit()
+        finished = sum(bool(r.metrics) and r.metrics.get("finished") == 1 for r in results)
+        if finished + results.num_errors < total:
+            # Ctrl-C: Ray saved its state, then stopped every trial (marking them TERMINATED);
+            # only a trial's own final report says it finished. The CLI says how to resume.
+            raise KeyboardInterrupt
     return study_dir
 
 

@@ -52,7 +52,10 @@ class TidyTable(tune.Callback):
 
     def _row(self, trial) -> dict:
         result = trial.last_result or {}
-        row = {"trial_id": trial.trial_id, "experiment": self.experiment, "status": trial.status,
+        status = trial.status
+        if status == "TERMINATED" and result.get("finished") != 1:
+            status = "INTERRUPTED"  # stopped by Ctrl-C before its last epoch: resume runs it on
+        row = {"trial_id": trial.trial_id, "experiment": self.experiment, "status": status,
                **{k: trial.config.get(k) for k in TRIAL_PARAMS}, **self.fixed,
                "epochs_done": result.get("training_iteration", 0),
                **{k: result.get(k) for k in METRIC_COLUMNS}}

@@ -129,7 +129,7 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
         start = state["epoch"] + 1
         if state["finished"]:
             # finished before an interruption that Ray's snapshot missed: report it again, train nothing
-            reporter.report({**state["metrics"], "done": 1, "replayed": 1}, state)
+            reporter.report({**state["metrics"], "finished": 1, "replayed": 1}, state)
             opt.remove_hook()
             return state["metrics"]
     run = None
@@ -214,7 +214,7 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
         }
         if last and run is not None:
             run.finish("FAILED" if diverged else "FINISHED")
-        reporter.report({**metrics, "done": int(last)}, state)
+        reporter.report({**metrics, "finished": int(last)}, state)
         if diverged:
             break
     opt.remove_hook()
