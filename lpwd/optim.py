@@ -12,7 +12,8 @@ variant    where the shrink happens            resulting update
 ``l2``     inside the base (coupled L2)        g <- g + lambda theta
 ``wd``     before the base update (for Adam:      theta - lr u - lr lambda theta
            inside torch's own decoupled kernel)
-``rwd``    after the base update               (1 - lr lambda)(theta - lr u)
+``rwd``    after the base update (for Adam:       (1 - lr lambda)(theta - lr u)
+           inside the decoupled kernel, with lr and lambda rescaled)
 ``pwd``    before the next forward pass        see below
 ``lpwd``   ``pwd`` with lambda_l = lambda f(l, L)
 =========  ==================================  ===============================
@@ -77,9 +78,10 @@ class DecayMixin:
     variant: str
     placement: str | None
 
-    def _init_decay(self, variant, placement, model, fast, probe):
+    def _init_decay(self, variant, placement, model, fast, probe, rwd_in_kernel=False):
         self.variant = variant
         self.placement = placement
+        self._rwd_in_kernel = rwd_in_kernel
         self._fast = fast
         self._probe = probe
         self._steps = 0
@@ -139,14 +141,38 @@ class DecayMixin:
             before = self._probe.snapshot(eligible)
         if self.placement == "before_update":
             self._apply_decay()
-        super().step()
+        shrunk = self._base_step()
         if probing:
             self._probe.record(before, self._shrink_already_taken())
-        if self.placement == "after_update":
+        if self.placement == "after_update" and not shrunk:
             self._apply_decay()
         self._pending = self.placement == "before_forward"
         self._steps += 1
         return loss
+
+    def _base_step(self) -> bool:
+        """torch's own update; True if it also applied rwd's after-update shrink.
+
+        Adam's decoupled kernel computes theta (1 - lr' wd') - lr' u. With
+        lr' = lr (1 - s) and wd' = lambda / (1 - s), s = lr lambda, that is
+        (1 - s)(theta - lr u): rwd in one fused pass instead of two. Only for
+        0 <= s < 1; a shrink of 1 or more (a collapsing or sign-flipping
+        setting) takes the separate pass.
+        """
+        shrinks = [float(g["lr"]) * g["decay_rate"] for g in self.param_groups]
+        if not self._rwd_in_kernel or any(s >= 1 for s in shrinks):
+            super().step()
+            return False
+        saved = [(g["lr"], g["weight_decay"]) for g in self.param_groups]
+        for g, s in zip(self.param_groups, shrinks):
+            if s > 0:
+                g["lr"], g["weight_decay"] = float(g["lr"]) * (1 - s), g["decay_rate"] / (1 - s)
+        try:
+            super().step()
+        finally:
+            for g, (lr, wd) in zip(self.param_groups, saved):
+                g["lr"], g["weight_decay"] = lr, wd
+        return True
 
     def _shrink_already_taken(self):
         """Per sampled coordinate, lr * lambda_p taken off before the update (wd only)."""
@@ -322,6 +348,8 @@ def build_optimizer(
         base_kwargs["decoupled_weight_decay"] = True
         for group in groups.values():
             group["weight_decay"] = group["decay_rate"]
+    if variant == "rwd" and base == "adam":
+        base_kwargs["decoupled_weight_decay"] = True  # see DecayMixin._base_step
     fast = foreach is not False
     speed = {"foreach": False}
     if fast:
@@ -330,5 +358,5 @@ def build_optimizer(
     probe = None
     if diagnostics_every:
         probe = OpposingPenaltyProbe(diagnostics_every, diagnostics_sample, diagnostics_seed)
-    optimizer._init_decay(variant, placement, model, fast, probe)
+    optimizer._init_decay(variant, placement, model, fast, probe, rwd_in_kernel=variant == "rwd" and base == "adam")
     return optimizer

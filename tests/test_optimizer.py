@@ -47,7 +47,7 @@ def train(model, opt, steps, start=0):
     return model
 
 
-def reference(variant, base, steps, scales, betas=(0.9, 0.999), eps=1e-8, momentum=0.9, nesterov=False):
+def reference(variant, base, steps, scales, betas=(0.9, 0.999), eps=1e-8, momentum=0.9, nesterov=False, lam=LAM):
     """method.md written out literally, one tensor at a time."""
     model = make_model()
     params = dict(model.named_parameters())
@@ -58,12 +58,12 @@ def reference(variant, base, steps, scales, betas=(0.9, 0.999), eps=1e-8, moment
         with torch.no_grad():
             if variant in ("pwd", "lpwd"):  # decay before the forward pass, with step t's lr
                 for n in eligible:
-                    params[n].mul_(1 - lr * LAM * scales[n])
+                    params[n].mul_(1 - lr * lam * scales[n])
         grads = torch.autograd.grad(loss_of(model, t), list(params.values()))
         with torch.no_grad():
             for (n, p), g in zip(params.items(), grads):
                 if variant == "l2" and n in eligible:
-                    g = g + LAM * p
+                    g = g + lam * p
                 s = state[n]
                 if base == "adam":
                     s["m"] = betas[0] * s.get("m", 0) + (1 - betas[0]) * g
@@ -76,9 +76,9 @@ def reference(variant, base, steps, scales, betas=(0.9, 0.999), eps=1e-8, moment
                     u = g + momentum * s["buf"] if nesterov else s["buf"]
                 landed = p - lr * u
                 if variant == "wd" and n in eligible:
-                    p.copy_(landed - lr * LAM * p)
+                    p.copy_(landed - lr * lam * p)
                 elif variant == "rwd" and n in eligible:
-                    p.copy_((1 - lr * LAM) * landed)
+                    p.copy_((1 - lr * lam) * landed)
                 else:
                     p.copy_(landed)
     return model
@@ -101,6 +101,15 @@ def test_variant_matches_method_equations(variant, base, foreach):
     # pwd/lpwd: the weights a user evaluates after the last step include no pending decay
     for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6, msg=lambda m: f"{variant}/{base} {n}: {m}")
+
+
+def test_rwd_adam_with_shrinks_above_and_below_one():
+    """lr * lambda from 0.45 to 1.95 over the steps: the fused path and the separate pass both match."""
+    model = make_model()
+    train(model, lpwd.build_optimizer(model, "rwd", LR0, 30.0, "adam"), 6)
+    ref = reference("rwd", "adam", 6, {n: 1.0 for n, _ in model.named_parameters()}, lam=30.0)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
 
 
 def test_nesterov_sgd_matches_reference():
