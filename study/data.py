@@ -13,6 +13,7 @@ Raw arrays are cached per process, so a reused Ray actor loads a dataset once.
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import tarfile
 import urllib.request
@@ -177,6 +178,26 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     cropped = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
     flip = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(dev)
     return torch.where(flip[:, None, None, None], cropped.flip(3), cropped).contiguous()
+
+
+def write_cifar10_archive(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """A CIFAR-10 archive in the published python format, with random images.
+
+    For tests and benchmarks on machines without the real data: same files,
+    same pickled keys, same shapes, so the real loading code runs on it.
+    """
+    rng = np.random.RandomState(seed)
+    path = Path(root) / CIFAR["cifar10"]["archive"]
+    batches = [(f"data_batch_{i}", n_train // 5) for i in range(1, 6)] + [("test_batch", n_test)]
+    with tarfile.open(path, "w:gz") as tar:
+        for name, n in batches:
+            entry = {b"data": rng.randint(0, 256, (n, 3072), dtype=np.uint8),
+                     b"labels": rng.randint(0, 10, n).tolist(), b"batch_label": name.encode()}
+            blob = pickle.dumps(entry)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
 
 
 def fetch(name: str, root: str) -> Path:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import pickle
-import tarfile
-
 import numpy as np
 import pytest
 import torch
 
 from study.config import validate
-from study.data import augment_batch, load_dataset, load_raw
+from study.data import augment_batch, load_dataset, load_raw, write_cifar10_archive
 from study.trial import PrintReporter, lr_factor, run_trial
 
 
@@ -33,23 +29,8 @@ def test_same_seed_same_numbers_different_seed_different():
     assert [a[k] for k in keys] != [c[k] for k in keys]
 
 
-def write_cifar10(root, n_train=60, n_test=20):
-    """A small archive in the exact python format of CIFAR-10 (5 data batches + test batch)."""
-    rng = np.random.RandomState(0)
-    path = root / "cifar-10-python.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        for name, n in [*[(f"data_batch_{i}", n_train // 5) for i in range(1, 6)], ("test_batch", n_test)]:
-            entry = {b"data": rng.randint(0, 256, (n, 3072), dtype=np.uint8),
-                     b"labels": rng.randint(0, 10, n).tolist(), b"batch_label": name.encode()}
-            blob = pickle.dumps(entry)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    return path
-
-
 def test_cifar_format_archive_loads_and_trains(tmp_path):
-    write_cifar10(tmp_path)
+    write_cifar10_archive(tmp_path, n_train=60, n_test=20)
     load_raw.cache_clear()
     train_x, train_y, test_x, test_y, classes = load_raw("cifar10", str(tmp_path))
     assert train_x.shape == (60, 3, 32, 32) and train_x.dtype == np.uint8 and classes == 10
