@@ -77,19 +77,37 @@ def wait_for(study_dir, done: int, timeout: float = 240):
     pytest.fail("the sweep never reached a state with finished and running trials")
 
 
-def trial_workers(ray_tmp):
-    """Pids of the Ray actor processes running this study's trials."""
+def ray_processes(ray_tmp, title: bytes = b""):
+    """Pids of this study's Ray processes (all inherit its RAY_TMPDIR), optionally by title prefix."""
     pids = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            title, env = (proc / "cmdline").read_bytes(), (proc / "environ").read_bytes()
+            cmdline, env = (proc / "cmdline").read_bytes(), (proc / "environ").read_bytes()
         except OSError:
             continue
-        if title.startswith(b"ray::ImplicitFunc") and f"RAY_TMPDIR={ray_tmp}".encode() in env:
+        if cmdline.startswith(title) and f"RAY_TMPDIR={ray_tmp}".encode() in env:
             pids.append(int(proc.name))
     return pids
+
+
+def trial_workers(ray_tmp):
+    """Pids of the Ray actor processes running this study's trials."""
+    return ray_processes(ray_tmp, b"ray::ImplicitFunc")
+
+
+def stop_ray(ray_tmp):
+    """Kill whatever the study's Ray left behind (helpers can outlive a killed driver) and check it is gone."""
+    deadline = time.time() + 30
+    while (pids := ray_processes(ray_tmp)) and time.time() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+    assert not ray_processes(ray_tmp)
 
 
 def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
@@ -98,8 +116,7 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     wait_for(study_dir, done=2)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    subprocess.run(["pkill", "-9", "-f", ray_tmp])  # Ray helpers that outlive their driver
-    time.sleep(2)
+    stop_ray(ray_tmp)  # Ray helpers that outlive their driver
     finished_before = {r["trial_id"]: r for r in read_rows(study_dir) if r["status"] == "TERMINATED"}
     # truncate the newest checkpoint of an interrupted trial: it must fall back, never resume wrongly
     unfinished = [d for d in (study_dir / "grid").iterdir()
@@ -109,7 +126,7 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     newest.write_bytes(newest.read_bytes()[:100])
 
     resumed = run_study_cli(["resume", str(study_dir)], tmp_path, env)
-    subprocess.run(["pkill", "-9", "-f", ray_tmp])
+    stop_ray(ray_tmp)
     assert f"checkpoint {newest.parent} is unreadable" in resumed.stdout + resumed.stderr
     rows = read_rows(study_dir)
     assert len(rows) == len({r["trial_id"] for r in rows}) == 8
@@ -147,11 +164,6 @@ def test_optuna_mode_runs_seeded_tpe_per_variant(tmp_path):
     # the sampler is seeded: each variant's search starts from the same suggestions
     suggest = {v: sorted((r["lr"], r["weight_decay"]) for r in rows if r["variant"] == v) for v in ("wd", "lpwd")}
     assert suggest["wd"] == suggest["lpwd"]
-
-
-def stop_ray(ray_tmp):
-    subprocess.run(["pkill", "-9", "-f", ray_tmp])
-    assert not trial_workers(ray_tmp)
 
 
 def test_ctrl_c_stops_with_one_line_then_resume_finishes(tmp_path, reference):
@@ -205,3 +217,20 @@ def test_trial_that_keeps_failing_is_errored_and_the_others_complete(tmp_path):
     status = run_study_cli(["status", str(study_dir)], tmp_path)
     assert "7 done, 0 running, 0 pending, 1 errored" in status.stdout
     assert f"errored {errored['variant']} lr={errored['lr']}" in status.stdout
+
+
+def test_optuna_study_resumes_with_its_searcher_state(tmp_path):
+    optuna = ["--set", "search.mode=optuna", "--set", "search.num_samples=6", "--set", "search.variants=[lpwd]",
+              "--set", "search.weight_decay=[0.01,1.0]", "--set", "tracking.enabled=false"]
+    driver, env, ray_tmp = start_driver("optk", tmp_path, *optuna)
+    study_dir = tmp_path / "studies" / "optk"
+    wait_for(study_dir, done=2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    stop_ray(ray_tmp)
+    run_study_cli(["resume", str(study_dir)], tmp_path, env)
+    stop_ray(ray_tmp)
+    rows = read_rows(study_dir)
+    # exactly num_samples trials: the restored searcher neither forgot nor repeated its suggestions
+    assert len(rows) == 6 and all(r["status"] == "TERMINATED" for r in rows)
+    assert len({(r["lr"], r["weight_decay"]) for r in rows}) == 6
