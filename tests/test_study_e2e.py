@@ -123,8 +123,10 @@ def test_status_command(study):
 
 def test_resume_of_finished_study_reruns_nothing(study):
     before = (study["dir"] / "trials.csv").read_text()
-    run_study_cli(["resume", str(study["dir"])], study["dir"].parent.parent,
-                  study_env(MLFLOW_TRACKING_URI=study["server"]))
+    work, env = study["dir"].parent.parent, study_env(MLFLOW_TRACKING_URI=study["server"])
+    run_study_cli(["resume", str(study["dir"])], work, env)
+    # `study run` of the same config on the existing dir resumes too, asking nothing
+    run_study_cli(tiny_args("e2e", "--set", "search.seeds=[0,1]", "--no-report"), work, env)
     after = list(csv.DictReader(open(study["dir"] / "trials.csv")))
     def by_trial(rows):
         return {r["trial_id"]: (r["status"], r["epochs_done"], r["test_acc_at_best_val"]) for r in rows}
