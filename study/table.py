@@ -57,7 +57,8 @@ class TidyTable(tune.Callback):
             status = "INTERRUPTED"  # stopped by Ctrl-C before its last epoch: resume runs it on
         row = {"trial_id": trial.trial_id, "experiment": self.experiment, "status": status,
                **{k: trial.config.get(k) for k in TRIAL_PARAMS}, **self.fixed,
-               "epochs_done": result.get("training_iteration", 0),
+               # from the trial's own epoch counter: Ray's iteration count also counts replayed reports
+               "epochs_done": result.get("epoch", -1) + 1,
                **{k: result.get(k) for k in METRIC_COLUMNS}}
         if trial.status == "ERROR":
             row["error"] = (getattr(trial, "error_message", None) or "see the trial's error.txt").strip().splitlines()[-1][:300]

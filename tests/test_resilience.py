@@ -66,12 +66,15 @@ def start_driver(name, work, *extra):
     return driver, env, ray_tmp
 
 
-def wait_for(study_dir, done: int, timeout: float = 240):
-    """Until at least ``done`` trials finished and one is running (mid-epoch)."""
+def wait_for(study_dir, done: int, checkpointed: bool = False, timeout: float = 240):
+    """Until at least ``done`` trials finished and one is running (mid-epoch; with a checkpoint if asked)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         rows = read_rows(study_dir) if (study_dir / "trials.csv").exists() else []
-        if sum(r["status"] == "TERMINATED" for r in rows) >= done and any(r["status"] == "RUNNING" for r in rows):
+        running = [r for r in rows if r["status"] == "RUNNING"]
+        if checkpointed:
+            running = [r for r in running if list((study_dir / r["experiment"] / r["trial_id"]).glob("checkpoint_*"))]
+        if sum(r["status"] == "TERMINATED" for r in rows) >= done and running:
             return
         time.sleep(0.2)
     pytest.fail("the sweep never reached a state with finished and running trials")
@@ -113,7 +116,7 @@ def stop_ray(ray_tmp):
 def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     driver, env, ray_tmp = start_driver("killed", tmp_path)
     study_dir = tmp_path / "studies" / "killed"
-    wait_for(study_dir, done=2)
+    wait_for(study_dir, done=2, checkpointed=True)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     stop_ray(ray_tmp)  # Ray helpers that outlive their driver
@@ -143,14 +146,17 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     client, runs = children(tmp_path / "mlflow.db", "killed")
     assert len(runs) == 8  # no duplicate child runs
     for run in runs:
-        # every epoch trained exactly once: one timing per epoch (a retrained epoch would log a second one;
-        # Ray's result.json may miss epochs its snapshot lost, MLflow is logged by the trial itself)
+        # MLflow is logged by the trial itself, one timing per trained epoch (Ray's result.json may miss
+        # epochs its snapshot lost). Finished trials: each epoch exactly once. An interrupted trial may
+        # retrain only the epoch that was in flight (logged, not yet checkpointed) when it was killed;
+        # the one whose checkpoint was corrupted retrains from its previous good one (or scratch).
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "images_per_s"))
-        if run.data.tags["ray_trial_id"] == unfinished[0].name:
-            # the trial whose checkpoint was corrupted retrains from its previous good one (or scratch)
-            assert sorted(set(steps)) == [0, 1, 2, 3], (run.info.run_name, steps)
-        else:
+        trial = run.data.tags["ray_trial_id"]
+        assert sorted(set(steps)) == [0, 1, 2, 3], (run.info.run_name, steps)
+        if trial in finished_before:
             assert steps == [0, 1, 2, 3], (run.info.run_name, steps)
+        elif trial != unfinished[0].name:
+            assert len(steps) <= 5, (run.info.run_name, steps)
 
 
 def test_optuna_mode_runs_seeded_tpe_per_variant(tmp_path):
