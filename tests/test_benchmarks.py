@@ -1,0 +1,81 @@
+"""The benchmark scripts still run and print a complete, well-formed table.
+
+Benchmarks are how speed claims in the README are checked, so they must not
+rot. These runs are tiny (one round, one epoch) and assert only the shape of
+what is printed: every row present, every ratio a finite positive number.
+Wall-clock figures are never asserted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+import lpwd
+
+from .conftest import PYTHON, ROOT, study_env
+from .test_resilience import ray_processes, stop_ray
+
+RATIO = re.compile(r"([0-9]+\.[0-9]+)x")
+
+
+def run_benchmark(script: str, *args: str, cwd=ROOT, env=None) -> str:
+    proc = subprocess.run([PYTHON, str(ROOT / "benchmarks" / script), *args], cwd=cwd, env=env or study_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def table_rows(out: str) -> list[list[str]]:
+    rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row] for row in rows[1:]]  # drop the header
+
+
+def test_optimizer_step_times_every_variant_and_the_floor():
+    out = run_benchmark("optimizer_step.py", "--models", "resnet18", "--rounds", "1", "--warmup", "0")
+    rows = table_rows(out)
+    for base in ("adam", "sgd"):
+        variants = [row[2] for row in rows if row[1] == base]
+        assert variants[0].startswith("floor") and variants[1:] == list(lpwd.VARIANTS), variants
+    for row in rows:
+        ratios = [float(r) for r in RATIO.findall(" ".join(row))]
+        assert ratios and all(math.isfinite(r) and r > 0 for r in ratios), row
+
+
+def test_trial_throughput_compares_against_the_bare_loop():
+    out = run_benchmark("trial_throughput.py", "--cases", "digits", "--epochs", "1", "--repeats", "1")
+    (row,) = table_rows(out)
+    assert row[0] == "small_cnn / digits"
+    bare, trial = float(row[1]), float(row[2])
+    assert bare > 0 and trial > 0 and float(RATIO.search(row[3]).group(1)) > 0
+
+
+def test_sweep_overhead_runs_a_real_ray_sweep():
+    ray_tmp = tempfile.mkdtemp(prefix="rayb", dir="/tmp")  # short: Ray's socket paths have a length limit
+    try:
+        out = run_benchmark("sweep_overhead.py", "--trials", "2", "--epochs", "1",
+                            env=study_env(RAY_TMPDIR=ray_tmp, TMPDIR=ray_tmp))
+        assert "2 trials x 1 epochs" in out
+        overhead = re.search(r"\*\*overhead per trial\*\* \| \| \*\*(-?[0-9.]+)\*\*", out)
+        assert overhead and math.isfinite(float(overhead.group(1))), out
+        deadline = time.time() + 20  # a clean exit stops the local Ray it started, within seconds
+        while ray_processes(ray_tmp) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not ray_processes(ray_tmp), "the benchmark's local Ray outlived it"
+    finally:
+        stop_ray(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_gpu_study_skips_cleanly_without_cuda():
+    import torch
+
+    out = run_benchmark("gpu_study.py", "--cells", "2", "--epochs", "1", "--train-images", "512")
+    if torch.cuda.is_available():
+        assert "projected paper grid" in out
+    else:
+        assert "no CUDA device here; skipped" in out
