@@ -10,10 +10,11 @@ variant    where the shrink happens            resulting update
 =========  ==================================  ===============================
 ``none``   nowhere                             theta - lr u
 ``l2``     inside the base (coupled L2)        g <- g + lambda theta
-``wd``     before the base update (for Adam:      theta - lr u - lr lambda theta
-           inside torch's own decoupled kernel)
-``rwd``    after the base update (for Adam:       (1 - lr lambda)(theta - lr u)
-           inside the decoupled kernel, with lr and lambda rescaled)
+``wd``     before the base update (inside the     theta - lr u - lr lambda theta
+           kernel: Adam's decoupled one, or
+           SGD's coupled one without momentum)
+``rwd``    after the base update (inside the      (1 - lr lambda)(theta - lr u)
+           same kernels, lr and lambda rescaled)
 ``pwd``    before the next forward pass        see below
 ``lpwd``   ``pwd`` with lambda_l = lambda f(l, L)
 =========  ==================================  ===============================
@@ -153,7 +154,8 @@ class DecayMixin:
     def _base_step(self) -> bool:
         """torch's own update; True if it also applied rwd's after-update shrink.
 
-        Adam's decoupled kernel computes theta (1 - lr' wd') - lr' u. With
+        Adam's decoupled kernel computes theta (1 - lr' wd') - lr' u, and so
+        does SGD's coupled kernel without momentum (u = g). With
         lr' = lr (1 - s) and wd' = lambda / (1 - s), s = lr lambda, that is
         (1 - s)(theta - lr u): rwd in one fused pass instead of two. Only for
         0 <= s < 1; a shrink of 1 or more (a collapsing or sign-flipping
@@ -341,15 +343,16 @@ def build_optimizer(
 
     params = [p for _, p in named]
     placement = PLACEMENT[variant]
-    if variant == "wd" and base == "adam":
-        # AdamW exactly: torch's Adam applies the decoupled shrink inside its own
-        # (fused) kernel, saving a pass over the weights
-        placement = "in_update"
+    # Where torch's own kernel can express the shrink, it rides there and saves a
+    # pass over the weights: Adam's decoupled kernel, and SGD's coupled one when
+    # there is no momentum (theta - lr (g + lambda theta) is then SGDW exactly).
+    shrink_in_kernel = variant in ("wd", "rwd") and (base == "adam" or not base_kwargs.get("momentum", 0))
+    if shrink_in_kernel and base == "adam":
         base_kwargs["decoupled_weight_decay"] = True
+    if shrink_in_kernel and variant == "wd":
+        placement = "in_update"
         for group in groups.values():
             group["weight_decay"] = group["decay_rate"]
-    if variant == "rwd" and base == "adam":
-        base_kwargs["decoupled_weight_decay"] = True  # see DecayMixin._base_step
     fast = foreach is not False
     speed = {"foreach": False}
     if fast:
@@ -358,5 +361,5 @@ def build_optimizer(
     probe = None
     if diagnostics_every:
         probe = OpposingPenaltyProbe(diagnostics_every, diagnostics_sample, diagnostics_seed)
-    optimizer._init_decay(variant, placement, model, fast, probe, rwd_in_kernel=variant == "rwd" and base == "adam")
+    optimizer._init_decay(variant, placement, model, fast, probe, rwd_in_kernel=shrink_in_kernel and variant == "rwd")
     return optimizer

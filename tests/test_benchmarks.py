@@ -38,7 +38,7 @@ def table_rows(out: str) -> list[list[str]]:
 def test_optimizer_step_times_every_variant_and_the_floor():
     out = run_benchmark("optimizer_step.py", "--models", "resnet18", "--rounds", "1", "--warmup", "0")
     rows = table_rows(out)
-    for base in ("adam", "sgd"):
+    for base in ("adam", "sgd", "sgd, no momentum"):
         variants = [row[2] for row in rows if row[1] == base]
         assert variants[0].startswith("floor") and variants[1:] == list(lpwd.VARIANTS), variants
     for row in rows:

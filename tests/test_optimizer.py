@@ -103,13 +103,28 @@ def test_variant_matches_method_equations(variant, base, foreach):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6, msg=lambda m: f"{variant}/{base} {n}: {m}")
 
 
-def test_rwd_adam_with_shrinks_above_and_below_one():
+@pytest.mark.parametrize("base,kwargs", [("adam", {}), ("sgd", {"momentum": 0.0})], ids=["adam", "sgd-no-momentum"])
+def test_rwd_in_kernel_with_shrinks_above_and_below_one(base, kwargs):
     """lr * lambda from 0.45 to 1.95 over the steps: the fused path and the separate pass both match."""
     model = make_model()
-    train(model, lpwd.build_optimizer(model, "rwd", LR0, 30.0, "adam"), 6)
-    ref = reference("rwd", "adam", 6, {n: 1.0 for n, _ in model.named_parameters()}, lam=30.0)
+    train(model, lpwd.build_optimizer(model, "rwd", LR0, 30.0, base, **kwargs), 6)
+    ref = reference("rwd", base, 6, {n: 1.0 for n, _ in model.named_parameters()}, lam=30.0, **kwargs)
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("foreach", [None, False], ids=["fast", "single-tensor"])
+@pytest.mark.parametrize("variant", lpwd.VARIANTS)
+def test_sgd_without_momentum_matches_method_equations(variant, foreach):
+    """Without momentum, wd and rwd ride in SGD's coupled kernel; every variant still follows method.md."""
+    model = make_model()
+    opt = lpwd.build_optimizer(model, variant, LR0, LAM, "sgd", foreach=foreach, momentum=0.0)
+    assert (opt.placement == "in_update") == (variant == "wd") and opt._rwd_in_kernel == (variant == "rwd")
+    train(model, opt, 6)
+    scales = linear_scales(model) if variant == "lpwd" else {n: 1.0 for n, _ in model.named_parameters()}
+    ref = reference(variant, "sgd", 6, scales, momentum=0.0)
+    for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6, msg=lambda m: f"{variant} {n}: {m}")
 
 
 def test_nesterov_sgd_matches_reference():

@@ -208,8 +208,12 @@ def test_trial_killed_from_outside_is_retried_from_its_checkpoint(tmp_path):
     assert len(rows) == 8 and all(r["status"] == "TERMINATED" for r in rows)
     failed = [d for d in (study_dir / "grid").iterdir() if (d / "error.txt").exists()]
     assert len(failed) == 1  # the killed trial failed once, and was retried to completion
-    epochs = [json.loads(line)["epoch"] for line in (failed[0] / "result.json").read_text().splitlines() if line]
-    assert epochs == list(range(12))  # continued from its checkpoint: no epoch twice, none missing
+    results = [json.loads(line) for line in (failed[0] / "result.json").read_text().splitlines() if line]
+    trained = [r["epoch"] for r in results if not r.get("replayed")]
+    assert trained == list(range(12))  # continued from its checkpoint: no epoch trained twice, none missing
+    # a kill after the last epoch's report but before the trial returned: the retry restores the
+    # finished state and only re-reports it, training nothing
+    assert [r["epoch"] for r in results if r.get("replayed")] in ([], [11])
 
 
 def test_trial_that_keeps_failing_is_errored_and_the_others_complete(tmp_path):
