@@ -188,45 +188,74 @@ def test_ctrl_c_stops_with_one_line_then_resume_finishes(tmp_path, reference):
     assert final_metrics(read_rows(study_dir)) == reference
 
 
+def trial_mid_training(study_dir, ray_tmp, timeout: float = 240):
+    """(trial folder, worker pid) of a trial between its first checkpoint and its last epochs.
+
+    Mid-training on purpose: a kill while Ray hands a reused actor its next trial
+    is counted twice by Ray Tune (the reset task and the actor both fail), and a
+    kill after the last report leaves nothing to retrain.
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for results in study_dir.glob("grid/*/result.json"):
+            lines = [line for line in results.read_text().splitlines() if line.strip()]
+            last = json.loads(lines[-1]) if lines else None
+            if last and 1 <= last["epoch"] <= 8 and last["pid"] in trial_workers(ray_tmp):
+                return results.parent, last["pid"]
+        time.sleep(0.1)
+    pytest.fail("no trial reached the middle of its training")
+
+
 def kill_a_running_trial(name, work, *extra):
-    """Run a study and SIGKILL one trial's worker process mid-trial; return the driver and its output."""
+    """Run a study and SIGKILL one trial's worker mid-training; return the driver's outcome and that trial."""
     driver, env, ray_tmp = start_driver(name, work, "--set", "train.epochs=12", *extra)
-    wait_for(work / "studies" / name, done=1)
-    workers = trial_workers(ray_tmp)
-    assert workers, "no trial worker process found"
-    os.kill(workers[0], signal.SIGKILL)
+    trial_dir, pid = trial_mid_training(work / "studies" / name, ray_tmp)
+    os.kill(pid, signal.SIGKILL)
     out, err = driver.communicate(timeout=300)
     stop_ray(ray_tmp)
-    return driver.returncode, out, err
+    return driver.returncode, out, err, trial_dir.name
 
 
 def test_trial_killed_from_outside_is_retried_from_its_checkpoint(tmp_path):
-    rc, out, err = kill_a_running_trial("retry", tmp_path, "--set", "max_failures=2")
+    rc, out, err, killed = kill_a_running_trial("retry", tmp_path, "--set", "max_failures=2")
     assert rc == 0, err[-2000:]
     study_dir = tmp_path / "studies" / "retry"
     rows = read_rows(study_dir)
-    assert len(rows) == 8 and all(r["status"] == "TERMINATED" for r in rows)
+    assert len(rows) == 8 and all(r["status"] == "TERMINATED" for r in rows), [r["status"] for r in rows]
     failed = [d for d in (study_dir / "grid").iterdir() if (d / "error.txt").exists()]
-    assert len(failed) == 1  # the killed trial failed once, and was retried to completion
+    assert [d.name for d in failed] == [killed]  # the killed trial failed once, and was retried to completion
     results = [json.loads(line) for line in (failed[0] / "result.json").read_text().splitlines() if line]
     trained = [r["epoch"] for r in results if not r.get("replayed")]
-    assert trained == list(range(12))  # continued from its checkpoint: no epoch trained twice, none missing
+    # continued from its checkpoint: no epoch trained twice, none missing
+    assert trained == list(range(12)), [(r["epoch"], r["pid"], r.get("replayed")) for r in results]
     # a kill after the last epoch's report but before the trial returned: the retry restores the
     # finished state and only re-reports it, training nothing
     assert [r["epoch"] for r in results if r.get("replayed")] in ([], [11])
 
 
 def test_trial_that_keeps_failing_is_errored_and_the_others_complete(tmp_path):
-    rc, out, err = kill_a_running_trial("nofail", tmp_path, "--set", "max_failures=0")
+    rc, out, err, killed = kill_a_running_trial("nofail", tmp_path, "--set", "max_failures=0")
     assert rc == 0, err[-2000:]
     study_dir = tmp_path / "studies" / "nofail"
     rows = read_rows(study_dir)
     assert sorted(r["status"] for r in rows) == ["ERROR"] + ["TERMINATED"] * 7
     errored = next(r for r in rows if r["status"] == "ERROR")
+    assert errored["trial_id"] == killed
     assert errored["error"]  # the error is recorded in the tidy table
     status = run_study_cli(["status", str(study_dir)], tmp_path)
     assert "7 done, 0 running, 0 pending, 1 errored" in status.stdout
     assert f"errored {errored['variant']} lr={errored['lr']}" in status.stdout
+
+    # resume retries the errored trial from its newest checkpoint; the other seven are kept
+    done = {r["trial_id"]: r for r in rows if r["status"] == "TERMINATED"}
+    ray_tmp = tempfile.mkdtemp(prefix="rayr", dir="/tmp")
+    run_study_cli(["resume", str(study_dir)], tmp_path, study_env(RAY_TMPDIR=ray_tmp))
+    stop_ray(ray_tmp)
+    rows = read_rows(study_dir)
+    assert all(r["status"] == "TERMINATED" and r["epochs_done"] == "12" for r in rows), rows
+    assert {r["trial_id"]: r for r in rows if r["trial_id"] != killed} == done
+    results = [json.loads(line) for line in (study_dir / "grid" / killed / "result.json").read_text().splitlines()]
+    assert [r["epoch"] for r in results] == list(range(12))  # no epoch of the killed trial trained twice
 
 
 def test_optuna_study_resumes_with_its_searcher_state(tmp_path):
