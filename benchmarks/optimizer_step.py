@@ -46,26 +46,34 @@ def sync(device):
 BASES = [("adam", "adam", {}), ("sgd", "sgd", {"momentum": 0.9}), ("sgd, no momentum", "sgd", {"momentum": 0.0})]
 
 
-def baseline(model, base, momentum, device):
-    decay = [p for n, p in model.named_parameters() if n not in lpwd.no_decay_names(model)]
-    rest = [p for n, p in model.named_parameters() if n in lpwd.no_decay_names(model)]
+def decayed_and_rest(model):
+    skip = lpwd.no_decay_names(model)
+    named = list(model.named_parameters())
+    return [p for n, p in named if n not in skip], [p for n, p in named if n in skip]
+
+
+def fastest(model):
+    """torch's fastest implementation on the model's device: fused where supported, foreach otherwise."""
+    return {"fused": True} if _fused_supported(list(model.parameters())) else {"foreach": True}
+
+
+def baseline(model, base, momentum):
+    decay, rest = decayed_and_rest(model)
     groups = [{"params": decay, "weight_decay": WD}, {"params": rest, "weight_decay": 0.0}]
-    speed = {"fused": True} if _fused_supported(list(model.parameters())) else {"foreach": True}
+    speed = fastest(model)
     if base == "adam":
         return torch.optim.AdamW(groups, lr=LR, **speed), f"torch AdamW {next(iter(speed))}"
     return torch.optim.SGD(groups, lr=LR, momentum=momentum, **speed), f"torch SGD {next(iter(speed))}"
 
 
-def floor(model, base, momentum, device):
+def floor(model, base, momentum):
     """torch's fused base (no decay) + one _foreach_mul_: a separate shrink at its cheapest."""
-    skip = lpwd.no_decay_names(model)
-    decay = [p for n, p in model.named_parameters() if n not in skip]
+    decay, _ = decayed_and_rest(model)
     factors = [1.0 - LR * WD] * len(decay)
-    speed = {"fused": True} if _fused_supported(list(model.parameters())) else {"foreach": True}
     if base == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=LR, **speed)
+        opt = torch.optim.Adam(model.parameters(), lr=LR, **fastest(model))
     else:
-        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=momentum, **speed)
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=momentum, **fastest(model))
 
     @torch.no_grad()
     def run():
@@ -104,8 +112,8 @@ def bench_model(name, device, rounds, warmup):
     rows = []
     for label, base, kwargs in BASES:
         momentum = kwargs.get("momentum", 0.0)
-        ref_opt, ref_name = baseline(model, base, momentum, device)
-        contenders = {"baseline": step_fn(model, ref_opt), "floor": floor(model, base, momentum, device)}
+        ref_opt, ref_name = baseline(model, base, momentum)
+        contenders = {"baseline": step_fn(model, ref_opt), "floor": floor(model, base, momentum)}
         for variant in lpwd.VARIANTS:
             for diag in (0, 1):
                 opt = lpwd.build_optimizer(model, variant, LR, WD, base, diagnostics_every=diag, **kwargs)

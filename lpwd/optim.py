@@ -161,8 +161,9 @@ class DecayMixin:
         0 <= s < 1; a shrink of 1 or more (a collapsing or sign-flipping
         setting) takes the separate pass.
         """
-        shrinks = [float(g["lr"]) * g["decay_rate"] for g in self.param_groups]
-        if not self._rwd_in_kernel or any(s >= 1 for s in shrinks):
+        # only rwd rides in the kernel: every other variant skips the bookkeeping
+        shrinks = self._rwd_in_kernel and [float(g["lr"]) * g["decay_rate"] for g in self.param_groups]
+        if not shrinks or any(s >= 1 for s in shrinks):
             super().step()
             return False
         saved = [(g["lr"], g["weight_decay"]) for g in self.param_groups]

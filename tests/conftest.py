@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +36,34 @@ def run_study_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: 
     if proc.returncode != 0:
         raise AssertionError(f"study {args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def ray_processes(ray_tmp, title: bytes = b""):
+    """Pids of this study's Ray processes (all inherit its RAY_TMPDIR), optionally by title prefix."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline, env = (proc / "cmdline").read_bytes(), (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(title) and f"RAY_TMPDIR={ray_tmp}".encode() in env:
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_ray(ray_tmp):
+    """Kill whatever the study's Ray left behind (helpers can outlive a killed driver) and check it is gone."""
+    deadline = time.time() + 30
+    while (pids := ray_processes(ray_tmp)) and time.time() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+    assert not ray_processes(ray_tmp)
 
 
 @pytest.fixture(scope="session")

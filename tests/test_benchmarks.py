@@ -17,8 +17,7 @@ import time
 
 import lpwd
 
-from .conftest import PYTHON, ROOT, study_env
-from .test_resilience import ray_processes, stop_ray
+from .conftest import PYTHON, ROOT, ray_processes, stop_ray, study_env
 
 RATIO = re.compile(r"([0-9]+\.[0-9]+)x")
 

@@ -8,14 +8,13 @@ import signal
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from study.table import read_rows
 from study.trial import EPOCH_METRICS
 
-from .conftest import PYTHON, run_study_cli, study_env, tiny_args
+from .conftest import PYTHON, ray_processes, run_study_cli, stop_ray, study_env, tiny_args
 
 pytestmark = pytest.mark.slow
 
@@ -80,37 +79,9 @@ def wait_for(study_dir, done: int, checkpointed: bool = False, timeout: float = 
     pytest.fail("the sweep never reached a state with finished and running trials")
 
 
-def ray_processes(ray_tmp, title: bytes = b""):
-    """Pids of this study's Ray processes (all inherit its RAY_TMPDIR), optionally by title prefix."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline, env = (proc / "cmdline").read_bytes(), (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        if cmdline.startswith(title) and f"RAY_TMPDIR={ray_tmp}".encode() in env:
-            pids.append(int(proc.name))
-    return pids
-
-
 def trial_workers(ray_tmp):
     """Pids of the Ray actor processes running this study's trials."""
     return ray_processes(ray_tmp, b"ray::ImplicitFunc")
-
-
-def stop_ray(ray_tmp):
-    """Kill whatever the study's Ray left behind (helpers can outlive a killed driver) and check it is gone."""
-    deadline = time.time() + 30
-    while (pids := ray_processes(ray_tmp)) and time.time() < deadline:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
-    assert not ray_processes(ray_tmp)
 
 
 def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
