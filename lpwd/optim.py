@@ -162,7 +162,7 @@ class DecayMixin:
         setting) takes the separate pass.
         """
         # only rwd rides in the kernel: every other variant skips the bookkeeping
-        shrinks = self._rwd_in_kernel and [float(g["lr"]) * g["decay_rate"] for g in self.param_groups]
+        shrinks = [float(g["lr"]) * g["decay_rate"] for g in self.param_groups] if self._rwd_in_kernel else []
         if not shrinks or any(s >= 1 for s in shrinks):
             super().step()
             return False

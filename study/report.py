@@ -27,13 +27,18 @@ def find_browser() -> str | None:
     return next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
 
 
-def trial_history(study_dir: Path, row: dict) -> pd.DataFrame | None:
-    """Per-epoch results Ray kept for one trial (``<experiment>/<trial_id>/result.json``)."""
+def trial_reports(study_dir: Path, row: dict) -> list[dict]:
+    """Every report Ray kept for one trial, in order (``<experiment>/<trial_id>/result.json``); [] before the first."""
     path = study_dir / row["experiment"] / row["trial_id"] / "result.json"
     if not path.exists():
-        return None
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return pd.DataFrame(lines) if lines else None
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def trial_history(study_dir: Path, row: dict) -> pd.DataFrame | None:
+    """Per-epoch results of one trial as a table, None if it reported nothing."""
+    reports = trial_reports(study_dir, row)
+    return pd.DataFrame(reports) if reports else None
 
 
 def best_cell_histories(study_dir: Path, df: pd.DataFrame) -> dict[str, pd.DataFrame]:

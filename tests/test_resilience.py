@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from study.report import trial_reports
 from study.table import read_rows
 from study.trial import EPOCH_METRICS
 
@@ -109,10 +110,9 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
         if r["trial_id"] in finished_before:
             assert r == finished_before[r["trial_id"]]
     for r in rows:  # no epoch trained twice
-        lines = (study_dir / "grid" / r["trial_id"] / "result.json").read_text().splitlines()
-        reports = [json.loads(line) for line in lines if line.strip()]
-        trained = [r["epoch"] for r in reports if not r.get("replayed")]  # a replay re-reports, trains nothing
-        assert trained == sorted(set(trained)), (r["trial_id"], trained)
+        # a replay re-reports, trains nothing
+        trained = [report["epoch"] for report in trial_reports(study_dir, r) if not report.get("replayed")]
+        assert trained and trained == sorted(set(trained)), (r["trial_id"], trained)
     assert final_metrics(rows) == reference  # identical to the uninterrupted run (CPU determinism)
     client, runs = children(tmp_path / "mlflow.db", "killed")
     assert len(runs) == 8  # no duplicate child runs
@@ -196,7 +196,7 @@ def test_trial_killed_from_outside_is_retried_from_its_checkpoint(tmp_path):
     assert len(rows) == 8 and all(r["status"] == "TERMINATED" for r in rows), [r["status"] for r in rows]
     failed = [d for d in (study_dir / "grid").iterdir() if (d / "error.txt").exists()]
     assert [d.name for d in failed] == [killed]  # the killed trial failed once, and was retried to completion
-    results = [json.loads(line) for line in (failed[0] / "result.json").read_text().splitlines() if line]
+    results = trial_reports(study_dir, next(r for r in rows if r["trial_id"] == killed))
     # continued from its mid-training checkpoint: no epoch trained twice, none missing, nothing replayed
     assert [r["epoch"] for r in results] == list(range(12)), [(r["epoch"], r["pid"], r.get("replayed")) for r in results]
 
@@ -222,7 +222,7 @@ def test_trial_that_keeps_failing_is_errored_and_the_others_complete(tmp_path):
     rows = read_rows(study_dir)
     assert all(r["status"] == "TERMINATED" and r["epochs_done"] == "12" for r in rows), rows
     assert {r["trial_id"]: r for r in rows if r["trial_id"] != killed} == done
-    results = [json.loads(line) for line in (study_dir / "grid" / killed / "result.json").read_text().splitlines()]
+    results = trial_reports(study_dir, next(r for r in rows if r["trial_id"] == killed))
     assert [r["epoch"] for r in results] == list(range(12))  # no epoch of the killed trial trained twice
 
 
