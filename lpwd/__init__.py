@@ -9,16 +9,19 @@ works in any plain ``zero_grad -> forward -> backward -> step`` loop with any
 is a timm model.
 """
 
-from .layers import SCHEDULES, layer_indices, no_decay_names
+from .layers import SCHEDULE_NAMES, SCHEDULES, decay_scales, effective_decay, layer_indices, no_decay_names
 from .optim import BASES, VARIANTS, DecayedAdam, DecayedSGD, build_optimizer
 
 __all__ = [
     "BASES",
     "SCHEDULES",
+    "SCHEDULE_NAMES",
     "VARIANTS",
     "DecayedAdam",
     "DecayedSGD",
     "build_optimizer",
+    "decay_scales",
+    "effective_decay",
     "layer_indices",
     "no_decay_names",
 ]

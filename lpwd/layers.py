@@ -83,16 +83,63 @@ def _registration_order_layers(model: nn.Module) -> dict[str, tuple[int, int]]:
     return {name: (layer_of[name], L) for name, _ in model.named_parameters()}
 
 
-def resolve_schedule(layer_schedule: LayerSchedule) -> Callable[[int, int], float]:
-    """Turn a schedule name or a callable ``f(l, L) -> scale`` into a callable."""
+# "<shape>_normalized": the shape rescaled to a parameter-weighted mean of 1 over the
+# decayed tensors, so the layer-wise variant applies the same total decay as plain pwd
+NORMALIZED = "_normalized"
+SCHEDULE_NAMES: tuple[str, ...] = (*SCHEDULES, *(f"{s}{NORMALIZED}" for s in SCHEDULES if s != "constant"))
+
+
+def resolve_schedule(layer_schedule: LayerSchedule) -> tuple[Callable[[int, int], float], bool]:
+    """A schedule name or a callable ``f(l, L) -> scale`` as (callable, normalise to mean 1?)."""
     if callable(layer_schedule):
-        return layer_schedule
-    if layer_schedule not in SCHEDULES:
+        return layer_schedule, False
+    if layer_schedule not in SCHEDULE_NAMES:
         raise ValueError(
             f"layer_schedule={layer_schedule!r} is unknown; use one of "
-            f"{sorted(SCHEDULES)} or a callable f(l, L) -> scale"
+            f"{list(SCHEDULE_NAMES)} or a callable f(l, L) -> scale"
         )
-    return SCHEDULES[layer_schedule]
+    shape = layer_schedule.removesuffix(NORMALIZED)
+    return SCHEDULES[shape], shape != layer_schedule
+
+
+def decay_scales(model: nn.Module, layer_schedule: LayerSchedule = "linear",
+                 decay_bias_and_norm: bool = False) -> dict[str, float]:
+    """``lambda_p / lambda`` for every trainable parameter: f(l, L), 0 where nothing decays.
+
+    A ``*_normalized`` schedule is divided by its parameter-count-weighted mean
+    over the decayed tensors, so its total decay mass equals plain pwd's.
+    """
+    schedule, normalise = resolve_schedule(layer_schedule)
+    layers = layer_indices(model)
+    skip = no_decay_names(model, decay_bias_and_norm)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    scales = {n: (0.0 if n in skip else layer_scale(schedule, *layers[n])) for n, _ in named}
+    if normalise:
+        mass = sum(p.numel() * scales[n] for n, p in named if n not in skip)
+        count = sum(p.numel() for n, p in named if n not in skip)
+        if mass > 0:
+            scales = {n: s * count / mass for n, s in scales.items()}
+    return scales
+
+
+def effective_decay(model: nn.Module, variant: str = "lpwd", layer_schedule: LayerSchedule = "linear",
+                    decay_bias_and_norm: bool = False) -> float:
+    """lambda_eff / lambda: the parameter-weighted mean of lambda_p / lambda over decayed tensors.
+
+    1 for ``wd``/``rwd``/``pwd``/``l2``, 0 for ``none``, and for ``lpwd`` the mean of its
+    schedule (0.67 for the linear schedule on a three-layer CNN): at the same nominal
+    lambda, linear LPWD decays less in total, which a fair comparison must account for.
+    It depends on the model and schedule only, so it is known before any training.
+    """
+    if variant == "none":
+        return 0.0
+    if variant != "lpwd":
+        return 1.0
+    scales = decay_scales(model, layer_schedule, decay_bias_and_norm)
+    skip = no_decay_names(model, decay_bias_and_norm)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n not in skip]
+    count = sum(p.numel() for _, p in named)
+    return sum(p.numel() * scales[n] for n, p in named) / count if count else 0.0
 
 
 def layer_scale(schedule: Callable[[int, int], float], l: int, L: int) -> float:

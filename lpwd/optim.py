@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from .diagnostics import OpposingPenaltyProbe, layer_weight_norms
-from .layers import LayerSchedule, layer_indices, layer_scale, no_decay_names, resolve_schedule
+from .layers import LayerSchedule, decay_scales, layer_indices
 
 VARIANTS = ("none", "l2", "wd", "rwd", "pwd", "lpwd")
 
@@ -297,8 +297,10 @@ def build_optimizer(
         base: ``adam`` (kwargs ``betas``, ``eps``, ``amsgrad``) or ``sgd``
             (kwargs ``momentum``, ``nesterov``, ``dampening``).
         layer_schedule: for ``lpwd`` only: ``linear`` (lambda_l = lambda l/L,
-            the paper), ``constant``, ``inverse``, ``sqrt`` or ``f(l, L) -> scale``.
-            Layers come from :func:`lpwd.layer_indices`.
+            the paper), ``constant``, ``inverse``, ``sqrt`` or ``f(l, L) -> scale``;
+            ``linear_normalized`` (and ``inverse_``/``sqrt_normalized``) rescale the
+            shape to a parameter-weighted mean of 1, the same total decay as ``pwd``
+            (see :func:`lpwd.effective_decay`). Layers come from :func:`lpwd.layer_indices`.
         decay_bias_and_norm: also decay 1-D tensors and ``no_weight_decay()`` names.
         foreach: ``None``/``True`` use torch's fused kernels where the device
             has them (foreach otherwise); ``False`` the single-tensor path.
@@ -320,16 +322,17 @@ def build_optimizer(
         raise ValueError(
             f"{sorted(unknown)} not accepted for base={base!r}; accepted keyword arguments: {sorted(allowed)}"
         )
-    schedule = resolve_schedule(layer_schedule if variant == "lpwd" else "constant")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("model has no trainable parameters; pass a model with requires_grad parameters")
 
     layers = layer_indices(model)
-    skip = no_decay_names(model, decay_bias_and_norm)
+    # every eligible tensor has a scale > 0 under "constant"; 0 marks the excluded ones
+    eligible_of = decay_scales(model, "constant", decay_bias_and_norm)
+    scales = decay_scales(model, layer_schedule if variant == "lpwd" else "constant", decay_bias_and_norm)
     groups: dict[bool, dict] = {}
     for name, p in named:
-        eligible = name not in skip
+        eligible = eligible_of[name] > 0
         l, L = layers[name]
         group = groups.setdefault(eligible, {
             "params": [], "layer_scales": [], "layers": [],
@@ -339,7 +342,7 @@ def build_optimizer(
             "weight_decay": float(weight_decay) if eligible and variant == "l2" else 0.0,
         })
         group["params"].append(p)
-        group["layer_scales"].append(layer_scale(schedule, l, L))
+        group["layer_scales"].append(scales[name] if eligible else 1.0)
         group["layers"].append(l)
 
     params = [p for _, p in named]

@@ -30,10 +30,17 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("study_dir")
     status = sub.add_parser("status", help="progress of a study")
     status.add_argument("study_dir")
-    report = sub.add_parser("report", help="robustness metrics, heatmaps and curves")
+    report = sub.add_parser("report", help="the verdict, robustness metrics, heatmaps and curves")
     report.add_argument("study_dir")
-    report.add_argument("--metric", default="test_acc_at_best_val")
-    report.add_argument("--baseline", default="wd")
+    report.add_argument("--metric", default="test_acc_at_best_val",
+                        help="reported test metric: test_acc_at_best_val (default), final_test_acc, "
+                             "paper_top10_test_acc (the paper's, test-selected epochs); cells are always chosen on validation")
+    report.add_argument("--baseline", default="wd", help="arm every other arm is compared with (default wd = AdamW/SGDW)")
+    report.add_argument("--test", default="t", choices=["t", "wilcoxon", "signflip"],
+                        help="paired test per cell over seeds (default t)")
+    report.add_argument("--correction", default="holm", choices=["holm", "bh", "none"],
+                        help="multiple-comparison correction across cells (default holm)")
+    report.add_argument("--out", default=None, help="folder for report.html and figures (default: the study dir)")
     trial = sub.add_parser("trial", help="run one cell in this process (no Ray)")
     trial.add_argument("config")
     trial.add_argument("--variant", required=True)
@@ -53,11 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def invocation() -> str:
+    """How to call ``study`` again so that it works as printed: this interpreter, relative when it is below here."""
+    exe = os.path.relpath(sys.executable)
+    return f"{exe if not exe.startswith('..') else sys.executable} -m study"
+
+
 def _next_steps(study_dir: Path) -> str:
+    me = invocation()
     return (f"results: {study_dir}\n"
-            f"  python -m study status {study_dir}\n"
-            f"  python -m study report {study_dir}\n"
-            f"  python -m study ui            # MLflow UI at http://127.0.0.1:5000")
+            f"  {me} status {study_dir}\n"
+            f"  {me} report {study_dir}\n"
+            f"  {me} ui            # MLflow UI at http://127.0.0.1:5000")
 
 
 def cmd_run(cfg, report: bool) -> int:
@@ -67,19 +81,20 @@ def cmd_run(cfg, report: bool) -> int:
     try:
         sweep.run_study(cfg)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; nothing finished is lost. Resume with: python -m study resume {study_dir}", file=sys.stderr)
+        print(f"\ninterrupted; nothing finished is lost. Resume with: {invocation()} resume {study_dir}", file=sys.stderr)
         return 130
     if report:
-        cmd_report(study_dir, "test_acc_at_best_val", "wd")
+        from .report import write_report
+
+        write_report(study_dir, cfg=cfg, baseline="wd" if "wd" in cfg.search.variants else arms_of(cfg)[0])
     print(_next_steps(study_dir))
     return 0
 
 
-def cmd_report(study_dir: Path, metric: str, baseline: str) -> int:
-    from .report import write_report
+def arms_of(cfg) -> list[str]:
+    from .config import arms
 
-    write_report(Path(study_dir), metric=metric, baseline=baseline)
-    return 0
+    return [a["arm"] for a in arms(cfg)]
 
 
 def cmd_status(study_dir: str) -> int:
@@ -115,7 +130,7 @@ def cmd_trial(args) -> int:
             study_dir = prepare_study_dir(cfg)
             tracking = start_study(cfg, study_dir, (study_dir / STUDY_FILE).read_text())
     metrics = run_trial(cfg, params, PrintReporter(), tracking)
-    print({k: metrics[k] for k in ("val_acc", "test_acc_at_best_val", "final_test_acc", "diverged")})
+    print({k: metrics[k] for k in ("best_val_acc", "test_acc_at_best_val", "final_test_acc", "diverged")})
     return 0
 
 
@@ -144,8 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from .sweep import load_study
 
-            load_study(args.study_dir)  # refuses a path that is not a study
-            return cmd_report(Path(args.study_dir), args.metric, args.baseline)
+            from .report import write_report
+
+            cfg = load_study(args.study_dir)  # refuses a path that is not a study
+            write_report(Path(args.study_dir), args.metric, args.baseline, args.test, args.correction,
+                         Path(args.out) if args.out else None, cfg=cfg, attach_to_mlflow=args.out is None)
+            return 0
         if args.command == "trial":
             return cmd_trial(args)
         if args.command == "ui":

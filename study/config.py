@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,6 +30,8 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     root: Optional[str] = None
     augment: Optional[bool] = None  # default: on for CIFAR (crop + flip), off for digits
+    # train on this many images of the training part (after the validation split), chosen with the seed
+    train_subset: Optional[int] = Field(None, ge=1)
 
 
 class ModelConfig(Strict):
@@ -65,6 +67,9 @@ class TrainConfig(Strict):
     amp: Literal["off", "bf16"] = "off"
     decay_bias_and_norm: bool = False
     diagnostics_every: int = Field(10, ge=0)
+    # checkpoint (and flush MLflow) when this many seconds passed since the last one, and at the end;
+    # 0 = after every epoch. Second-long trials then pay for one checkpoint, not one per epoch.
+    checkpoint_every_s: float = Field(30.0, ge=0)
 
     @field_validator("step_milestones")
     @classmethod
@@ -80,8 +85,15 @@ class SearchConfig(Strict):
     lr: list[float] = Field(default_factory=lambda: [1e-3, 3e-3, 1e-2], min_length=1)
     weight_decay: list[float] = Field(default_factory=lambda: [0.0, 0.1, 1.0], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    layer_schedule: Literal[tuple(lpwd.SCHEDULES)] = "linear"  # type: ignore[valid-type]
+    # lpwd's schedule(s); a list runs the ablation in one study, one arm per schedule
+    layer_schedule: list[Literal[tuple(lpwd.SCHEDULE_NAMES)]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["linear"], min_length=1)
     num_samples: int = Field(20, ge=1)
+
+    @field_validator("layer_schedule", mode="before")
+    @classmethod
+    def one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
 
     @field_validator("lr")
     @classmethod
@@ -185,20 +197,70 @@ def validate(raw: dict, source: str = "config") -> StudyConfig:
         raise UserError(describe(e, source)) from None
 
 
+def arm_name(variant: str, layer_schedule: str) -> str:
+    """What a report row compares: the variant, and lpwd's schedule unless it is the paper's."""
+    return f"lpwd:{layer_schedule}" if variant == "lpwd" and layer_schedule != "linear" else variant
+
+
+def arms(cfg: StudyConfig) -> list[dict]:
+    """(arm, variant, layer_schedule) of every arm: one per variant, lpwd once per schedule."""
+    out = []
+    for v in cfg.search.variants:
+        for sched in (cfg.search.layer_schedule if v == "lpwd" else ["constant"]):
+            out.append({"arm": arm_name(v, sched), "variant": v, "layer_schedule": sched})
+    return out
+
+
 def trial_grid(cfg: StudyConfig) -> list[dict]:
-    """Every (variant, lr, weight_decay, seed) cell of a grid study."""
+    """Every planned (arm, lr, weight_decay, seed) trial of a grid study: one tidy-table row each."""
     s = cfg.search
-    return [
-        {"variant": v, "lr": lr, "weight_decay": wd, "seed": seed}
-        for v in s.variants for lr in s.lr for wd in s.weight_decay for seed in s.seeds
-    ]
+    return [{**a, "lr": lr, "weight_decay": wd, "seed": seed}
+            for a in arms(cfg) for lr in s.lr for wd in s.weight_decay for seed in s.seeds]
+
+
+def canonical(trial: dict) -> dict:
+    """The trial that computes exactly the same numbers.
+
+    ``none`` ignores lambda, and every variant at lambda = 0 is ``none`` (no shrink
+    anywhere, same init, split and batch order): tests/test_optimizer.py proves the
+    updates bit-identical, so such trials are trained once and their result shared.
+    """
+    if trial["variant"] == "none" or trial["weight_decay"] == 0:
+        return {"arm": "none", "variant": "none", "layer_schedule": "constant",
+                "lr": trial["lr"], "weight_decay": 0.0, "seed": trial["seed"]}
+    return {k: trial[k] for k in ("arm", "variant", "layer_schedule", "lr", "weight_decay", "seed")}
+
+
+def trained_grid(cfg: StudyConfig) -> list[dict]:
+    """The trials a grid study trains: one per distinct canonical trial, each listing the
+    planned (arm, weight_decay) rows it stands for."""
+    out: dict[tuple, dict] = {}
+    for t in trial_grid(cfg):
+        c = canonical(t)
+        key = tuple(c.values())
+        out.setdefault(key, {**c, "stands_for": []})["stands_for"].append(
+            {k: t[k] for k in ("arm", "variant", "layer_schedule", "weight_decay")})
+    return list(out.values())
 
 
 def planned_trials(cfg: StudyConfig) -> int:
-    """How many trials the study runs in all (optuna: num_samples per variant)."""
+    """How many tidy-table rows the study produces (optuna: num_samples per arm)."""
     if cfg.search.mode == "grid":
         return len(trial_grid(cfg))
-    return cfg.search.num_samples * len(cfg.search.variants)
+    return cfg.search.num_samples * len(arms(cfg))
+
+
+def trained_trials(cfg: StudyConfig) -> int:
+    """How many trials are actually trained (grid: identical trials once)."""
+    if cfg.search.mode == "grid":
+        return len(trained_grid(cfg))
+    return planned_trials(cfg)
+
+
+def sign_flipping_cells(cfg: StudyConfig) -> list[tuple[float, float]]:
+    """(lr, lambda) cells with lr * lambda >= 1: the per-step factor 1 - lr lambda is <= 0,
+    so decay zeroes or flips the sign of every weight (peak lr; warmup and schedules only lower it)."""
+    return [(lr, wd) for lr in cfg.search.lr for wd in cfg.search.weight_decay if lr * wd >= 1]
 
 
 def dump(cfg: StudyConfig) -> str:

@@ -70,6 +70,13 @@ class Dataset:
     augment: bool
 
 
+def dims(name: str) -> tuple[int, int, int]:
+    """(input channels, classes, image size) of a dataset, known without reading it."""
+    if name == "digits":
+        return 1, 10, 8
+    return 3, CIFAR[name]["classes"], 32
+
+
 def fetch_command(name: str, root: str | None) -> str:
     return f"python -m study data fetch {name} --root {root or 'DIR'}"
 
@@ -141,11 +148,16 @@ def load_raw(name: str, root: str | None):
 
 
 def load_dataset(name: str, root: str | None, val_fraction: float, seed: int,
-                 device: torch.device, augment: bool | None = None) -> Dataset:
+                 device: torch.device, augment: bool | None = None, train_subset: int | None = None) -> Dataset:
+    """The trial's splits: validation held out of the training set with ``seed``, then
+    (``train_subset``) the first images of the rest of the same permutation: a smaller,
+    harder problem whose accuracies do not saturate, still paired across variants by seed."""
     train_x, train_y, test_x, test_y, classes = load_raw(name, root)
     order = np.random.RandomState(seed).permutation(len(train_y))
     n_val = max(1, int(round(val_fraction * len(train_y))))
     val_idx, train_idx = order[:n_val], order[n_val:]
+    if train_subset is not None:
+        train_idx = train_idx[:train_subset]
 
     def to_split(x: np.ndarray, y: np.ndarray) -> Split:
         t = torch.as_tensor(x)

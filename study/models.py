@@ -60,3 +60,17 @@ def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, img_size: int
                 "offline, set model.pretrained_path to a local checkpoint file"
             ) from None
         raise
+
+
+def effective_decays(cfg) -> dict[str, float]:
+    """lambda_eff / lambda of every arm of a study on its model (no weights loaded, nothing trained)."""
+    import lpwd
+
+    from .config import arms
+    from .data import dims
+
+    in_chans, classes, size = dims(cfg.data.name)
+    model = build_model(cfg.model.model_copy(update={"pretrained": False}), in_chans, classes,
+                        cfg.model.img_size or size, seed=0)
+    return {a["arm"]: lpwd.effective_decay(model, a["variant"], a["layer_schedule"], cfg.train.decay_bias_and_norm)
+            for a in arms(cfg)}

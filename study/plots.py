@@ -1,8 +1,9 @@
-"""Plotly figures of a study: heatmaps, differences, tuning curves, training curves.
+"""Plotly figures of a study, each drawn from the tidy table (and, for training curves, Ray's per-epoch results).
 
-Every figure is built from the tidy table (and, for training curves, the
-per-epoch results Ray keeps per trial), so figures can be redrawn for any
-finished, interrupted or copied study without rerunning it.
+One colour per arm across every figure, accuracies in points everywhere,
+plain tick labels, and sizes that follow the page (``responsive``) while the
+PNG export uses a fixed width. Figures can be redrawn for any finished,
+interrupted or copied study without rerunning it.
 """
 
 from __future__ import annotations
@@ -10,13 +11,21 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from .analysis import best_of_k_band, cells, compare
+from .analysis import Grid, best_of_k_band, cells
+from .paired import compare_cells
+
+CLIP = 10.0  # heatmap colours resolve the top CLIP points; everything further below is one colour
 
 
-def _labels(values) -> list[str]:
-    return [f"{v:.0e}" if v else "0" for v in values]
+def colours(arms: list[str]) -> dict[str, str]:
+    return {a: qualitative.D3[i % len(qualitative.D3)] for i, a in enumerate(arms)}
+
+
+def _ticks(values) -> list[str]:
+    return [f"{v:g}" for v in values]
 
 
 def _grid(table: pd.DataFrame, values: str, lrs, wds) -> pd.DataFrame:
@@ -24,92 +33,133 @@ def _grid(table: pd.DataFrame, values: str, lrs, wds) -> pd.DataFrame:
     return table.pivot(index="lr", columns="weight_decay", values=values).reindex(index=lrs, columns=wds)
 
 
-def heatmaps(df: pd.DataFrame, metric: str) -> go.Figure:
-    """One heatmap per variant, x = weight decay, y = lr, one shared colour scale."""
+def _panels(arms: list[str], titles: list[str]) -> go.Figure:
+    fig = make_subplots(rows=1, cols=len(arms), subplot_titles=titles, shared_yaxes=True, horizontal_spacing=0.02)
+    for i in range(1, len(arms) + 1):
+        fig.update_xaxes(title_text="decay rate λ", type="category", row=1, col=i)
+    fig.update_yaxes(title_text="learning rate η", type="category", row=1, col=1)
+    return fig
+
+
+def heatmaps(df: pd.DataFrame, g: Grid, label: str, runs: dict | None = None) -> go.Figure:
+    """Test accuracy per (λ, η) cell and arm; colour = points below the validation-chosen best cell."""
     c = cells(df)
-    variants = list(dict.fromkeys(df["variant"]))
-    lrs, wds = sorted(c["lr"].unique()), sorted(c["weight_decay"].unique())
-    fig = make_subplots(rows=1, cols=len(variants), subplot_titles=variants, shared_yaxes=True,
-                        horizontal_spacing=0.03)
-    lo, hi = c["mean"].min(), c["mean"].max()
-    for i, v in enumerate(variants, start=1):
-        mine = c[c["variant"] == v]
-        grid, sd, div = (_grid(mine, col, lrs, wds) for col in ("mean", "sd", "diverged"))
-        text = [[("" if np.isnan(m) else f"{m:.1f}") + ("" if np.isnan(s) else f"±{s:.1f}") + (" ✗" if d and d > 0 else "")
-                 for m, s, d in zip(mr, sr, dr)] for mr, sr, dr in zip(grid.values, sd.values, div.values)]
+    top = c.loc[c["val"] == c["val"].max(), "mean"].mean()
+    fig = _panels(g.arms, g.arms)
+    for i, arm in enumerate(g.arms, start=1):
+        mine = c[c["arm"] == arm]
+        mean, sd, div = (_grid(mine, col, g.lrs, g.wds) for col in ("mean", "sd", "diverged"))
+        text = [[("" if np.isnan(m) else f"{m:.1f}") + ("" if np.isnan(s) else f"<br>±{s:.1f}") + (" ✗" if d > 0 else "")
+                 + (" ⚠" if lr * wd >= 1 else "")
+                 for m, s, d, wd in zip(mr, sr, dr, g.wds)] for mr, sr, dr, lr in zip(mean.values, sd.values, div.values, g.lrs)]
+        links = [[(runs or {}).get((arm, lr, wd), "") for wd in g.wds] for lr in g.lrs]
         fig.add_trace(go.Heatmap(
-            z=grid.values, x=_labels(wds), y=_labels(lrs), text=text, texttemplate="%{text}",
-            coloraxis="coloraxis", hovertemplate=f"{v}<br>lr=%{{y}}<br>wd=%{{x}}<br>{metric}=%{{z:.2f}}<extra></extra>",
+            z=np.clip(mean.values - top, -CLIP, 0), x=_ticks(g.wds), y=_ticks(g.lrs), text=text,
+            texttemplate="%{text}", customdata=links, coloraxis="coloraxis",
+            hovertemplate=f"{arm}<br>η=%{{y}} λ=%{{x}}<br>{label} %{{text}}<br>%{{customdata}}<extra></extra>",
         ), row=1, col=i)
-        fig.update_xaxes(title_text="weight decay λ", type="category", row=1, col=i)
-    fig.update_yaxes(title_text="learning rate η", type="category", row=1, col=1)
-    fig.update_layout(title=f"{metric} (points, mean over seeds; ✗ = diverged, counted as chance)",
-                      coloraxis={"colorscale": "Viridis", "cmin": lo, "cmax": hi}, height=420,
-                      width=max(500, 330 * len(variants)))
+    fig.update_layout(
+        title={"text": f"{label}, mean ± sd over seeds (points)<br><sup>colour: points below the best cell chosen "
+                       f"on validation ({top:.1f}), clipped at −{CLIP:g}; ✗ diverged (chance); ⚠ η·λ ≥ 1</sup>"},
+        coloraxis={"colorscale": "Viridis", "cmin": -CLIP, "cmax": 0,
+                   "colorbar": {"title": "pts vs best", "thickness": 12}}, height=440)
     return fig
 
 
-def difference_heatmaps(df: pd.DataFrame, baseline: str) -> go.Figure | None:
-    """Variant - baseline per cell, diverging scale centred at 0; * marks p < 0.05 (Welch)."""
-    variants = [v for v in dict.fromkeys(df["variant"]) if v != baseline]
-    if baseline not in set(df["variant"]) or not variants:
+def difference_heatmaps(g: Grid, baseline: str, test: str, correction: str, alpha: float) -> go.Figure | None:
+    """Arm − baseline per cell (paired over seeds); * marks cells significant after the correction."""
+    others = [a for a in g.arms if a != baseline]
+    if baseline not in g.arms or not others:
         return None
-    lrs, wds = sorted(df["lr"].unique()), sorted(df["weight_decay"].unique())
-    diffs = {v: compare(df, v, baseline) for v in variants}
-    bound = max(float(d["diff"].abs().max()) for d in diffs.values() if len(d)) or 1.0
-    fig = make_subplots(rows=1, cols=len(variants), subplot_titles=[f"{v} − {baseline}" for v in variants],
-                        shared_yaxes=True, horizontal_spacing=0.03)
-    for i, v in enumerate(variants, start=1):
-        d = diffs[v]
-        z, p = _grid(d, "diff", lrs, wds), _grid(d, "p", lrs, wds)
-        text = [[("" if np.isnan(a) else f"{a:+.1f}") + ("*" if not np.isnan(q) and q < 0.05 else "")
-                 for a, q in zip(ar, qr)] for ar, qr in zip(z.values, p.values)]
-        fig.add_trace(go.Heatmap(z=z.values, x=_labels(wds), y=_labels(lrs), text=text, texttemplate="%{text}",
-                                 coloraxis="coloraxis"), row=1, col=i)
-        fig.update_xaxes(title_text="weight decay λ", type="category", row=1, col=i)
-    fig.update_yaxes(title_text="learning rate η", type="category", row=1, col=1)
-    fig.update_layout(title=f"difference to {baseline} (points; * = p < 0.05, Welch's t-test over seeds)",
-                      coloraxis={"colorscale": "RdBu", "cmid": 0, "cmin": -bound, "cmax": bound}, height=420,
-                      width=max(500, 330 * len(variants)))
+    diffs = {a: compare_cells(g, a, baseline, test, correction, alpha) for a in others}
+    bound = max([float(d["diff"].abs().max()) for d in diffs.values() if len(d)] + [1.0])
+    fig = _panels(others, [f"{a} − {baseline}" for a in others])
+    for i, a in enumerate(others, start=1):
+        d = diffs[a]
+        z, sig = _grid(d, "diff", g.lrs, g.wds), _grid(d.assign(s=d["significant"].astype(float)), "s", g.lrs, g.wds)
+        text = [[("" if np.isnan(v) else f"{v:+.1f}") + ("*" if s == 1 else "") for v, s in zip(vr, sr)]
+                for vr, sr in zip(z.values, sig.values)]
+        fig.add_trace(go.Heatmap(z=z.values, x=_ticks(g.wds), y=_ticks(g.lrs), text=text, texttemplate="%{text}",
+                                 coloraxis="coloraxis",
+                                 hovertemplate=f"{a} − {baseline}<br>η=%{{y}} λ=%{{x}}<br>%{{text}} pt<extra></extra>"),
+                      row=1, col=i)
+    fig.update_layout(title={"text": f"difference to {baseline}, points, paired by seed<br><sup>* significant: "
+                                     f"{test} test over seeds, {correction} correction across cells, α = {alpha:g}</sup>"},
+                      coloraxis={"colorscale": "RdBu", "cmid": 0, "cmin": -bound, "cmax": bound,
+                                 "colorbar": {"title": "pts", "thickness": 12}}, height=440)
     return fig
 
 
-def tuning_curves(df: pd.DataFrame, metric: str) -> go.Figure:
-    """Expected best score after k random cells (with a 90% bootstrap band over seeds)."""
+def tuning_curves(g: Grid, label: str) -> go.Figure:
+    """Expected test score of the validation-best of k random cells, with a bootstrap band over seeds."""
     fig = go.Figure()
-    for v in dict.fromkeys(df["variant"]):
-        curve, lo, hi = best_of_k_band(df, v)
+    colour = colours(g.arms)
+    for arm in g.arms:
+        curve, lo, hi = best_of_k_band(g, arm)
         k = np.arange(1, len(curve) + 1)
-        fig.add_trace(go.Scatter(x=np.r_[k, k[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", opacity=0.2,
-                                 line={"width": 0}, showlegend=False, legendgroup=v, hoverinfo="skip"))
-        fig.add_trace(go.Scatter(x=k, y=curve, name=v, legendgroup=v, mode="lines"))
-    fig.update_layout(title=f"expected best {metric} after k randomly chosen cells", xaxis_title="k (cells tried)",
-                      yaxis_title=f"{metric} (points)", xaxis_type="log", height=420, width=700)
+        if np.isfinite(lo).all():
+            fig.add_trace(go.Scatter(x=np.r_[k, k[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", opacity=0.2,
+                                     line={"width": 0, "color": colour[arm]}, showlegend=False, legendgroup=arm,
+                                     hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=k, y=curve, name=arm, legendgroup=arm, mode="lines", line={"color": colour[arm]}))
+    fig.update_layout(title="expected test accuracy after trying k random cells (the best on validation wins)",
+                      xaxis={"title": "k (cells tried)", "type": "log", "tickvals": [1, 2, 3, 5, 10, 20, 50, 100],
+                             "ticktext": ["1", "2", "3", "5", "10", "20", "50", "100"]},
+                      yaxis_title=f"{label} (points)", height=420)
     return fig
 
 
-def cell_distribution(df: pd.DataFrame, metric: str) -> go.Figure:
-    """Empirical distribution of cell means: the further right, the less tuning matters."""
+def cell_distribution(df: pd.DataFrame, g: Grid, label: str) -> go.Figure:
+    """Empirical distribution of cell means (an EDF as in Optuna's plot_edf, over the grid's cells
+    rather than over trials, since seeds of a cell are one setting): further right, less tuning needed."""
     c = cells(df)
     fig = go.Figure()
-    for v in dict.fromkeys(df["variant"]):
-        vals = np.sort(c[c["variant"] == v]["mean"].to_numpy())
-        fig.add_trace(go.Scatter(x=vals, y=np.arange(1, len(vals) + 1) / len(vals), name=v, mode="lines",
-                                 line_shape="hv"))
-    fig.update_layout(title="empirical distribution of cell accuracies", xaxis_title=f"{metric} (points)",
-                      yaxis_title="fraction of cells ≤ x", height=420, width=700)
+    colour = colours(g.arms)
+    for arm in g.arms:
+        vals = np.sort(c[c["arm"] == arm]["mean"].to_numpy())
+        fig.add_trace(go.Scatter(x=vals, y=np.arange(1, len(vals) + 1) / len(vals), name=arm, mode="lines",
+                                 line_shape="hv", line={"color": colour[arm]}))
+    fig.update_layout(title="distribution of cell accuracies", xaxis_title=f"{label} (points)",
+                      yaxis={"title": "fraction of cells ≤ x", "tickformat": ".0%"}, height=420)
     return fig
 
 
-def training_curves(history: dict[str, pd.DataFrame]) -> go.Figure:
-    """val accuracy, R_op and weight norm per epoch for each variant's best cell."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=["val accuracy", "R_op (opposing penalty rate)", "weight norm"])
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
-    for i, (label, h) in enumerate(history.items()):
-        color = palette[i % len(palette)]
+def effective_decay_curves(df: pd.DataFrame, g: Grid, effective: dict[str, float], label: str) -> go.Figure | None:
+    """Accuracy against the effective decay rate λ_eff = λ · (mean λ_p/λ), at each arm's validation-best η:
+    arms compared at equal decay mass."""
+    if not effective:
+        return None
+    c = cells(df)
+    fig = go.Figure()
+    colour = colours(g.arms)
+    for arm in g.arms:
+        mine = c[c["arm"] == arm]
+        if mine.empty or arm not in effective or effective[arm] == 0:
+            continue
+        lr = mine.loc[mine["val"].idxmax(), "lr"]
+        row = mine[(mine["lr"] == lr) & (mine["weight_decay"] > 0)].sort_values("weight_decay")
+        fig.add_trace(go.Scatter(x=row["weight_decay"] * effective[arm], y=row["mean"], mode="lines+markers",
+                                 name=f"{arm} (η={lr:g}, λ_eff = {effective[arm]:.2f} λ)", line={"color": colour[arm]}))
+    fig.update_layout(title="accuracy against effective decay (at each arm's best η)",
+                      xaxis={"title": "effective decay rate λ_eff = λ · mean(λ_l / λ)", "type": "log", "dtick": 1},
+                      yaxis_title=f"{label} (points)", height=420)
+    return fig
+
+
+def training_curves(histories: dict[tuple[str, str], pd.DataFrame], arms: list[str]) -> go.Figure:
+    """Validation accuracy, R_op and weight norm per epoch: each arm's best cell (solid) and worst (dotted)."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=["validation accuracy (points)",
+                                                        "R_op (opposing penalty rate)", "weight norm"])
+    colour = colours(arms)
+    for (arm, which), (label, h) in histories.items():
         for col, key in enumerate(["val_acc", "r_op", "weight_norm"], start=1):
-            fig.add_trace(go.Scatter(x=h["epoch"], y=h[key], name=label, legendgroup=label, showlegend=col == 1,
-                                     line={"color": color}), row=1, col=col)
+            y = h[key] * (100 if key == "val_acc" else 1)
+            fig.add_trace(go.Scatter(x=h["epoch"], y=y, name=f"{arm} {which}: {label}", legendgroup=f"{arm}{which}",
+                                     showlegend=col == 1, mode="lines",
+                                     line={"color": colour[arm], "dash": "solid" if which == "best" else "dot"}),
+                          row=1, col=col)
             fig.update_xaxes(title_text="epoch", row=1, col=col)
-    fig.update_layout(title="training curves of each variant's best cell", height=420, width=1200)
+    fig.update_layout(title="training curves: each arm's best cell (solid) and worst cell (dotted), seed "
+                            "of the first finished trial", height=460,
+                      legend={"orientation": "h", "y": -0.25})
     return fig

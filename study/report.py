@@ -1,22 +1,35 @@
-"""``study report``: robustness.csv/json, report.html, PNGs, a terminal summary, MLflow artifacts."""
+"""``study report``: the verdict, robustness.csv/json, report.html, PNGs, a terminal summary, MLflow artifacts.
+
+The verdict, the summary table and every figure come from one ``summarize``
+call on the tidy table, so the terminal, the page and MLflow say the same.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from html import escape
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from .analysis import cells, fmt, needs_more_seeds, scored, summarize
+from .analysis import CONFIDENCE, SELECTED_BY, arm_of, cells, grid, scored, summarize
 from .errors import UserError
-from .plots import cell_distribution, difference_heatmaps, heatmaps, training_curves, tuning_curves
+from .paired import CORRECTIONS, TESTS
+from .plots import cell_distribution, difference_heatmaps, effective_decay_curves, heatmaps, training_curves, tuning_curves
 from .table import read_rows
+from .verdict import verdict
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
+FIGURES = ("heatmaps", "difference", "tuning_curves", "cell_distribution", "effective_decay", "training_curves")
+ALIASES = {"adamw": "wd", "sgdw": "wd"}
+LABELS = {"test_acc_at_best_val": "test accuracy at the best validation epoch",
+          "final_test_acc": "final-epoch test accuracy",
+          "paper_top10_test_acc": "the paper's mean of the 10 best test accuracies (test-selected epochs)",
+          "best_val_acc": "best validation accuracy", "val_acc": "final validation accuracy"}
 
 
 def find_browser() -> str | None:
@@ -41,86 +54,179 @@ def trial_history(study_dir: Path, row: dict) -> pd.DataFrame | None:
     return pd.DataFrame(reports) if reports else None
 
 
-def best_cell_histories(study_dir: Path, df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def extreme_cell_histories(study_dir: Path, df: pd.DataFrame) -> dict:
+    """Per arm, the per-epoch history of its best cell (on validation) and its worst cell (on test)."""
     out = {}
     c = cells(df)
-    for variant, vc in c.groupby("variant", sort=False):
-        best = vc.loc[vc["mean"].idxmax()]
-        rows = df[(df["variant"] == variant) & (df["lr"] == best["lr"]) & (df["weight_decay"] == best["weight_decay"])]
-        h = trial_history(study_dir, rows.iloc[0].to_dict())
-        if h is not None:
-            out[f"{variant} lr={best['lr']:.0e} wd={best['weight_decay']:g}"] = h
+    for arm, mine in c.groupby("arm", sort=False):
+        picks = {"best": mine.loc[mine["val"].idxmax()], "worst": mine.loc[mine["mean"].idxmin()]}
+        for which, cell in picks.items():
+            rows = df[(df["arm"] == arm) & (df["lr"] == cell["lr"]) & (df["weight_decay"] == cell["weight_decay"])]
+            h = trial_history(study_dir, rows.iloc[0].to_dict())
+            if h is not None and {"val_acc", "r_op", "weight_norm"} <= set(h):
+                out[(arm, which)] = (f"η={cell['lr']:g} λ={cell['weight_decay']:g}", h)
     return out
 
 
-def print_summary(summary: pd.DataFrame, metric: str, baseline: str, one_seed: bool) -> None:
-    t = Table(title=f"robustness of {metric} (points)")
-    for col in ["variant", "best (lr, λ)", "best", "near-opt ≤1pt", "near-opt ≤2pt", "λ-spread@best η",
-                "worst", "grid mean", "diverged", f"sig ± vs {baseline}"]:
-        t.add_column(col)
+def _interval(row, key: str, scale: float = 1.0, digits: int = 1, sign: bool = False) -> str:
+    x, lo, hi = row.get(key), row.get(f"{key}_lo"), row.get(f"{key}_hi")
+    if x is None or pd.isna(x):
+        return "-"
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    text = f.format(scale * x)
+    if lo is not None and not pd.isna(lo):
+        text += f" [{f.format(scale * lo)}, {f.format(scale * hi)}]"
+    return text
+
+
+def display_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as the reader sees it, one column per arm (terminal and HTML alike): words, points,
+    percentages, intervals. Arms as columns keep it narrow enough for a terminal and a phone."""
+    base = summary.attrs["baseline"]
+    columns = {}
     for _, r in summary.iterrows():
-        sig = "-" if pd.isna(r.get("sig_better")) else f"+{int(r['sig_better'])} / −{int(r['sig_worse'])}"
-        best = fmt(r["best_mean"]) + ("" if pd.isna(r["best_sd"]) else f" ± {fmt(r['best_sd'])}")
-        t.add_row(r["variant"], f"{r['best_lr']:.0e}, {r['best_weight_decay']:g}", best,
-                  f"{r['near_optimal_1pt']:.0%}", f"{r['near_optimal_2pt']:.0%}", fmt(r["decay_spread_at_best_lr"]),
-                  fmt(r["worst_mean"]), fmt(r["grid_mean"]), str(r["diverged_cells"]), sig)
-    Console(width=160).print(t)
-    if one_seed:
-        Console().print("[yellow]one seed per cell: differences are shown without a significance test; "
-                        "add seeds (search.seeds) for Welch's t-tests[/]")
+        vs = "baseline" if r["arm"] == base else (
+            "untested" if pd.isna(r.get("cells_tested")) or not r.get("cells_tested")
+            else f"+{int(r['sig_better'])} / −{int(r['sig_worse'])} of {int(r['cells_tested'])}")
+        columns[r["arm"]] = {
+            "λ_eff / λ (decay mass)": "-" if pd.isna(r["effective_decay"]) else f"{r['effective_decay']:.2f}",
+            "cells finished (seeds each)": f"{int(r['cells'])}/{int(r['cells_planned'])} ({int(r['seeds_per_cell'])})",
+            "best cell η, λ (validation)": f"{r['best_lr']:g}, {r['best_weight_decay']:g}"
+                                           + (f" +{int(r['best_tied_cells']) - 1} tied" if r["best_tied_cells"] > 1 else ""),
+            "best cell, test": _interval(r, "best"),
+            "near-optimal ≤ 1 pt, % cells": _interval(r, "near_optimal_1pt", 100, 0),
+            "near-optimal ≤ 2 pt, % cells": _interval(r, "near_optimal_2pt", 100, 0),
+            "λ-spread at best η": _interval(r, "decay_spread"),
+            "worst cell": _interval(r, "worst"),
+            "grid mean": _interval(r, "grid_mean"),
+            "diverged / η·λ ≥ 1 cells": f"{int(r['diverged_cells'])} / {int(r['sign_flip_cells'])}",
+            "errored / unfinished trials": f"{int(r.get('errored_trials', 0))} / {int(r.get('unfinished_trials', 0))}",
+            f"significant cells vs {base}": vs,
+        }
+    out = pd.DataFrame(columns)
+    out.index.name = "metric"
+    return out.reset_index()
 
 
-def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline: str = "wd") -> Path:
+def print_summary(table: pd.DataFrame, text: str, label: str) -> None:
+    console = Console()
+    t = Table(title=f"robustness: {label}, points [{CONFIDENCE:.0%} bootstrap interval over seeds]")
+    for i, col in enumerate(table.columns):
+        t.add_column(col, overflow="fold", justify="left" if i == 0 else "right")
+    for _, r in table.iterrows():
+        t.add_row(*[str(v) for v in r])
+    console.print(t)
+    console.print(f"[bold]Verdict.[/] {text}", highlight=False, soft_wrap=True)  # one line: greppable logs
+
+
+def check_choices(table: pd.DataFrame, metric: str, baseline: str, test: str, correction: str) -> str:
+    """One-line errors for options the study cannot answer; returns the baseline arm (aliases resolved)."""
+    if metric not in SELECTED_BY or metric not in table.columns:
+        choices = [m for m in SELECTED_BY if m in table.columns]
+        raise UserError(f"--metric {metric!r} is not a metric of this study; use one of {choices}")
+    known = list(dict.fromkeys(arm_of(table)))
+    resolved = ALIASES.get(baseline.lower(), baseline)
+    if resolved not in known:
+        raise UserError(f"--baseline {baseline!r} is not an arm of this study; use one of {known} (adamw = wd)")
+    if test not in TESTS:
+        raise UserError(f"--test {test!r} unknown; use one of {list(TESTS)}")
+    if correction not in CORRECTIONS:
+        raise UserError(f"--correction {correction!r} unknown; use one of {list(CORRECTIONS)}")
+    return resolved
+
+
+def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline: str = "wd", test: str = "t",
+                 correction: str = "holm", out_dir: Path | None = None, cfg=None, attach_to_mlflow: bool = True) -> Path:
+    from .config import arms
+    from .models import effective_decays
+
     study_dir = Path(study_dir)
+    out = Path(out_dir) if out_dir else study_dir
     table = pd.DataFrame(read_rows(study_dir))
     if table.empty:
         raise UserError(f"{study_dir}/trials.csv has no trials yet; run or resume the study first")
-    if metric not in table.columns:
-        raise UserError(f"--metric {metric!r} is not a column of trials.csv; use one of the metric columns, "
-                        "e.g. test_acc_at_best_val, final_test_acc, best_val_acc, paper_top10_test_acc")
+    baseline = check_choices(table, metric, baseline, test, correction)
     df = scored(table, metric)
     if df.empty:
         raise UserError(f"{study_dir} has no finished trials yet; wait for some or resume the study")
-    summary = summarize(table, metric, baseline)
-    one_seed = needs_more_seeds(df)
-    summary.to_csv(study_dir / "robustness.csv", index=False)
-    (study_dir / "robustness.json").write_text(summary.to_json(orient="records", indent=1))
+    order = [a for a in dict.fromkeys(arm_of(table)) if a in set(df["arm"])]
+    effective = {}
+    context = {}
+    if cfg is not None:
+        order = [a["arm"] for a in arms(cfg) if a["arm"] in set(df["arm"])] + [a for a in order if a not in
+                                                                               {x["arm"] for x in arms(cfg)}]
+        effective = effective_decays(cfg)
+        context = {"dataset": cfg.data.name + (f" ({cfg.data.train_subset} training images)" if cfg.data.train_subset else ""),
+                   "model": cfg.model.name, "epochs": cfg.train.epochs, "base optimizer": cfg.train.base}
+    summary = summarize(table, metric, baseline, test, correction, effective_decay=effective, arms=order)
+    text = verdict(summary, context)
+    label = LABELS[metric]
+    out.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out / "robustness.csv", index=False)
+    (out / "robustness.json").write_text(json.dumps(
+        {"verdict": text, "settings": summary.attrs, "arms": json.loads(summary.to_json(orient="records"))}, indent=1))
 
-    figures = {"heatmaps": heatmaps(df, metric), "difference": difference_heatmaps(df, baseline),
-               "tuning_curves": tuning_curves(df, metric), "cell_distribution": cell_distribution(df, metric),
-               "training_curves": training_curves(best_cell_histories(study_dir, df))}
+    g = grid(df, order)
+    figures = {"heatmaps": heatmaps(df, g, label), "difference": difference_heatmaps(g, baseline, test, correction, 0.05),
+               "tuning_curves": tuning_curves(g, label), "cell_distribution": cell_distribution(df, g, label),
+               "effective_decay": effective_decay_curves(df, g, effective, label),
+               "training_curves": training_curves(extreme_cell_histories(study_dir, df), order)}
     figures = {k: f for k, f in figures.items() if f is not None}
-    note = ("<p><b>One seed per cell:</b> differences have no significance test; add seeds.</p>" if one_seed else "")
-    parts = [f"<h1>Robustness report: {study_dir.name}</h1>",
-             f"<p>metric: <code>{metric}</code> (model selected on the validation split; points), baseline "
-             f"<code>{baseline}</code>, {len(df)} finished trials. Diverged cells count as chance accuracy.</p>", note,
-             summary.to_html(index=False, float_format=lambda x: f"{x:.3g}", na_rep="-")]
-    for i, fig in enumerate(figures.values()):
-        parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False))
-    html = study_dir / "report.html"
-    html.write_text("<!doctype html><html><head><meta charset='utf-8'><title>"
-                    f"{study_dir.name} robustness</title></head><body style='font-family:sans-serif'>"
-                    + "\n".join(parts) + "</body></html>")
-    artifacts = [html, study_dir / "robustness.csv", study_dir / "robustness.json", study_dir / "trials.csv"]
+    shown = display_table(summary)
+    html = out / "report.html"
+    html.write_text(page(study_dir.name, text, shown, figures, summary.attrs, label, len(df)))
+    artifacts = [html, out / "robustness.csv", out / "robustness.json", study_dir / "trials.csv"]
+    for name in FIGURES:  # never leave a figure of an earlier report next to this one
+        (out / f"{name}.png").unlink(missing_ok=True)
     browser = find_browser()
     if browser:
         os.environ.setdefault("BROWSER_PATH", browser)
         for name, fig in figures.items():
-            png = study_dir / f"{name}.png"
-            fig.write_image(png, scale=1)
+            png = out / f"{name}.png"
+            fig.write_image(png, width=1400 if name in ("heatmaps", "difference", "training_curves") else 900, scale=1)
             artifacts.append(png)
-    print_summary(summary, metric, baseline, one_seed)
+    print_summary(shown, text, label)
     print(f"report: {html}")
     if not browser:
         print("no Chromium found for PNG export: install one (apt-get install chromium) or set BROWSER_PATH")
-    attach(study_dir, artifacts)
+    if attach_to_mlflow:
+        attach(study_dir, artifacts, text, summary)
     return html
 
 
-def attach(study_dir: Path, artifacts: list[Path]) -> None:
-    """Attach the report to the study's MLflow parent run, if the study is tracked."""
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:0 auto;padding:1rem;max-width:1400px;color:#222}
+.verdict{background:#f4f6fa;border-left:4px solid #1f77b4;padding:.8rem 1rem;line-height:1.5}
+.scroll{overflow-x:auto;max-width:100%}
+table.summary{border-collapse:collapse;font-size:.85rem}
+table.summary th,table.summary td{border-bottom:1px solid #ddd;padding:.3rem .5rem;text-align:right}
+table.summary th:first-child,table.summary td:first-child{text-align:left}
+.figure{width:100%;max-width:100%}
+"""
+
+
+def page(name: str, text: str, shown: pd.DataFrame, figures: dict, attrs: dict, label: str, trials: int) -> str:
+    parts = [f"<h1>Is it robust? {escape(name)}</h1>",
+             f"<p class='verdict'><b>Verdict.</b> {escape(text)}</p>",
+             f"<p>Reported: {escape(label)}, in points. Cells are chosen on validation "
+             f"(<code>{attrs['selected_by']}</code>, mean over seeds) and reported on test. "
+             f"Brackets: {attrs['confidence']:.0%} bootstrap intervals over seeds, resampled jointly across arms. "
+             f"{trials} finished trials; diverged cells count as chance.</p>",
+             "<div class='scroll'>" + shown.to_html(index=False, classes="summary", border=0) + "</div>"]
+    for i, fig in enumerate(figures.values()):
+        fig.update_layout(autosize=True, width=None, margin={"l": 60, "r": 20})
+        parts.append("<div class='figure'>" + fig.to_html(
+            full_html=False, include_plotlyjs="inline" if i == 0 else False, config={"responsive": True},
+            default_width="100%") + "</div>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' "
+            f"content='width=device-width, initial-scale=1'><title>{escape(name)} robustness</title>"
+            f"<style>{STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>")
+
+
+def attach(study_dir: Path, artifacts: list[Path], text: str, summary: pd.DataFrame) -> None:
+    """Attach the report to the study's MLflow parent run, with the verdict as its description."""
     from .tracking import PARENT_FILE, StudyRun, finish_study
 
     saved = study_dir / PARENT_FILE
     if saved.exists():
-        finish_study(StudyRun(**json.loads(saved.read_text())), artifacts)
+        finish_study(StudyRun(**json.loads(saved.read_text())), artifacts, text, summary)

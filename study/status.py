@@ -1,13 +1,19 @@
-"""``study status``: how far a study has got, read from its tidy table."""
+"""``study status``: how far a study has got, read from its tidy table.
+
+The best cell shown per arm is chosen exactly as the report chooses it (on
+validation, mean over seeds, ``analysis.cells``), and reported on test.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from .analysis import arm_of, cells, scored
 from .config import planned_trials
 from .sweep import load_study
 from .table import read_rows
@@ -31,16 +37,23 @@ def print_status(study_dir: Path) -> None:
                   soft_wrap=True)
     if counts["running"]:
         console.print("(trials shown running while no driver is alive were interrupted: python -m study resume DIR)")
-    table = Table("variant", "done", "running", "errored", "best val_acc", "test_acc_at_best_val")
-    for variant in sorted({r["variant"] for r in rows}):
-        mine = [r for r in rows if r["variant"] == variant]
-        state = Counter(STATES.get(r["status"], "pending") for r in mine)
-        scored = [r for r in mine if r.get("best_val_acc")]
-        best = max(scored, key=lambda r: float(r["best_val_acc"]), default=None)
-        table.add_row(variant, str(state["done"]), str(state["running"]), str(state["errored"]),
-                      f"{float(best['best_val_acc']):.4f}" if best else "-",
-                      f"{float(best['test_acc_at_best_val']):.4f}" if best else "-")
-    console.print(table)
+    table = pd.DataFrame(rows)
+    best = {}
+    if not table.empty:
+        c = cells(scored(table, "test_acc_at_best_val"))
+        for arm, mine in c.groupby("arm", sort=False):
+            top = mine[mine["val"] == mine["val"].max()]
+            best[arm] = (f"η={top['lr'].iloc[0]:g} λ={top['weight_decay'].iloc[0]:g}", top["val"].mean(), top["mean"].mean())
+    t = Table("arm", "done", "running", "errored", "best cell (on validation)", "its validation", "its test (points)")
+    for arm in dict.fromkeys(arm_of(table)) if not table.empty else []:
+        state = Counter(STATES.get(r["status"], "pending") for r in rows if r.get("arm", r["variant"]) == arm)
+        cell, val, test = best.get(arm, ("-", float("nan"), float("nan")))
+        t.add_row(arm, str(state["done"]), str(state["running"]), str(state["errored"]), cell,
+                  f"{val:.2f}" if val == val else "-", f"{test:.2f}" if test == test else "-")
+    console.print(t)
     for r in rows:
         if r["status"] == "ERROR":
-            console.print(f"[red]errored[/] {r['variant']} lr={r['lr']} wd={r['weight_decay']} s{r['seed']}: {r.get('error', '')}")
+            console.print(f"[red]errored[/] {r['trained_as'] or r['variant']}: {r.get('error', '')}")
+    report = Path(study_dir) / "report.html"
+    if report.exists():
+        console.print(f"report: {report}")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import StudyConfig, dump, planned_trials, validate
+from .config import StudyConfig, arms, dump, planned_trials, sign_flipping_cells, trained_grid, trained_trials, validate
 from .data import check_available
 from .errors import UserError
 from .models import check_pretrained_path
@@ -73,9 +73,12 @@ class RayReporter:
                   "trying the previous one (or restarting from scratch)", file=sys.stderr)
             return None
 
-    def report(self, metrics: dict, state: dict) -> None:
+    def report(self, metrics: dict, state: dict | None) -> None:
         from ray import tune
 
+        if state is None:
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, Path(d) / "state.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
@@ -97,11 +100,16 @@ def trainable(config: dict, study: dict, tracking: dict | None):
     cfg, context = _config_cache[key], tune.get_context()
     folder = cfg.study_dir / context.get_experiment_name() / context.get_trial_id()
     tags = {"ray_trial_id": context.get_trial_id()}
-    run_trial(cfg, config, RayReporter(folder), StudyRun(**tracking) if tracking else None, tags)
+    run_trial(cfg, trial_params(config), RayReporter(folder), StudyRun(**tracking) if tracking else None, tags)
+
+
+def trial_params(config: dict) -> dict:
+    """A Ray trial's params: grid trials carry them under ``cell``, Optuna trials flat."""
+    return config.get("cell", config)
 
 
 def name_trial(trial) -> str:
-    return trial_name(trial.config)
+    return trial_name(trial_params(trial.config))
 
 
 def trial_dirname(trial) -> str:
@@ -116,9 +124,8 @@ def experiments(cfg: StudyConfig) -> list[tuple[str, dict, dict]]:
     common = {"reuse_actors": True, "max_concurrent_trials": cfg.resources.max_concurrent,
               "trial_name_creator": name_trial, "trial_dirname_creator": trial_dirname}
     if s.mode == "grid":
-        space = {"variant": tune.grid_search(s.variants), "lr": tune.grid_search(s.lr),
-                 "weight_decay": tune.grid_search(s.weight_decay), "seed": tune.grid_search(s.seeds)}
-        return [("grid", space, common)]
+        # one entry per distinct trial: identical trials (lambda = 0, none) are trained once
+        return [("grid", {"cell": tune.grid_search(trained_grid(cfg))}, common)]
     from optuna.samplers import TPESampler
     from ray.tune.search.optuna import OptunaSearch
 
@@ -128,11 +135,11 @@ def experiments(cfg: StudyConfig) -> list[tuple[str, dict, dict]]:
         return tune.loguniform(lo, hi) if hi > lo else lo
 
     out = []
-    for variant in s.variants:
-        space = {"variant": variant, "lr": log_range(s.lr), "weight_decay": log_range(s.weight_decay),
-                 "seed": s.seeds[0]}
+    for arm in arms(cfg):
+        space = {**arm, "lr": log_range(s.lr), "weight_decay": log_range(s.weight_decay), "seed": s.seeds[0]}
         search = OptunaSearch(sampler=TPESampler(seed=s.seeds[0]), metric="best_val_acc", mode="max")
-        out.append((f"optuna-{variant}", space, {**common, "search_alg": search, "num_samples": s.num_samples}))
+        out.append((f"optuna-{arm['arm'].replace(':', '-')}", space,
+                    {**common, "search_alg": search, "num_samples": s.num_samples}))
     return out
 
 
@@ -185,6 +192,19 @@ def init_ray() -> None:
              runtime_env={"env_vars": env}, logging_level="WARNING", log_to_driver=True)
 
 
+def announce(cfg: StudyConfig) -> None:
+    """Before the sweep: how many trials are planned and trained, and which cells flip signs."""
+    planned, trained = planned_trials(cfg), trained_trials(cfg)
+    shared = f" ({planned - trained} identical ones shared: λ = 0 and `none` do not depend on the variant or λ)" \
+        if trained < planned else ""
+    print(f"{cfg.name}: {planned} planned trials, {trained} to train{shared}", flush=True)
+    flips = sign_flipping_cells(cfg)
+    if flips:
+        cells = ", ".join(f"η={lr:g} λ={wd:g}" for lr, wd in flips[:4]) + (" ..." if len(flips) > 4 else "")
+        print(f"note: {len(flips)} cells have η·λ ≥ 1 ({cells}): the per-step factor 1 − η·λ ≤ 0 zeroes or "
+              "flips every decayed weight; they run, and the report marks them", flush=True)
+
+
 def run_study(cfg: StudyConfig) -> Path:
     """Run (or resume) every sweep of the study; returns the study dir."""
     from ray import tune
@@ -196,15 +216,15 @@ def run_study(cfg: StudyConfig) -> Path:
     tracking = None
     if cfg.tracking.enabled:
         tracking = start_study(cfg, study_dir, (study_dir / STUDY_FILE).read_text()).__dict__
+    announce(cfg)
     init_ray()
-    fixed = {"base": cfg.train.base, "layer_schedule": cfg.search.layer_schedule,
-             "model": cfg.model.name, "dataset": cfg.data.name}
+    fixed = {"base": cfg.train.base, "model": cfg.model.name, "dataset": cfg.data.name}
     resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
     fn = tune.with_resources(
         tune.with_parameters(trainable, study=cfg.model_dump(mode="json"), tracking=tracking), resources)
     sweeps = experiments(cfg)
     for name, space, tune_kwargs in sweeps:
-        total = planned_trials(cfg) // len(sweeps)
+        total = trained_trials(cfg) // len(sweeps)
         path = study_dir / name
         if tune.Tuner.can_restore(str(path)):
             tuner = tune.Tuner.restore(str(path), fn, resume_unfinished=True, resume_errored=True)

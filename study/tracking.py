@@ -12,6 +12,7 @@ silently.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import subprocess
@@ -24,6 +25,11 @@ from .errors import UserError
 
 # a race in MLflow's telemetry lost whole trials' metrics under concurrency
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# "Creating initial MLflow database tables..." is not news to a user
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+# nor is "View run ... at: http://..." for each of hundreds of child runs
+logging.getLogger("mlflow.tracking._tracking_service.client").setLevel(logging.WARNING)
 
 T = TypeVar("T")
 PARENT_FILE = "mlflow_parent.json"
@@ -123,8 +129,20 @@ def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
     return run
 
 
-def finish_study(run: StudyRun, artifacts: list[Path], status: str = "FINISHED") -> None:
+def finish_study(run: StudyRun, artifacts: list[Path], verdict: str | None = None, summary=None,
+                 status: str = "FINISHED") -> None:
+    """Attach the report, the verdict as the run's description and each arm's summary metrics."""
+    from mlflow.entities import Metric
+
     c = client(run.uri)
+    if verdict:
+        retry(lambda: c.set_tag(run.parent_run_id, "mlflow.note.content", verdict), "set description")
+    if summary is not None:
+        now = int(time.time() * 1000)
+        claims = ["best", "near_optimal_1pt", "near_optimal_2pt", "decay_spread", "worst", "grid_mean"]
+        metrics = [Metric(f"{r['arm'].replace(':', '-')}.{k}", float(r[k]), now, 0)
+                   for _, r in summary.iterrows() for k in claims if r[k] == r[k]]
+        retry(lambda: c.log_batch(run.parent_run_id, metrics=metrics), "log summary metrics")
     for path in artifacts:
         retry(lambda: c.log_artifact(run.parent_run_id, str(path), "report"), f"attach {path.name}")
     retry(lambda: c.set_terminated(run.parent_run_id, status), "end parent run")
@@ -137,6 +155,7 @@ class TrialRun:
         from mlflow.entities import Param
 
         self._c = client(study.uri)
+        self._pending: list = []
         self.run_id = run_id or self._existing(study, tags.get("ray_trial_id"))
         if self.run_id is None:
             tags = {"mlflow.parentRunId": study.parent_run_id, "mlflow.runName": name, **tags}
@@ -156,11 +175,17 @@ class TrialRun:
         return runs[0].info.run_id if runs else None
 
     def log_epoch(self, metrics: dict[str, float], epoch: int) -> None:
+        """Buffer one epoch; ``flush`` sends it (the trial flushes whenever it checkpoints)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
-        retry(lambda: self._c.log_batch(self.run_id, metrics=batch), "log epoch metrics")
+        self._pending.extend(Metric(k, float(v), now, epoch) for k, v in metrics.items())
+
+    def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        for i in range(0, len(batch), 1000):  # MLflow's log_batch limit
+            retry(lambda: self._c.log_batch(self.run_id, metrics=batch[i:i + 1000]), "log epoch metrics")
 
     def finish(self, status: str = "FINISHED") -> None:
+        self.flush()
         retry(lambda: self._c.set_terminated(self.run_id, status), "end child run")

@@ -25,16 +25,17 @@ from .models import build_model
 # every metric a trial reports, named the same in Ray, MLflow and trials.csv
 EPOCH_METRICS = [
     "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "best_val_acc",
-    "test_acc_at_best_val", "r_op", "weight_norm", "lr", "diverged",
+    "test_acc_at_best_val", "r_op", "weight_norm", "lr_now", "diverged",
     "final_test_acc", "paper_top10_test_acc", "images_per_s",
 ]
-TRIAL_PARAMS = ["variant", "lr", "weight_decay", "seed"]
+TRIAL_PARAMS = ["arm", "variant", "layer_schedule", "lr", "weight_decay", "seed"]
 
 
 class Reporter(Protocol):
     def restore(self) -> dict | None: ...
 
-    def report(self, metrics: dict, state: dict) -> None: ...
+    def report(self, metrics: dict, state: dict | None) -> None:
+        """Every epoch's metrics; ``state`` (a checkpoint) only when one is due."""
 
 
 class PrintReporter:
@@ -43,13 +44,23 @@ class PrintReporter:
     def restore(self) -> dict | None:
         return None
 
-    def report(self, metrics: dict, state: dict) -> None:
+    def report(self, metrics: dict, state: dict | None) -> None:
         shown = {k: metrics[k] for k in ("epoch", "train_loss", "val_acc", "test_acc", "r_op", "images_per_s")}
         print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()), flush=True)
 
 
 def trial_name(params: dict) -> str:
-    return f"{params['variant']} lr={params['lr']:.3g} wd={params['weight_decay']:.3g} s{params['seed']}"
+    """``lpwd η=0.003 λ=0.5 seed 0``: the arm, then the cell, unambiguous."""
+    arm = params.get("arm", params["variant"])
+    return f"{arm} η={params['lr']:.3g} λ={params['weight_decay']:.3g} seed {params['seed']}"
+
+
+def with_defaults(cfg: StudyConfig, params: dict) -> dict:
+    """A trial's params with its arm and layer schedule filled in (``study trial`` gives only the variant)."""
+    from .config import arm_name
+
+    schedule = params.get("layer_schedule") or (cfg.search.layer_schedule[0] if params["variant"] == "lpwd" else "constant")
+    return {"arm": arm_name(params["variant"], schedule), **params, "layer_schedule": schedule}
 
 
 def lr_factor(cfg: StudyConfig, steps_per_epoch: int):
@@ -89,13 +100,15 @@ def evaluate(model, split, batch_size: int = 1024, autocast=None) -> tuple[float
 
 
 def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None, tags: dict | None = None) -> dict:
-    """Train one (variant, lr, weight_decay, seed) cell; returns the last metrics."""
+    """Train one (arm, lr, weight_decay, seed) cell; returns the last metrics."""
+    params = with_defaults(cfg, params)
     device = pick_device(cfg)
     torch.set_num_threads(max(1, int(cfg.resources.cpu)))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     seed = int(params["seed"])
-    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_fraction, seed, device, cfg.data.augment)
+    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_fraction, seed, device, cfg.data.augment,
+                        cfg.data.train_subset)
     in_chans, img_size = data.train.x.shape[1], data.train.x.shape[-1]
     model = build_model(cfg.model, in_chans, data.num_classes, img_size, seed).to(device)
     channels_last = cfg.model.channels_last if cfg.model.channels_last is not None else device.type == "cuda"
@@ -104,7 +117,7 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
     extra = {"momentum": cfg.train.momentum} if cfg.train.base == "sgd" else {}
     opt = lpwd.build_optimizer(
         model, params["variant"], float(params["lr"]), float(params["weight_decay"]), cfg.train.base,
-        layer_schedule=cfg.search.layer_schedule, decay_bias_and_norm=cfg.train.decay_bias_and_norm,
+        layer_schedule=params["layer_schedule"], decay_bias_and_norm=cfg.train.decay_bias_and_norm,
         diagnostics_every=cfg.train.diagnostics_every, diagnostics_seed=seed, **extra,
     )
     forward = torch.compile(model) if cfg.model.compile else model
@@ -136,15 +149,18 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
     if tracking is not None:
         from .tracking import TrialRun
 
-        logged = {**params, "base": cfg.train.base, "layer_schedule": cfg.search.layer_schedule,
+        logged = {**{k: params[k] for k in TRIAL_PARAMS}, "base": cfg.train.base,
                   "model": cfg.model.name, "pretrained": cfg.model.pretrained, "dataset": cfg.data.name,
                   "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
                   "lr_schedule": cfg.train.lr_schedule, "warmup_epochs": cfg.train.warmup_epochs,
-                  "label_smoothing": cfg.train.label_smoothing}
+                  "label_smoothing": cfg.train.label_smoothing, "train_subset": cfg.data.train_subset}
+        if len(params.get("stands_for", [])) > 1:
+            logged["stands_for"] = ", ".join(f"{t['arm']} λ={t['weight_decay']:g}" for t in params["stands_for"])
         run = TrialRun(tracking, run_id, trial_name(params), logged, {"study": cfg.name, **(tags or {})})
 
     chance = 1.0 / data.num_classes
     metrics: dict = {}
+    last_checkpoint = time.perf_counter()
     check_every = 1 if device.type == "cpu" else 25  # a finiteness check syncs a GPU
     for epoch in range(start, cfg.train.epochs):
         model.train()
@@ -198,7 +214,7 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
             "test_acc_at_best_val": best["test_acc"],
             "r_op": diag["r_op"],
             "weight_norm": diag["weight_norm"],
-            "lr": lr_now,
+            "lr_now": lr_now,
             "diverged": int(diverged),
             "final_test_acc": test_acc,
             "paper_top10_test_acc": sum(top10) / len(top10),
@@ -207,11 +223,16 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
         if run is not None:
             run.log_epoch({k: metrics[k] for k in EPOCH_METRICS}, epoch)
         last = diverged or epoch == cfg.train.epochs - 1
-        state = {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "generator": gen.get_state(), "history": history, "best": best, "epoch": epoch,
-            "mlflow_run_id": run.run_id if run is not None else None, "metrics": metrics, "finished": last,
-        }
+        state = None
+        if last or time.perf_counter() - last_checkpoint >= cfg.train.checkpoint_every_s:
+            state = {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "generator": gen.get_state(), "history": history, "best": best, "epoch": epoch,
+                "mlflow_run_id": run.run_id if run is not None else None, "metrics": metrics, "finished": last,
+            }
+            if run is not None:  # MLflow holds exactly the epochs a checkpoint holds: none twice on resume
+                run.flush()
+            last_checkpoint = time.perf_counter()
         if last and run is not None:
             run.finish("FAILED" if diverged else "FINISHED")
         reporter.report({**metrics, "finished": int(last)}, state)

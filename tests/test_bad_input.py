@@ -99,3 +99,40 @@ def test_corrupt_cifar_archive(workdir, capsys):
                        "--set", "data.name=cifar10", "--set", f"data.root={workdir}", "--set", "tracking.enabled=false"],
                       capsys)
     assert rc == 2 and "data.root" in err and "fetch" in err
+
+
+def finished_study(workdir):
+    """A study dir with two finished seeds of wd and lpwd in one cell, as trials.csv would hold them."""
+    from study.config import dump, load_config
+    from study.table import write_rows
+
+    cfg = load_config(QUICK, ["search.variants=[wd,lpwd]", "search.layer_schedule=[linear]", "search.lr=[0.001]",
+                              "search.weight_decay=[0.1]", "search.seeds=[0,1]"])
+    d = workdir / "studies" / "quick"
+    d.mkdir(parents=True)
+    (d / "study.yaml").write_text(dump(cfg))
+    write_rows(d, [{"trial_id": f"t{i}", "experiment": "grid", "status": "TERMINATED", "arm": arm, "variant": arm,
+                    "layer_schedule": "linear", "lr": 0.001, "weight_decay": 0.1, "seed": seed, "dataset": "digits",
+                    "best_val_acc": 0.9 + 0.01 * i, "val_acc": 0.9, "test_acc_at_best_val": 0.9 + 0.01 * i,
+                    "final_test_acc": 0.9, "paper_top10_test_acc": 0.9, "diverged": 0}
+                   for i, (arm, seed) in enumerate([("wd", 0), ("wd", 1), ("lpwd", 0), ("lpwd", 1)])])
+    return d
+
+
+@pytest.mark.parametrize("option,value,expected", [
+    ("--baseline", "nope", "--baseline 'nope' is not an arm of this study; use one of ['wd', 'lpwd']"),
+    ("--metric", "test_acc", "--metric 'test_acc' is not a metric of this study"),
+])
+def test_report_options_are_checked_against_the_study(workdir, capsys, option, value, expected):
+    d = finished_study(workdir)
+    rc, err = run_cli(["report", str(d), option, value], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1 and expected in err
+    assert not (d / "report.html").exists()
+
+
+def test_report_accepts_adamw_for_wd_and_writes_where_asked(workdir, capsys):
+    d = finished_study(workdir)
+    rc = main(["report", str(d), "--baseline", "adamw", "--out", str(workdir / "elsewhere")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "lpwd vs wd:" in out
+    assert (workdir / "elsewhere" / "report.html").exists() and not (d / "report.html").exists()

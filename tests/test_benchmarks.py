@@ -56,11 +56,11 @@ def test_trial_throughput_compares_against_the_bare_loop():
 def test_sweep_overhead_runs_a_real_ray_sweep():
     ray_tmp = tempfile.mkdtemp(prefix="rayb", dir="/tmp")  # short: Ray's socket paths have a length limit
     try:
-        out = run_benchmark("sweep_overhead.py", "--trials", "2", "--epochs", "1",
+        out = run_benchmark("sweep_overhead.py", "--trials", "2", "--epochs", "1", "--rounds", "1",
                             env=study_env(RAY_TMPDIR=ray_tmp, TMPDIR=ray_tmp))
-        assert "2 trials x 1 epochs" in out
-        overhead = re.search(r"\*\*overhead per trial\*\* \| \| \*\*(-?[0-9.]+)\*\*", out)
-        assert overhead and math.isfinite(float(overhead.group(1))), out
+        assert "1 epochs per trial" in out and "slope of 2 -> 6 trials" in out
+        ratio = re.search(r"\*\*ratio in-process / study per trial\*\* \| \*\*(-?[0-9.]+) ", out)
+        assert ratio and math.isfinite(float(ratio.group(1))), out
         deadline = time.time() + 20  # a clean exit stops the local Ray it started, within seconds
         while ray_processes(ray_tmp) and time.time() < deadline:
             time.sleep(0.5)

@@ -410,3 +410,33 @@ def test_loading_another_variants_state_is_refused():
     state = lpwd.build_optimizer(model, "wd", LR0, LAM).state_dict()
     with pytest.raises(ValueError, match="variant"):
         lpwd.build_optimizer(model, "rwd", LR0, LAM).load_state_dict(state)
+
+
+@pytest.mark.parametrize("foreach", [None, False], ids=["fast", "single-tensor"])
+@pytest.mark.parametrize("base,kwargs", [("adam", {}), ("sgd", {"momentum": 0.9}), ("sgd", {"momentum": 0.0})],
+                         ids=["adam", "sgd", "sgd-no-momentum"])
+def test_every_variant_at_zero_decay_is_bit_identical_to_none(base, kwargs, foreach):
+    """Why a study trains lambda = 0 once for all variants: the updates are the same to the bit."""
+    def weights(variant):
+        model = make_model()
+        opt = lpwd.build_optimizer(model, variant, LR0, 0.0, base, foreach=foreach, **kwargs)
+        train(model, opt, 6)
+        return [p.detach().clone() for p in model.parameters()], opt.diagnostics()
+
+    ref, ref_diag = weights("none")
+    for variant in lpwd.VARIANTS:
+        got, diag = weights(variant)
+        assert all(torch.equal(a, b) for a, b in zip(got, ref)), variant
+        assert (diag["r_op"], diag["weight_norm"]) == (ref_diag["r_op"], ref_diag["weight_norm"]), variant
+
+
+def test_effective_decay_and_normalised_schedule_by_hand():
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 4))  # layers 1 and 2 of L = 2; 6 and 12 weights decayed
+    assert lpwd.effective_decay(model, "lpwd", "linear") == pytest.approx((6 * 0.5 + 12 * 1.0) / 18)
+    assert lpwd.effective_decay(model, "lpwd", "linear_normalized") == pytest.approx(1.0)
+    assert lpwd.effective_decay(model, "pwd") == 1.0 and lpwd.effective_decay(model, "none") == 0.0
+    opt = lpwd.build_optimizer(model, "lpwd", 0.1, 1.0, layer_schedule="linear_normalized")
+    decayed = next(g for g in opt.param_groups if g["decay_eligible"])
+    # l/L divided by its weighted mean 15/18: 0.5 -> 0.6, 1 -> 1.2
+    assert decayed["layer_scales"] == pytest.approx([0.5 * 18 / 15, 18 / 15])
+    opt.remove_hook()

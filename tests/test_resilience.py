@@ -19,9 +19,9 @@ from .conftest import PYTHON, ray_processes, run_study_cli, stop_ray, study_env,
 
 pytestmark = pytest.mark.slow
 
-# 8 trials x 4 epochs, all healthy
-ARGS = ["--set", "search.lr=[3.0e-3]", "--set", "search.weight_decay=[0.0,0.1]", "--set", "search.seeds=[0,1]", "--set", "train.epochs=4",
-        "--no-report"]
+# 8 trials x 4 epochs, all healthy, none shared (no lambda = 0), a checkpoint after every epoch
+ARGS = ["--set", "search.lr=[3.0e-3]", "--set", "search.weight_decay=[0.1,0.3]", "--set", "search.seeds=[0,1]", "--set", "train.epochs=4",
+        "--set", "train.checkpoint_every_s=0", "--no-report"]
 
 
 def children(db, experiment):
@@ -45,7 +45,7 @@ def test_sqlite_store_keeps_every_metric_under_8_concurrent_trials(tmp_path):
 
 
 def final_metrics(rows):
-    return {(r["variant"], r["lr"], r["weight_decay"], r["seed"]): (r["val_acc"], r["test_acc_at_best_val"], r["train_loss"])
+    return {(r["arm"], r["lr"], r["weight_decay"], r["seed"]): (r["val_acc"], r["test_acc_at_best_val"], r["train_loss"])
             for r in rows}
 
 
@@ -152,7 +152,7 @@ def test_ctrl_c_stops_with_one_line_then_resume_finishes(tmp_path, reference):
     stop_ray(ray_tmp)
     assert driver.returncode == 130
     hint = [line for line in err.splitlines() if "resume" in line.lower()]
-    assert hint == [f"interrupted; nothing finished is lost. Resume with: python -m study resume {study_dir}"]
+    assert hint == [f"interrupted; nothing finished is lost. Resume with: {PYTHON} -m study resume {study_dir}"]
     assert "Traceback" not in err
     run_study_cli(["resume", str(study_dir)], tmp_path, env)
     stop_ray(ray_tmp)
@@ -212,7 +212,7 @@ def test_trial_that_keeps_failing_is_errored_and_the_others_complete(tmp_path):
     assert errored["error"]  # the error is recorded in the tidy table
     status = run_study_cli(["status", str(study_dir)], tmp_path)
     assert "7 done, 0 running, 0 pending, 1 errored" in status.stdout
-    assert f"errored {errored['variant']} lr={errored['lr']}" in status.stdout
+    assert f"errored {errored['trained_as']}" in status.stdout
 
     # resume retries the errored trial from its newest checkpoint; the other seven are kept
     done = {r["trial_id"]: r for r in rows if r["status"] == "TERMINATED"}

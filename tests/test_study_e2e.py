@@ -12,11 +12,11 @@ from PIL import Image, ImageStat
 
 from study.trial import EPOCH_METRICS
 
-from .conftest import run_study_cli, study_env, tiny_args
+from .conftest import PYTHON, run_study_cli, study_env, tiny_args
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
-CHILD_PARAMS = {"variant", "base", "lr", "weight_decay", "seed", "layer_schedule", "model", "dataset", "epochs",
+CHILD_PARAMS = {"arm", "variant", "base", "lr", "weight_decay", "seed", "layer_schedule", "model", "dataset", "epochs",
                 "batch_size", "lr_schedule"}
 
 
@@ -33,9 +33,14 @@ def study(tmp_path_factory, mlflow_server):
 
 def test_every_trial_ran_and_learned(study):
     rows = study["rows"]
-    cells = {(r["variant"], float(r["lr"]), float(r["weight_decay"]), int(r["seed"])) for r in rows}
+    cells = {(r["arm"], float(r["lr"]), float(r["weight_decay"]), int(r["seed"])) for r in rows}
     assert len(rows) == len(cells) == 2 * 2 * 3 * 2
     assert all(r["status"] == "TERMINATED" for r in rows)
+    # lambda = 0 is the same trial for wd and lpwd: trained once (as none), shared visibly in both rows
+    zero = [r for r in rows if float(r["weight_decay"]) == 0]
+    assert all(r["shared"] == "1" and r["trained_as"].startswith("none ") for r in zero)
+    assert len({r["trial_id"] for r in rows}) == len(rows) - len(zero) // 2
+    assert "24 planned trials, 20 to train" in study["stdout"]
     healthy = [r for r in rows if float(r["weight_decay"]) < 1000]
     assert all(r["diverged"] == "0" and int(r["epochs_done"]) == EPOCHS for r in healthy)
     assert max(float(r["test_acc_at_best_val"]) for r in healthy) > 0.85  # chance is 0.10
@@ -49,8 +54,11 @@ def test_divergence_is_recorded_not_fatal(study):
 
 def test_run_prints_where_results_are(study):
     assert f"results: {study['dir']}" in study["stdout"]
-    assert "python -m study resume" in study["stdout"] or "python -m study status" in study["stdout"]
+    assert f"{PYTHON} -m study status {study['dir']}" in study["stdout"]  # works as printed, venv or not
     assert "report: " in study["stdout"]
+    # the run ends with the verdict, written from the numbers (two seeds: intervals and tests exist)
+    verdict = study["stdout"][study["stdout"].index("Verdict."):]
+    assert "lpwd vs wd:" in verdict and "2 seeds per cell" in verdict and "Holm-corrected" in verdict
 
 
 def api(server, path, payload):
@@ -69,7 +77,7 @@ def test_mlflow_server_has_parent_and_one_child_per_trial(study):
     children = [(r, t) for r, t in zip(runs, tags) if "mlflow.parentRunId" in t]
     assert len(parents) == 1
     parent_id = parents[0]["info"]["run_id"]
-    assert len(children) == len(study["rows"])
+    assert len(children) == len({r["trial_id"] for r in study["rows"]})
     assert {t["ray_trial_id"] for _, t in children} == {r["trial_id"] for r in study["rows"]}
     for run, t in children:
         assert t["mlflow.parentRunId"] == parent_id and t["study"] == "e2e"
@@ -91,8 +99,9 @@ def test_mlflow_server_has_parent_and_one_child_per_trial(study):
 def test_report_files(study):
     d = study["dir"]
     summary = json.loads((d / "robustness.json").read_text())
-    assert {s["variant"] for s in summary} == {"wd", "lpwd"}
-    for name in ["heatmaps", "difference", "tuning_curves", "cell_distribution", "training_curves"]:
+    assert {s["arm"] for s in summary["arms"]} == {"wd", "lpwd"}
+    assert summary["verdict"].startswith("lpwd vs wd:") and summary["settings"]["selected_by"] == "best_val_acc"
+    for name in ["heatmaps", "difference", "tuning_curves", "cell_distribution", "effective_decay", "training_curves"]:
         img = Image.open(d / f"{name}.png")
         img.verify()
         img = Image.open(d / f"{name}.png").convert("L")
@@ -109,7 +118,8 @@ def test_report_renders_in_headless_chromium(study, chromium, tmp_path):
     dom = subprocess.run(base + ["--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120)
     errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line and ("Error" in line or "Uncaught" in line)]
     assert not errors, errors
-    assert dom.stdout.count('class="main-svg"') >= 5  # plotly drew every figure from the embedded plotly.js
+    assert dom.stdout.count('class="main-svg"') >= 6  # plotly drew every figure from the embedded plotly.js
+    assert "Verdict." in dom.stdout
     subprocess.run(base + [f"--screenshot={shot}", "--window-size=1400,1800", html.as_uri()],
                    capture_output=True, timeout=120)
     img = Image.open(shot).convert("L")
@@ -136,4 +146,4 @@ def test_resume_of_finished_study_reruns_nothing(study):
         requests.get(f"{study['server']}/api/2.0/mlflow/experiments/get-by-name",
                      params={"experiment_name": "e2e"}, timeout=30).json()["experiment"]["experiment_id"]],
         "max_results": 1000})["runs"]
-    assert len(runs) == len(after) + 1  # no duplicate children, one parent
+    assert len(runs) == len({r["trial_id"] for r in after}) + 1  # no duplicate children, one parent
