@@ -30,25 +30,66 @@ SCHEDULES: dict[str, Callable[[int, int], float]] = {
 }
 
 
+def unwrap(model: nn.Module) -> tuple[nn.Module, str]:
+    """The model inside ``torch.compile``'s ``OptimizedModule`` and DDP / DataParallel, with the
+    prefix its parameter names carry outside (``_orig_mod.``, ``module.``, or both)."""
+    prefix = ""
+    while True:
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model, prefix = model._orig_mod, prefix + "_orig_mod."
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model, prefix = model.module, prefix + "module."
+        else:
+            return model, prefix
+
+
+def timm_part(model: nn.Module) -> tuple[nn.Module, str] | None:
+    """The outermost submodule (the model itself included) that is a timm model, i.e. has
+    ``group_matcher``, and its name prefix; None if there is none."""
+    for name, module in model.named_modules():
+        if hasattr(module, "group_matcher") and callable(module.group_matcher):
+            return module, f"{name}." if name else ""
+    return None
+
+
 def layer_indices(model: nn.Module) -> dict[str, tuple[int, int]]:
     """Map every parameter name to ``(l, L)``: its layer, 1 = input, L = output.
 
+    Wrappers are seen through (``torch.compile``, DDP, DataParallel): names keep
+    their wrapper prefix, depths are the wrapped model's.
+
     timm models (anything with ``group_matcher``): timm's fine-grained grouping,
     the one ``timm.optim.param_groups_layer_decay`` uses, so the stem is layer 1
-    and the head (parameters the matcher leaves unmatched) is layer L.
+    and the head (parameters the matcher leaves unmatched) is layer L. A timm
+    model nested in a user's module is found and used the same way; parameters
+    outside it count as its first layer if registered before it, and as its
+    last (the head) if after.
 
     Other modules: every module that directly owns a parameter with two or more
     dimensions (a weight matrix or kernel) opens a new layer, in registration
     order; modules owning only 1-D parameters (norms, standalone biases) belong
     to the layer before them (or the first layer when none precedes them),
-    so a BatchNorm does not count as a layer of depth.
+    so a BatchNorm does not count as a layer of depth. A tied weight (an
+    embedding reused as the output projection) belongs to its first use only.
     """
-    names = [n for n, _ in model.named_parameters()]
+    inner, prefix = unwrap(model)
+    names = [n for n, _ in inner.named_parameters()]
     if not names:
         return {}
-    if hasattr(model, "group_matcher"):
-        return _timm_layers(model)
-    return _registration_order_layers(model)
+    found = timm_part(inner)
+    if found is None:
+        layers = _registration_order_layers(inner)
+    else:
+        timm_model, sub = found
+        own = {f"{sub}{n}": lL for n, lL in _timm_layers(timm_model).items()}
+        L = next(iter(own.values()))[1] if own else 1
+        first = next(iter(own), None)
+        layers, before = {}, True
+        for n in names:
+            if n == first:
+                before = False
+            layers[n] = own.get(n, (1 if before else L, L))
+    return {prefix + n: lL for n, lL in layers.items()}
 
 
 def _timm_layers(model: nn.Module) -> dict[str, tuple[int, int]]:
@@ -66,8 +107,10 @@ def _registration_order_layers(model: nn.Module) -> dict[str, tuple[int, int]]:
     layer_of: dict[str, int] = {}
     pending: list[str] = []  # 1-D-only modules seen before the first layer
     current = 0
+    seen: set[int] = set()  # a tied parameter counts at its first use only
     for module_name, module in model.named_modules():
-        own = [(n, p) for n, p in module.named_parameters(recurse=False)]
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for _, p in own)
         if not own:
             continue
         full = [f"{module_name}.{n}" if module_name else n for n, _ in own]
@@ -157,15 +200,20 @@ def no_decay_names(model: nn.Module, decay_bias_and_norm: bool = False) -> set[s
     """Names of parameters that get no decay in any variant.
 
     As in timm's ``param_groups_weight_decay``: tensors with ndim <= 1 (biases,
-    norm scales and shifts) and whatever the model lists in ``no_weight_decay()``
+    norm scales and shifts) and whatever the model (or a timm model nested in
+    it, or wrapped by ``torch.compile``/DDP) lists in ``no_weight_decay()``
     (positional embeddings, class tokens, relative position tables; fnmatch
     patterns allowed), unless ``decay_bias_and_norm`` asks to decay everything.
     """
     if decay_bias_and_norm:
         return set()
-    listed = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    inner, prefix = unwrap(model)
+    listed: set[str] = set()
+    for name, module in inner.named_modules():  # a nested timm model's names, prefixed with its place
+        if hasattr(module, "no_weight_decay") and callable(module.no_weight_decay):
+            listed.update(f"{name}.{n}" if name else n for n in module.no_weight_decay())
     skip = set()
-    for name, p in model.named_parameters():
+    for name, p in inner.named_parameters():
         if p.ndim <= 1 or name in listed or any(fnmatch.fnmatch(name, pat) for pat in listed):
-            skip.add(name)
+            skip.add(prefix + name)
     return skip

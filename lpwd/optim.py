@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from .diagnostics import OpposingPenaltyProbe, layer_weight_norms
-from .layers import LayerSchedule, decay_scales, layer_indices
+from .layers import LayerSchedule, decay_scales, layer_indices, unwrap
 
 VARIANTS = ("none", "l2", "wd", "rwd", "pwd", "lpwd")
 
@@ -89,7 +89,9 @@ class DecayMixin:
         self._pending = self.placement == "before_forward"
         self._hook = None
         if self.placement == "before_forward":
-            self._hook = model.register_forward_pre_hook(_pre_forward_decay(weakref.ref(self)))
+            _claim(self)
+            # on the wrapped model, so DDP and torch.compile wrappers built before or after both call it
+            self._hook = unwrap(model)[0].register_forward_pre_hook(_pre_forward_decay(weakref.ref(self)))
 
     # -- the decay itself -------------------------------------------------
     def _decayed(self):
@@ -125,6 +127,13 @@ class DecayMixin:
                 layers.extend(group["layers"])
         return params, layers
 
+    def _skipped_by_grad_scaler(self) -> bool:
+        """True when ``torch.amp.GradScaler`` found inf/NaN gradients and hands the step to the fused
+        kernel to skip (it sets ``found_inf`` on optimizers whose fused kernels take it). The kernel
+        skips its own update; the decay placed around it must be skipped too."""
+        found_inf = getattr(self, "found_inf", None)
+        return found_inf is not None and bool(found_inf.item())
+
     # -- the step ---------------------------------------------------------
     def step(self, closure=None):
         loss = None
@@ -132,6 +141,11 @@ class DecayMixin:
             # evaluate first so wd's pre-update shrink cannot leak into the gradient
             with torch.enable_grad():
                 loss = closure()
+        if self._skipped_by_grad_scaler():
+            # changes nothing: the kernel skips itself, no shrink, no probe, and the pending
+            # pre-weight decay stays as it was (this step's forward already consumed it)
+            super().step()
+            return loss
         if self._pending:
             self._apply_decay()
         probing = self._probe is not None and self._probe.due(self._steps)
@@ -203,7 +217,7 @@ class DecayMixin:
         return {"r_op": r_op, "r_op_steps": n, "weight_norm": total, "layer_weight_norms": norms}
 
     def remove_hook(self) -> None:
-        """Detach the pre-forward hook (pwd/lpwd), e.g. before building a new optimizer."""
+        """Detach the pre-forward hook (pwd/lpwd), e.g. before building a new optimizer on the same model."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -235,12 +249,40 @@ class DecayMixin:
                 self._probe.load_state_dict(extra["probe"])
 
 
+def _owner(p: torch.Tensor):
+    """The live pwd/lpwd optimizer whose forward hook decays ``p``, if any."""
+    ref = getattr(p, "_lpwd_pre_decay_owner", None)
+    opt = ref() if ref is not None else None
+    if opt is None or opt._hook is None:
+        return None
+    # a deep-copied model carries the attribute but not the parameter the owner holds
+    return opt if any(q is p for g in opt.param_groups for q in g["params"]) else None
+
+
+def _claim(optimizer) -> None:
+    """Refuse a second live pre-weight-decay optimizer over the same parameters: both hooks
+    would decay them in every forward pass."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if any(_owner(p) is not None for p in params):
+        raise ValueError(
+            "these parameters already have a live pwd/lpwd optimizer, whose forward hook decays them; "
+            "call old_optimizer.remove_hook() (or drop every reference to it) before building another, "
+            "or put several parameter subsets in one optimizer's param groups")
+    for p in params:
+        p._lpwd_pre_decay_owner = weakref.ref(optimizer)
+
+
 def _pre_forward_decay(optimizer_ref):
     """A forward pre-hook that applies a pending pre-weight decay.
 
     Holds only a weak reference, so a discarded optimizer never decays again.
+    ``torch.compiler.disable``: under ``torch.compile`` the hook runs eagerly
+    just before the compiled forward. Traced, its Python flag would not be
+    updated (the decay ran twice) and Dynamo would guard on the lr, recompiling
+    at every change of a schedule.
     """
 
+    @torch.compiler.disable
     def hook(module, args):
         optimizer = optimizer_ref()
         if optimizer is not None and optimizer._pending and torch.is_grad_enabled():
@@ -288,9 +330,11 @@ def build_optimizer(
     """Build the optimizer of one decay variant for ``model``.
 
     Args:
-        model: the module whose trainable parameters are optimised. For
-            ``pwd``/``lpwd`` the optimizer registers a forward pre-hook on it
-            (see the module docstring).
+        model: the module whose trainable parameters are optimised, plain or
+            wrapped (``torch.compile``, DDP, DataParallel; built before or after
+            the wrapping). For ``pwd``/``lpwd`` the optimizer registers a forward
+            pre-hook on the wrapped model (see the module docstring); one such
+            optimizer per parameter at a time.
         variant: one of ``none``, ``l2``, ``wd``, ``rwd``, ``pwd``, ``lpwd``.
         lr: learning rate (> 0).
         weight_decay: lambda >= 0; the per-step shrink is ``lr * weight_decay``.

@@ -67,11 +67,21 @@ def invocation() -> str:
 
 
 def _next_steps(study_dir: Path) -> str:
+    import json
+
+    from .tracking import PARENT_FILE, StudyRun, experiment_url
+
     me = invocation()
-    return (f"results: {study_dir}\n"
-            f"  {me} status {study_dir}\n"
-            f"  {me} report {study_dir}\n"
-            f"  {me} ui            # MLflow UI at http://127.0.0.1:5000")
+    lines = [f"results: {study_dir}", f"  {me} status {study_dir}", f"  {me} report {study_dir}"]
+    saved = Path(study_dir) / PARENT_FILE
+    if saved.exists():
+        run = StudyRun(**json.loads(saved.read_text()))
+        url = experiment_url(run)
+        if run.uri.startswith(("http://", "https://")):
+            lines.append(f"  MLflow: {url}")
+        else:
+            lines.append(f"  {me} ui --uri {run.uri}   # then open {url}")
+    return "\n".join(lines)
 
 
 def cmd_run(cfg, report: bool) -> int:
@@ -137,8 +147,10 @@ def cmd_trial(args) -> int:
 def cmd_ui(args) -> int:
     from .tracking import resolve_uri
 
+    from .tracking import TRAINING_VIEW
+
     uri = resolve_uri(args.uri)
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}/#/?{TRAINING_VIEW}  (Ctrl-C to stop)", flush=True)
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                "--host", args.host, "--port", str(args.port), "--workers", "1"])
 

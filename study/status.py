@@ -30,11 +30,28 @@ def study_counts(study_dir: Path) -> tuple[Counter, list[dict]]:
     return counts, rows
 
 
+def timing(study_dir: Path, rows: list[dict], counts: Counter) -> str:
+    """Elapsed time from the first to the latest report of any trial, and the ETA at that pace."""
+    from .report import trial_reports
+
+    stamps = [r["timestamp"] for row in {x["trial_id"]: x for x in rows}.values()
+              for r in trial_reports(Path(study_dir), row)[:1] + trial_reports(Path(study_dir), row)[-1:]]
+    if not stamps:
+        return ""
+    elapsed = max(stamps) - min(stamps)
+    done, left = counts["done"], counts["pending"] + counts["running"]
+    eta = f", ETA {elapsed / done * left / 60:.1f} min at that pace while a driver runs" if done and left else ""
+    return f"trials ran for {elapsed / 60:.1f} min{eta}"
+
+
 def print_status(study_dir: Path) -> None:
     counts, rows = study_counts(study_dir)
     console = Console()
     console.print(f"[bold]{study_dir}[/]: " + ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "pending", "errored")),
                   soft_wrap=True)
+    when = timing(study_dir, rows, counts)
+    if when:
+        console.print(when, soft_wrap=True)
     if counts["running"]:
         console.print("(trials shown running while no driver is alive were interrupted: python -m study resume DIR)")
     table = pd.DataFrame(rows)

@@ -185,7 +185,7 @@ def init_ray() -> None:
 
     if ray.is_initialized():
         return
-    env = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     # per-epoch checkpoints of second-long trials snapshot often by design; the warning is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False if not os.environ.get("RAY_ADDRESS") else None,

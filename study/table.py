@@ -21,7 +21,7 @@ TABLE = "trials.csv"
 # the per-epoch ``lr`` metric (the scheduled lr) would clash with the cell's lr: Ray and MLflow keep it
 METRIC_COLUMNS = [m for m in EPOCH_METRICS if m not in TRIAL_PARAMS]
 COLUMNS = ["trial_id", "experiment", "status", *TRIAL_PARAMS, "base", "model", "dataset",
-           "epochs_done", *METRIC_COLUMNS, "trained_as", "shared", "error"]
+           "epochs_done", *METRIC_COLUMNS, "trained_as", "shared", "mlflow_run_id", "error"]
 
 
 def read_rows(study_dir: Path) -> list[dict]:
@@ -63,7 +63,8 @@ class TidyTable(tune.Callback):
                **{k: params.get(k) for k in TRIAL_PARAMS}, **self.fixed,
                # from the trial's own epoch counter: Ray's iteration count also counts replayed reports
                "epochs_done": result.get("epoch", -1) + 1,
-               **{k: result.get(k) for k in METRIC_COLUMNS}, "trained_as": trial_name(params)}
+               **{k: result.get(k) for k in METRIC_COLUMNS}, "trained_as": trial_name(params),
+               "mlflow_run_id": result.get("mlflow_run_id")}
         if trial.status == "ERROR":
             row["error"] = (getattr(trial, "error_message", None) or "see the trial's error.txt").strip().splitlines()[-1][:300]
         stands_for = params.get("stands_for") or [{}]

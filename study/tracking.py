@@ -28,8 +28,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # "Creating initial MLflow database tables..." is not news to a user
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
-# nor is "View run ... at: http://..." for each of hundreds of child runs
-logging.getLogger("mlflow.tracking._tracking_service.client").setLevel(logging.WARNING)
+# nor is "View run ... at: http://..." for each of hundreds of child runs (the parent's link is printed once)
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 T = TypeVar("T")
 PARENT_FILE = "mlflow_parent.json"
@@ -85,12 +85,27 @@ class StudyRun:
     parent_run_id: str
 
 
-def git_commit() -> str:
+# MLflow 3's UI opens an experiment in its model-training view (runs, charts) only when told so;
+# untagged, it infers a GenAI experiment and shows an empty traces overview
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5).stdout.strip()
     except OSError:
-        return "unknown"
+        return None
+    return out or None
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's standard source tags: the UI's Source column and the commit link read these."""
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "study (lpwd-study)"}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -117,8 +132,11 @@ def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
     from mlflow.entities import Param
 
     experiment = retry(lambda: c.get_experiment_by_name(cfg.name), "get experiment")
-    exp_id = experiment.experiment_id if experiment else retry(lambda: c.create_experiment(cfg.name), "create experiment")
-    tags = {"study": cfg.name, "git_commit": git_commit(), "study_dir": str(study_dir), "mlflow.runName": f"study {cfg.name}"}
+    exp_id = experiment.experiment_id if experiment else retry(
+        lambda: c.create_experiment(cfg.name, tags=EXPERIMENT_TAGS), "create experiment")
+    for key, value in EXPERIMENT_TAGS.items():  # an experiment made by hand or by an older version
+        retry(lambda: c.set_experiment_tag(exp_id, key, value), "tag experiment")
+    tags = {"study": cfg.name, "study_dir": str(study_dir), "mlflow.runName": f"study {cfg.name}", **source_tags()}
     parent = retry(lambda: c.create_run(exp_id, tags=tags), "create parent run")
     params = [Param(k, v[:6000]) for k, v in flatten(cfg.model_dump(mode="json")).items()]
     for i in range(0, len(params), 100):
@@ -127,6 +145,17 @@ def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
     run = StudyRun(uri, exp_id, parent.info.run_id)
     saved.write_text(json.dumps(asdict(run)))
     return run
+
+
+# MLflow 3's UI has a per-browser GenAI / model-training switch; this URL parameter selects the
+# model-training view (runs table, metric charts), where a study's runs belong
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def experiment_url(run: StudyRun, ui: str = "http://127.0.0.1:5000") -> str:
+    """Where the study's runs are in the MLflow UI: the tracking server itself, or ``study ui``'s address."""
+    base = run.uri.rstrip("/") if run.uri.startswith(("http://", "https://")) else ui
+    return f"{base}/#/experiments/{run.experiment_id}?{TRAINING_VIEW}"
 
 
 def finish_study(run: StudyRun, artifacts: list[Path], verdict: str | None = None, summary=None,
@@ -143,8 +172,9 @@ def finish_study(run: StudyRun, artifacts: list[Path], verdict: str | None = Non
         metrics = [Metric(f"{r['arm'].replace(':', '-')}.{k}", float(r[k]), now, 0)
                    for _, r in summary.iterrows() for k in claims if r[k] == r[k]]
         retry(lambda: c.log_batch(run.parent_run_id, metrics=metrics), "log summary metrics")
-    for path in artifacts:
-        retry(lambda: c.log_artifact(run.parent_run_id, str(path), "report"), f"attach {path.name}")
+    for path in artifacts:  # figures under figures/, where MLflow's artifact view previews them
+        where = "figures" if path.suffix == ".png" else "report"
+        retry(lambda: c.log_artifact(run.parent_run_id, str(path), where), f"attach {path.name}")
     retry(lambda: c.set_terminated(run.parent_run_id, status), "end parent run")
 
 
@@ -158,7 +188,7 @@ class TrialRun:
         self._pending: list = []
         self.run_id = run_id or self._existing(study, tags.get("ray_trial_id"))
         if self.run_id is None:
-            tags = {"mlflow.parentRunId": study.parent_run_id, "mlflow.runName": name, **tags}
+            tags = {"mlflow.parentRunId": study.parent_run_id, "mlflow.runName": name, **source_tags(), **tags}
             run = retry(lambda: self._c.create_run(study.experiment_id, tags=tags), "create child run")
             self.run_id = run.info.run_id
             retry(lambda: self._c.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()]),

@@ -142,7 +142,7 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
         start = state["epoch"] + 1
         if state["finished"]:
             # finished before an interruption that Ray's snapshot missed: report it again, train nothing
-            reporter.report({**state["metrics"], "finished": 1, "replayed": 1}, state)
+            reporter.report({**state["metrics"], "finished": 1, "replayed": 1, "mlflow_run_id": run_id or ""}, state)
             opt.remove_hook()
             return state["metrics"]
     run = None
@@ -235,7 +235,7 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
             last_checkpoint = time.perf_counter()
         if last and run is not None:
             run.finish("FAILED" if diverged else "FINISHED")
-        reporter.report({**metrics, "finished": int(last)}, state)
+        reporter.report({**metrics, "finished": int(last), "mlflow_run_id": run.run_id if run else ""}, state)
         if diverged:
             break
     opt.remove_hook()

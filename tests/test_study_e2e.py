@@ -79,6 +79,8 @@ def test_mlflow_server_has_parent_and_one_child_per_trial(study):
     parent_id = parents[0]["info"]["run_id"]
     assert len(children) == len({r["trial_id"] for r in study["rows"]})
     assert {t["ray_trial_id"] for _, t in children} == {r["trial_id"] for r in study["rows"]}
+    # trials.csv links every row to the run that holds its epochs
+    assert {r["info"]["run_id"] for r, _ in children} == {r["mlflow_run_id"] for r in study["rows"]}
     for run, t in children:
         assert t["mlflow.parentRunId"] == parent_id and t["study"] == "e2e"
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
@@ -93,7 +95,18 @@ def test_mlflow_server_has_parent_and_one_child_per_trial(study):
     listed = requests.get(f"{server}/api/2.0/mlflow/artifacts/list",
                           params={"run_id": parent_id, "path": "report"}, timeout=30).json()
     names = {f["path"].split("/")[-1] for f in listed.get("files", [])}
-    assert {"report.html", "robustness.csv", "trials.csv", "heatmaps.png"} <= names
+    assert {"report.html", "robustness.csv", "robustness.json", "trials.csv"} <= names
+    figures = requests.get(f"{server}/api/2.0/mlflow/artifacts/list",
+                           params={"run_id": parent_id, "path": "figures"}, timeout=30).json()
+    assert {"heatmaps.png", "difference.png", "tuning_curves.png"} <= {f["path"].split("/")[-1] for f in figures["files"]}
+    # the parent carries the verdict as its description and each arm's summary metrics
+    parent_tags = {t["key"]: t["value"] for t in parents[0]["data"]["tags"]}
+    verdict = json.loads((study["dir"] / "robustness.json").read_text())["verdict"]
+    assert parent_tags["mlflow.note.content"] == verdict
+    assert parent_tags["mlflow.source.name"] and "mlflow.source.git.commit" in parent_tags
+    parent_metrics = {m["key"] for m in api(server, "runs/search", {"experiment_ids": [exp["experiment_id"]],
+                      "filter": f"attributes.run_id = '{parent_id}'"})["runs"][0]["data"]["metrics"]}
+    assert {"wd.grid_mean", "lpwd.grid_mean", "lpwd.near_optimal_2pt", "lpwd.worst"} <= parent_metrics
 
 
 def test_report_files(study):
@@ -147,3 +160,36 @@ def test_resume_of_finished_study_reruns_nothing(study):
                      params={"experiment_name": "e2e"}, timeout=30).json()["experiment"]["experiment_id"]],
         "max_results": 1000})["runs"]
     assert len(runs) == len({r["trial_id"] for r in after}) + 1  # no duplicate children, one parent
+
+
+def rendered_text(chromium, url, profile):
+    """The visible text of a page after its scripts ran, in headless Chromium."""
+    import html
+    import re
+
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                          f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120).stdout
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom)))
+
+
+def test_mlflow_ui_opens_the_study_in_its_model_training_view(study, chromium, tmp_path):
+    server = study["server"]
+    exp = requests.get(f"{server}/api/2.0/mlflow/experiments/get-by-name",
+                       params={"experiment_name": "e2e"}, timeout=30).json()["experiment"]
+    tags = {t["key"]: t["value"] for t in exp.get("tags", [])}
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    url = next(line.split("MLflow: ")[1] for line in study["stdout"].splitlines() if "MLflow: " in line)
+    assert url.endswith(f"/#/experiments/{exp['experiment_id']}?workflowType=machine_learning")
+    text = rendered_text(chromium, url, tmp_path / "p1")
+    trained = len({r["trial_id"] for r in study["rows"]})
+    assert "Runs" in text and "study e2e" in text and f"{trained + 1} matching runs" in text, text[:2000]
+    assert "Detect Issues" not in text and "Evaluations" not in text  # not the GenAI overview
+    child = next(r for r in study["rows"] if r["arm"] == "lpwd" and float(r["weight_decay"]) == 0.1)
+    page = url.replace("?", f"/runs/{child['mlflow_run_id']}?")
+    text = rendered_text(chromium, page, tmp_path / "p2")
+    assert child["trained_as"] in text and "Parent run" in text and "study e2e" in text, text[:2000]
+    assert "Evaluations" not in text
+    for key in ("variant", "layer_schedule", "weight_decay"):
+        assert key in text

@@ -1,0 +1,63 @@
+"""One rank of the DDP test (tests/test_training_setups.py): gloo on CPU, half the global batch each.
+
+    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python tests/ddp_worker.py VARIANT OUT_DIR
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import lpwd
+
+STEPS, LR, LAM, BATCH = 6, 0.05, 0.5, 32
+FACTORS = [1.0, 0.5, 0.8, 0.3, 0.9, 0.2]
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).double()
+
+
+def batch(t):
+    g = torch.Generator().manual_seed(t)
+    return torch.randn(BATCH, 8, generator=g, dtype=torch.float64), torch.randint(4, (BATCH,), generator=g)
+
+
+def train(net, params_of, variant, part=slice(None)):
+    opt = lpwd.build_optimizer(net, variant, LR, LAM)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: FACTORS[t % len(FACTORS)])
+    for t in range(STEPS):
+        x, y = batch(t)
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x[part]), y[part]).backward()
+        opt.step()
+        sched.step()
+    return [p.detach().clone() for p in params_of.parameters()]
+
+
+def reference(variant):
+    """The same global batches in one process."""
+    net = model()
+    return train(net, net, variant)
+
+
+def main():
+    variant, out = sys.argv[1], Path(sys.argv[2])
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    inner = model()
+    ddp = nn.parallel.DistributedDataParallel(inner)
+    share = BATCH // world
+    weights = train(ddp, inner, variant, slice(rank * share, (rank + 1) * share))
+    (out / f"rank{rank}.pkl").write_bytes(pickle.dumps(weights))
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
