@@ -35,6 +35,8 @@ from .paired import compare_cells
 CHANCE = {"digits": 0.1, "cifar10": 0.1, "cifar100": 0.01}
 DELTAS = (1.0, 2.0)
 CONFIDENCE = 0.95
+# below this, resampling seeds gives at most 3 distinct resamples: no interval at all is more honest
+MIN_SEEDS_FOR_INTERVALS = 3
 # the validation metric that chooses cells for each reported test metric
 SELECTED_BY = {"test_acc_at_best_val": "best_val_acc", "final_test_acc": "val_acc",
                "paper_top10_test_acc": "best_val_acc", "best_val_acc": "best_val_acc", "val_acc": "val_acc"}
@@ -146,12 +148,12 @@ def bootstrap_intervals(g: Grid, baseline: str | None, resamples: int = 2000, se
     """Percentile intervals over seeds, resampled jointly across arms (pairing kept).
 
     For each claim metric ``m``: ``m`` -> ``[A, 2]``, and ``diff_m`` -> ``[A, 2]`` for
-    arm - baseline (NaN rows for the baseline itself). All NaN with one seed.
+    arm - baseline (NaN rows for the baseline itself). All NaN below ``MIN_SEEDS_FOR_INTERVALS`` seeds.
     """
     A = len(g.arms)
     keys = list(CLAIMS)
     nan = {k: np.full((A, 2), np.nan) for k in keys + [f"diff_{k}" for k in keys]}
-    if len(g.seeds) < 2:
+    if len(g.seeds) < MIN_SEEDS_FOR_INTERVALS:
         return nan
     b = g.arms.index(baseline) if baseline in g.arms else None
 
@@ -207,7 +209,7 @@ def best_of_k_band(g: Grid, arm: str, resamples: int = 500, seed: int = 0,
         return expected_best_of_k(cell_means(g.val, idx)[0, a].ravel(), cell_means(g.test, idx)[0, a].ravel())
 
     point = curve(every)
-    if len(g.seeds) < 2:
+    if len(g.seeds) < MIN_SEEDS_FOR_INTERVALS:
         return point, np.full_like(point, np.nan), np.full_like(point, np.nan)
 
     def statistic(idx, axis=-1):

@@ -21,7 +21,7 @@ from .errors import UserError
 from .paired import CORRECTIONS, TESTS
 from .plots import cell_distribution, difference_heatmaps, effective_decay_curves, heatmaps, training_curves, tuning_curves
 from .table import read_rows
-from .verdict import verdict
+from .verdict import verdict_parts
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 FIGURES = ("heatmaps", "difference", "tuning_curves", "cell_distribution", "effective_decay", "training_curves")
@@ -108,7 +108,7 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def print_summary(table: pd.DataFrame, text: str, label: str) -> None:
+def print_summary(table: pd.DataFrame, parts: list[str], label: str) -> None:
     console = Console()
     t = Table(title=f"robustness: {label}, points [{CONFIDENCE:.0%} bootstrap interval over seeds]")
     for i, col in enumerate(table.columns):
@@ -116,7 +116,9 @@ def print_summary(table: pd.DataFrame, text: str, label: str) -> None:
     for _, r in table.iterrows():
         t.add_row(*[str(v) for v in r])
     console.print(t)
-    console.print(f"[bold]Verdict.[/] {text}", highlight=False, soft_wrap=True)  # one line: greppable logs
+    console.print("[bold]Verdict.[/]", highlight=False)
+    for part in parts:  # each unwrapped: whole sentences stay greppable in logs
+        console.print(f"- {part}", highlight=False, soft_wrap=True)
 
 
 def check_choices(table: pd.DataFrame, metric: str, baseline: str, test: str, correction: str) -> str:
@@ -159,7 +161,8 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
         context = {"dataset": cfg.data.name + (f" ({cfg.data.train_subset} training images)" if cfg.data.train_subset else ""),
                    "model": cfg.model.name, "epochs": cfg.train.epochs, "base optimizer": cfg.train.base}
     summary = summarize(table, metric, baseline, test, correction, effective_decay=effective, arms=order)
-    text = verdict(summary, context)
+    parts = verdict_parts(summary, context)
+    text = " ".join(parts)
     label = LABELS[metric]
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / "robustness.csv", index=False)
@@ -174,7 +177,7 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
     figures = {k: f for k, f in figures.items() if f is not None}
     shown = display_table(summary)
     html = out / "report.html"
-    html.write_text(page(study_dir.name, text, shown, figures, summary.attrs, label, len(df)))
+    html.write_text(page(study_dir.name, parts, shown, figures, summary.attrs, label, len(df)))
     artifacts = [html, out / "robustness.csv", out / "robustness.json", study_dir / "trials.csv"]
     for name in FIGURES:  # never leave a figure of an earlier report next to this one
         (out / f"{name}.png").unlink(missing_ok=True)
@@ -185,7 +188,7 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
             png = out / f"{name}.png"
             fig.write_image(png, width=1400 if name in ("heatmaps", "difference", "training_curves") else 900, scale=1)
             artifacts.append(png)
-    print_summary(shown, text, label)
+    print_summary(shown, parts, label)
     print(f"report: {html}")
     if not browser:
         print("no Chromium found for PNG export: install one (apt-get install chromium) or set BROWSER_PATH")
@@ -197,6 +200,7 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:0 auto;padding:1rem;max-width:1400px;color:#222}
 .verdict{background:#f4f6fa;border-left:4px solid #1f77b4;padding:.8rem 1rem;line-height:1.5}
+.verdict li{margin:.3rem 0}
 .scroll{overflow-x:auto;max-width:100%}
 table.summary{border-collapse:collapse;font-size:.85rem}
 table.summary th,table.summary td{border-bottom:1px solid #ddd;padding:.3rem .5rem;text-align:right}
@@ -205,9 +209,11 @@ table.summary th:first-child,table.summary td:first-child{text-align:left}
 """
 
 
-def page(name: str, text: str, shown: pd.DataFrame, figures: dict, attrs: dict, label: str, trials: int) -> str:
+def page(name: str, verdict: list[str], shown: pd.DataFrame, figures: dict, attrs: dict, label: str,
+         trials: int) -> str:
+    items = "".join(f"<li>{escape(v)}</li>" for v in verdict)
     parts = [f"<h1>Is it robust? {escape(name)}</h1>",
-             f"<p class='verdict'><b>Verdict.</b> {escape(text)}</p>",
+             f"<div class='verdict'><b>Verdict.</b><ul>{items}</ul></div>",
              f"<p>Reported: {escape(label)}, in points. Cells are chosen on validation "
              f"(<code>{attrs['selected_by']}</code>, mean over seeds) and reported on test. "
              f"Brackets: {attrs['confidence']:.0%} bootstrap intervals over seeds, resampled jointly across arms. "

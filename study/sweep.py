@@ -183,8 +183,13 @@ def init_ray() -> None:
     for noisy in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
+    # our own progress replaces Tune's console output (its experiment box and a TensorBoard hint for a
+    # TensorBoard that is not installed); with the legacy reporter, verbose=0 really is silent
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
+    # "token authentication is enabled (by default)" on every local run: it is, and nothing needs doing
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     env = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     # per-epoch checkpoints of second-long trials snapshot often by design; the warning is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

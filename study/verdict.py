@@ -63,8 +63,8 @@ def arm_sentences(row: pd.Series, base: pd.Series, attrs: dict) -> list[str]:
     verdict = classify(row)
     out = []
     if verdict == "untested":
-        out.append(f"{arm} vs {baseline}: untested, with {seeds} seed per cell there is no interval or test; "
-                   "the differences below are descriptive only.")
+        out.append(f"{arm} vs {baseline}: untested: with {seeds} seed{'s' if seeds != 1 else ''} per cell there "
+                   "is no bootstrap interval (3 or more seeds are needed); the differences below are descriptive only.")
     else:
         shown = [CLAIMS[c] for c in ROBUSTNESS if direction(row, c)]
         hidden = [CLAIMS[c] for c in ROBUSTNESS if not direction(row, c)]
@@ -111,17 +111,19 @@ def limits(summary: pd.DataFrame, attrs: dict, context: dict) -> list[str]:
     return out
 
 
-def verdict(summary: pd.DataFrame, context: dict | None = None) -> str:
-    """One paragraph: for each arm against the baseline, the answer, its numbers and its limits."""
+def verdict_parts(summary: pd.DataFrame, context: dict | None = None) -> list[str]:
+    """The verdict as parts: one per arm against the baseline (its answer and numbers), then the limits."""
     attrs = summary.attrs
     baseline = attrs["baseline"]
     rows = {r["arm"]: r for _, r in summary.iterrows()}
     if baseline not in rows:
-        return f"No verdict: the baseline {baseline} has no finished trials."
-    sentences = []
-    for arm, row in rows.items():
-        if arm != baseline:
-            sentences += arm_sentences(row, rows[baseline], attrs)
-    if not sentences:
-        return f"No verdict: only the baseline {baseline} has finished trials."
-    return " ".join(sentences + limits(summary, attrs, context or {}))
+        return [f"No verdict: the baseline {baseline} has no finished trials."]
+    parts = [" ".join(arm_sentences(row, rows[baseline], attrs)) for arm, row in rows.items() if arm != baseline]
+    if not parts:
+        return [f"No verdict: only the baseline {baseline} has finished trials."]
+    return parts + [" ".join(limits(summary, attrs, context or {}))]
+
+
+def verdict(summary: pd.DataFrame, context: dict | None = None) -> str:
+    """One paragraph: for each arm against the baseline, the answer, its numbers and its limits."""
+    return " ".join(verdict_parts(summary, context))

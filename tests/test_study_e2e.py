@@ -58,7 +58,8 @@ def test_run_prints_where_results_are(study):
     assert "report: " in study["stdout"]
     # the run ends with the verdict, written from the numbers (two seeds: intervals and tests exist)
     verdict = study["stdout"][study["stdout"].index("Verdict."):]
-    assert "lpwd vs wd:" in verdict and "2 seeds per cell" in verdict and "Holm-corrected" in verdict
+    # two seeds: paired tests per cell, but too few for a bootstrap interval, so the robustness claim is untested
+    assert "- lpwd vs wd: untested" in verdict and "2 seeds per cell" in verdict and "Holm-corrected" in verdict
 
 
 def api(server, path, payload):
@@ -119,6 +120,31 @@ def test_report_files(study):
         img.verify()
         img = Image.open(d / f"{name}.png").convert("L")
         assert img.size[0] > 300 and ImageStat.Stat(img).stddev[0] > 5  # not blank
+
+
+LAYOUT_PROBE = """<script>window.addEventListener('load', () => setTimeout(() => {
+  const figs = [...document.querySelectorAll('.main-svg')].map(e => e.getBoundingClientRect().right);
+  document.body.setAttribute('data-layout', JSON.stringify(
+    {page: document.documentElement.scrollWidth, view: window.innerWidth, figs: figs}));
+}, 1000));</script></body>"""
+
+
+@pytest.mark.parametrize("width", [800, 1400])
+def test_report_fits_the_window_without_horizontal_overflow(study, chromium, tmp_path, width):
+    import re
+
+    probe = tmp_path / "report.html"
+    probe.write_text((study["dir"] / "report.html").read_text().replace("</body>", LAYOUT_PROBE))
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                          f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},1000",
+                          "--virtual-time-budget=15000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    import html as html_module
+
+    layout = json.loads(html_module.unescape(re.search(r'data-layout="([^"]*)"', dom).group(1)))
+    assert layout["view"] == width and layout["page"] <= width, layout
+    assert len(layout["figs"]) >= 6 and max(layout["figs"]) <= width, layout
 
 
 def test_report_renders_in_headless_chromium(study, chromium, tmp_path):
