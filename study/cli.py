@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    run.add_argument("--yes", action="store_true", help="run a study of more than 5000 planned trials")
     resume = sub.add_parser("resume", help="finish an interrupted study")
     resume.add_argument("study_dir")
     status = sub.add_parser("status", help="progress of a study")
@@ -84,21 +85,45 @@ def _next_steps(study_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def cmd_run(cfg, report: bool) -> int:
+def cmd_run(cfg, report: bool, yes: bool = False) -> int:
     from . import sweep
 
-    study_dir = cfg.study_dir
-    try:
-        sweep.run_study(cfg)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; nothing finished is lost. Resume with: {invocation()} resume {study_dir}", file=sys.stderr)
-        return 130
-    if report:
-        from .report import write_report
+    from .studydir import owned
 
-        write_report(study_dir, cfg=cfg, baseline="wd" if "wd" in cfg.search.variants else arms_of(cfg)[0])
+    study_dir = cfg.study_dir
+    sweep.preflight(cfg, yes)
+    sweep.prepare_study_dir(cfg)
+    with owned(study_dir, "run"):  # the sweep and its report, one owner throughout
+        try:
+            sweep.run_study(cfg, yes)
+        except KeyboardInterrupt:
+            _end_parent(study_dir, "KILLED")
+            print(f"\ninterrupted; nothing finished is lost. Resume with: {invocation()} resume {study_dir}",
+                  file=sys.stderr)
+            return 130
+        except OSError as e:  # the study dir became unwritable, the disk filled, ...
+            _end_parent(study_dir, "FAILED")
+            raise UserError(f"{study_dir}: {e.strerror or e} ({getattr(e, 'filename', '') or ''}); fix it, then "
+                            f"resume with: {invocation()} resume {study_dir}") from None
+        except Exception:
+            _end_parent(study_dir, "FAILED")
+            raise
+        if report:
+            from .report import write_report
+
+            write_report(study_dir, cfg=cfg, baseline="wd" if "wd" in cfg.search.variants else arms_of(cfg)[0])
     print(_next_steps(study_dir))
     return 0
+
+
+def _end_parent(study_dir: Path, status: str) -> None:
+    """Best effort: a crash must still say what happened, not fail again on MLflow."""
+    from .tracking import end_study
+
+    try:
+        end_study(study_dir, status)
+    except Exception as e:  # noqa: BLE001 (the original error matters more)
+        print(f"note: could not mark the MLflow parent run {status} ({type(e).__name__})", file=sys.stderr)
 
 
 def arms_of(cfg) -> list[str]:
@@ -161,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from .config import load_config
 
-            return cmd_run(load_config(args.config, args.overrides), not args.no_report)
+            return cmd_run(load_config(args.config, args.overrides), not args.no_report, args.yes)
         if args.command == "resume":
             from .sweep import load_study
 
@@ -173,9 +198,12 @@ def main(argv: list[str] | None = None) -> int:
 
             from .report import write_report
 
+            from .studydir import owned
+
             cfg = load_study(args.study_dir)  # refuses a path that is not a study
-            write_report(Path(args.study_dir), args.metric, args.baseline, args.test, args.correction,
-                         Path(args.out) if args.out else None, cfg=cfg, attach_to_mlflow=args.out is None)
+            with owned(Path(args.study_dir), "report"):
+                write_report(Path(args.study_dir), args.metric, args.baseline, args.test, args.correction,
+                             Path(args.out) if args.out else None, cfg=cfg, attach_to_mlflow=args.out is None)
             return 0
         if args.command == "trial":
             return cmd_trial(args)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,7 +22,8 @@ Variant = Literal["none", "l2", "wd", "rwd", "pwd", "lpwd"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no inf/nan anywhere: an infinite lr or cpu count is a typo, never a setting
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(Strict):
@@ -84,7 +85,7 @@ class SearchConfig(Strict):
     variants: list[Variant] = Field(default_factory=lambda: ["wd", "lpwd"], min_length=1)
     lr: list[float] = Field(default_factory=lambda: [1e-3, 3e-3, 1e-2], min_length=1)
     weight_decay: list[float] = Field(default_factory=lambda: [0.0, 0.1, 1.0], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
     # lpwd's schedule(s); a list runs the ablation in one study, one arm per schedule
     layer_schedule: list[Literal[tuple(lpwd.SCHEDULE_NAMES)]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["linear"], min_length=1)
@@ -128,7 +129,7 @@ class TrackingConfig(Strict):
 
 
 class StudyConfig(Strict):
-    name: str = Field("quick", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field("quick", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -138,9 +139,48 @@ class StudyConfig(Strict):
     storage: str = "./studies"
     max_failures: int = Field(2, ge=0)
 
+    @field_validator("name")
+    @classmethod
+    def a_folder_of_its_own(cls, name: str) -> str:
+        if set(name) == {"."}:
+            raise ValueError("a name of dots would put the study in storage itself or its parent; use letters")
+        return name
+
     @property
     def study_dir(self) -> Path:
         return Path(self.storage).expanduser().resolve() / self.name
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML for configs: no aliases (an alias bomb expands to gigabytes) and no duplicate keys
+    (the second silently replaces the first, a whole section included)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(None, None, "aliases (*name) are not accepted in a study config",
+                                                    event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str):
+    """YAML through the strict loader; any error is one line naming where it is, with a short excerpt."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (StrictLoader is a SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None and "\n" in text else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{where} is not valid YAML: {problem[:120]}{at}") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -156,7 +196,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise UserError(f"--set {key}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = parse_yaml(value, f"--set {key.strip()}={value[:40]}")
     return raw
 
 
@@ -168,9 +208,10 @@ def describe(error: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         msg = "unknown key; see configs/README.md for the accepted keys"
     shown = first.get("input")
-    got = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(shown, dict) else f" (got {shown!r})"
+    got = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(shown, dict) else f" (got {shown!r:.80})"
     more = f" [+{len(error.errors()) - 1} more]" if len(error.errors()) > 1 else ""
-    return f"config error in {source}: {where}: {msg}{got}; fix it in the file or with --set {where}=...{more}"
+    key = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or where  # --set takes whole lists
+    return f"config error in {source}: {where}: {msg}{got}; fix it in the file or with --set {key}=...{more}"
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> StudyConfig:
@@ -181,9 +222,10 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> St
         if not p.is_file():
             raise UserError(f"config file {p} not found; pass a YAML file such as configs/quick.yaml")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"config file {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        raw = parse_yaml(text, f"config file {p}") or {}
         if not isinstance(raw, dict):
             raise UserError(f"config file {p} must be a mapping of keys (name:, data:, ...)")
     raw = apply_overrides(raw, list(overrides))

@@ -101,6 +101,42 @@ def _cifar_source(name: str, root: str) -> Path:
                     f"get it with: {fetch_command(name, root)}")
 
 
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what the published CIFAR batches hold (dicts, lists, bytes, numbers, numpy
+    arrays): an archive from a mirror is data, and a pickle naming any other callable (``os.system``)
+    is refused before it can run."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not data; this is not a CIFAR batch")
+
+
+def _unpickle(f) -> dict:
+    entry = CifarUnpickler(f, encoding="bytes").load()
+    if not isinstance(entry, dict):
+        raise pickle.UnpicklingError("a CIFAR batch is a dict")
+    return entry
+
+
+def check_dataset(name: str, root: str | None) -> None:
+    """Read the dataset once on the driver and check its shapes and labels, before any trial starts."""
+    if name == "digits":
+        return
+    train_x, train_y, test_x, test_y, classes = load_raw(name, root)
+    for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+        if x.ndim != 4 or x.shape[1:] != (3, 32, 32) or len(x) != len(y) or len(y) == 0:
+            raise UserError(f"data.root: the {split} split of {name} has images {x.shape} and {len(y)} labels, "
+                            f"expected (N, 3, 32, 32) and N; re-fetch it: {fetch_command(name, root)}")
+        if y.min() < 0 or y.max() >= classes:
+            raise UserError(f"data.root: {name} {split} labels run {y.min()}..{y.max()}, expected 0..{classes - 1}; "
+                            f"re-fetch it: {fetch_command(name, root)}")
+
+
 def _read_cifar_batches(source: Path, spec: dict, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
 
@@ -111,14 +147,14 @@ def _read_cifar_batches(source: Path, spec: dict, names: list[str]) -> tuple[np.
     if source.is_dir():
         for n in names:
             with open(source / n, "rb") as f:
-                add(pickle.load(f, encoding="bytes"))
+                add(_unpickle(f))
     else:
         with tarfile.open(source) as tar:
             for n in names:
                 member = tar.extractfile(f"{spec['folder']}/{n}")
                 if member is None:
                     raise UserError(f"data.root: {source} lacks {spec['folder']}/{n}; re-fetch it")
-                add(pickle.load(member, encoding="bytes"))
+                add(_unpickle(member))
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -141,7 +177,7 @@ def load_raw(name: str, root: str | None):
     try:
         train_x, train_y = _read_cifar_batches(source, spec, spec["train"])
         test_x, test_y = _read_cifar_batches(source, spec, spec["test"])
-    except (OSError, EOFError, tarfile.TarError, pickle.UnpicklingError, KeyError) as e:
+    except (OSError, EOFError, tarfile.TarError, pickle.UnpicklingError, KeyError, ValueError, TypeError) as e:
         raise UserError(f"data.root: could not read {source} ({e}); re-fetch it: "
                         f"{fetch_command(name, root)}") from None
     return train_x, train_y, test_x, test_y, spec["classes"]

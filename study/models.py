@@ -74,3 +74,16 @@ def effective_decays(cfg) -> dict[str, float]:
                         cfg.model.img_size or size, seed=0)
     return {a["arm"]: lpwd.effective_decay(model, a["variant"], a["layer_schedule"], cfg.train.decay_bias_and_norm)
             for a in arms(cfg)}
+
+
+def check_model(cfg) -> None:
+    """Build the study's model once, before any trial: bad ``timm_kwargs`` are one line, not a trial error each."""
+    from .data import dims
+
+    in_chans, classes, size = dims(cfg.data.name)
+    try:
+        build_model(cfg.model.model_copy(update={"pretrained": False}), in_chans, classes, cfg.model.img_size or size, 0)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:150]
+        raise UserError(f"model: timm could not build {cfg.model.name} with timm_kwargs={cfg.model.timm_kwargs} "
+                        f"({type(e).__name__}: {first}); fix model.timm_kwargs or model.img_size") from None

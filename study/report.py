@@ -139,7 +139,7 @@ def check_choices(table: pd.DataFrame, metric: str, baseline: str, test: str, co
 
 def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline: str = "wd", test: str = "t",
                  correction: str = "holm", out_dir: Path | None = None, cfg=None, attach_to_mlflow: bool = True) -> Path:
-    from .config import arms
+    from .config import arms, planned_trials
     from .models import effective_decays
 
     study_dir = Path(study_dir)
@@ -193,7 +193,9 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
     if not browser:
         print("no Chromium found for PNG export: install one (apt-get install chromium) or set BROWSER_PATH")
     if attach_to_mlflow:
-        attach(study_dir, artifacts, text, summary)
+        status = table["status"] if "status" in table else pd.Series(dtype=str)
+        complete = cfg is None or (len(table) >= planned_trials(cfg) and status.isin(["TERMINATED", "ERROR"]).all())
+        attach(study_dir, artifacts, text, summary, "FINISHED" if complete else None)
     return html
 
 
@@ -229,10 +231,11 @@ def page(name: str, verdict: list[str], shown: pd.DataFrame, figures: dict, attr
             f"<style>{STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>")
 
 
-def attach(study_dir: Path, artifacts: list[Path], text: str, summary: pd.DataFrame) -> None:
-    """Attach the report to the study's MLflow parent run, with the verdict as its description."""
+def attach(study_dir: Path, artifacts: list[Path], text: str, summary: pd.DataFrame, status: str | None) -> None:
+    """Attach the report to the study's MLflow parent run, with the verdict as its description;
+    the run is ended (FINISHED) only when every planned trial has finished or errored."""
     from .tracking import PARENT_FILE, StudyRun, finish_study
 
     saved = study_dir / PARENT_FILE
     if saved.exists():
-        finish_study(StudyRun(**json.loads(saved.read_text())), artifacts, text, summary)
+        finish_study(StudyRun(**json.loads(saved.read_text())), artifacts, text, summary, status)

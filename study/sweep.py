@@ -17,19 +17,23 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
-from .config import StudyConfig, arms, dump, planned_trials, sign_flipping_cells, trained_grid, trained_trials, validate
+from .config import (StudyConfig, arms, dump, parse_yaml, planned_trials, sign_flipping_cells, trained_grid,
+                     trained_trials, validate)
 from .data import check_available
 from .errors import UserError
 from .models import check_pretrained_path
 from .progress import ProgressLine
+from .studydir import check_definition, definition, differences, owned, record_definition
 from .table import TidyTable
 from .trial import run_trial, trial_name
 
 STUDY_FILE = "study.yaml"
-# config sections that define which trials exist and what they compute
-DEFINING = ("data", "model", "train", "search")
+
+
+# what run_trial writes into every checkpoint and reads back on restore
+CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "generator", "history", "best", "epoch", "mlflow_run_id",
+                   "metrics", "finished"}
 
 
 class RayReporter:
@@ -66,10 +70,19 @@ class RayReporter:
 
     @staticmethod
     def _load(folder: Path, trial: str) -> dict | None:
+        """A checkpoint's state, or None if it is unreadable or not shaped like one of ours.
+
+        ``weights_only=True``: tensors and plain containers only, so a ``state.pt`` from a
+        shared or downloaded study dir cannot run code when it is loaded.
+        """
         try:
-            return torch.load(folder / "state.pt", weights_only=False)
+            state = torch.load(folder / "state.pt", weights_only=True)
+            missing = CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else CHECKPOINT_KEYS
+            if missing:
+                raise ValueError(f"not a trial checkpoint: lacks {sorted(missing)[:3]}")
+            return state
         except Exception as e:  # a corrupt checkpoint must never give a silent wrong result
-            print(f"trial {trial}: checkpoint {folder} is unreadable ({type(e).__name__}: {e}); "
+            print(f"trial {trial}: checkpoint {folder} is unreadable ({type(e).__name__}: {str(e)[:200]}); "
                   "trying the previous one (or restarting from scratch)", file=sys.stderr)
             return None
 
@@ -155,24 +168,45 @@ def prepare_study_dir(cfg: StudyConfig) -> Path:
         raise UserError(f"storage: cannot write to {study_dir} ({e.strerror}); set storage to a writable folder") from None
     saved = study_dir / STUDY_FILE
     if saved.exists():
-        old = validate(yaml.safe_load(saved.read_text()), str(saved)).model_dump(mode="json")
-        new = cfg.model_dump(mode="json")
-        differs = [f"{sec}.{k}" for sec in DEFINING for k in new[sec] if old[sec][k] != new[sec][k]]
+        old = load_study(study_dir)  # also refuses a study.yaml edited after the study started
+        differs = differences(definition(old), definition(cfg))
         if differs:
-            raise UserError(f"{study_dir} was created by a different config ({', '.join(sorted(differs)[:4])} differ); "
+            raise UserError(f"{study_dir} was created by a different config ({', '.join(differs[:4])} differ); "
                             f"choose another study name with --set name=NEW, or delete {study_dir}")
     else:
         saved.write_text(dump(cfg))
+        record_definition(study_dir, cfg)
     return study_dir
 
 
-def preflight(cfg: StudyConfig) -> None:
-    """Everything that can be checked before Ray starts."""
-    check_available(cfg.data.name, cfg.data.root)
-    if cfg.resources.gpu > 0 and not os.environ.get("RAY_ADDRESS") and not torch.cuda.is_available():
+# a grid this large is more often a typo (an extra digit in a list) than a plan: it needs --yes
+LARGE_STUDY = 5000
+
+
+def preflight(cfg: StudyConfig, yes: bool = False) -> None:
+    """Everything that can be checked before Ray starts: data, model, resources, size, tracking."""
+    from .data import check_dataset
+    from .models import check_model
+    from .tracking import check_uri
+
+    local = not os.environ.get("RAY_ADDRESS")
+    if cfg.resources.gpu > 0 and local and not torch.cuda.is_available():
         raise UserError(f"resources.gpu={cfg.resources.gpu} but this machine has no CUDA GPU; "
                         "set resources.gpu=0, or submit to a GPU cluster with ray job submit")
+    cores = os.cpu_count() or 1
+    if local and cfg.resources.cpu > cores:
+        raise UserError(f"resources.cpu={cfg.resources.cpu:g} but this machine has {cores} cores, so no trial could "
+                        f"ever start; set resources.cpu to at most {cores}, or submit to a cluster with ray job submit")
+    planned = planned_trials(cfg)
+    if planned > LARGE_STUDY and not yes:
+        raise UserError(f"search: {planned} planned trials (more than {LARGE_STUDY}); check search.lr, "
+                        "search.weight_decay and search.seeds, or pass --yes to run them all")
+    if cfg.tracking.enabled:
+        check_uri(cfg.tracking.uri)
+    check_available(cfg.data.name, cfg.data.root)
     check_pretrained_path(cfg.model)
+    check_dataset(cfg.data.name, cfg.data.root)
+    check_model(cfg)
 
 
 def init_ray() -> None:
@@ -210,14 +244,20 @@ def announce(cfg: StudyConfig) -> None:
               "flips every decayed weight; they run, and the report marks them", flush=True)
 
 
-def run_study(cfg: StudyConfig) -> Path:
-    """Run (or resume) every sweep of the study; returns the study dir."""
+def run_study(cfg: StudyConfig, yes: bool = False) -> Path:
+    """Run (or resume) every sweep of the study, owning its dir throughout; returns the study dir."""
+    preflight(cfg, yes)
+    study_dir = prepare_study_dir(cfg)
+    with owned(study_dir, "run"):
+        _sweep(cfg, study_dir)
+    return study_dir
+
+
+def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
     from ray import tune
 
     from .tracking import start_study
 
-    preflight(cfg)
-    study_dir = prepare_study_dir(cfg)
     tracking = None
     if cfg.tracking.enabled:
         tracking = start_study(cfg, study_dir, (study_dir / STUDY_FILE).read_text()).__dict__
@@ -252,13 +292,18 @@ def run_study(cfg: StudyConfig) -> Path:
             # Ctrl-C: Ray saved its state, then stopped every trial (marking them TERMINATED);
             # only a trial's own final report says it finished. The CLI says how to resume.
             raise KeyboardInterrupt
-    return study_dir
 
 
 def load_study(study_dir: str | os.PathLike) -> StudyConfig:
     path = Path(study_dir)
     if not (path / STUDY_FILE).is_file():
         raise UserError(f"{path} is not a study dir (no {STUDY_FILE}); pass storage/NAME of a study started with study run")
-    cfg = validate(yaml.safe_load((path / STUDY_FILE).read_text()), str(path / STUDY_FILE))
+    source = path / STUDY_FILE
+    try:
+        text = source.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{source} is unreadable ({type(e).__name__}); restore it from a copy of the study dir") from None
+    cfg = validate(parse_yaml(text, str(source)) or {}, str(source))
+    check_definition(path, cfg, str(source))
     # the study dir may have moved (copied from a cluster): keep using where it is now
     return cfg.model_copy(update={"storage": str(path.resolve().parent), "name": path.resolve().name})

@@ -46,6 +46,19 @@ def resolve_uri(uri: str | None) -> str:
     return uri
 
 
+SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_uri(uri: str | None) -> None:
+    """A tracking URI MLflow can use, checked before anything is started (the server's reachability too)."""
+    resolved = resolve_uri(uri)
+    scheme = resolved.split("://", 1)[0].split("+", 1)[0]
+    if scheme not in SCHEMES:
+        raise UserError(f"tracking.uri: {resolved[:80]!r} has an unknown scheme {scheme!r}; use sqlite:///FILE, "
+                        "http(s)://SERVER, a database URI, or set tracking.enabled=false")
+    check_reachable(resolved)
+
+
 def retry(call: Callable[[], T], what: str, attempts: int = 10) -> T:
     """Run ``call``, retrying with jittered exponential backoff; raise after the last try."""
     for attempt in range(attempts):
@@ -122,13 +135,17 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
 def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
     """Create (or, on resume, reuse) the study's experiment and parent run."""
     uri = resolve_uri(cfg.tracking.uri)
-    check_reachable(uri)
     saved = study_dir / PARENT_FILE
-    c = client(uri)
-    if saved.exists():
+    if saved.exists():  # a resume: the same store, or nothing (checked before anything is opened)
         run = StudyRun(**json.loads(saved.read_text()))
-        if run.uri == uri:
-            return run
+        if run.uri != uri:
+            raise UserError(f"tracking.uri: {study_dir} logs to {run.uri}, not {uri}; resume with "
+                            f"--set tracking.uri={run.uri} (or MLFLOW_TRACKING_URI), so its runs stay in one store")
+        check_reachable(uri)
+        retry(lambda: client(uri).update_run(run.parent_run_id, status="RUNNING"), "reopen parent run")
+        return run
+    check_reachable(uri)
+    c = client(uri)
     from mlflow.entities import Param
 
     experiment = retry(lambda: c.get_experiment_by_name(cfg.name), "get experiment")
@@ -158,8 +175,16 @@ def experiment_url(run: StudyRun, ui: str = "http://127.0.0.1:5000") -> str:
     return f"{base}/#/experiments/{run.experiment_id}?{TRAINING_VIEW}"
 
 
+def end_study(study_dir: Path, status: str) -> None:
+    """Mark the study's parent run (``FAILED`` after a crash, ``KILLED`` after Ctrl-C), if it is tracked."""
+    saved = Path(study_dir) / PARENT_FILE
+    if saved.exists():
+        run = StudyRun(**json.loads(saved.read_text()))
+        retry(lambda: client(run.uri).set_terminated(run.parent_run_id, status), "end parent run", attempts=3)
+
+
 def finish_study(run: StudyRun, artifacts: list[Path], verdict: str | None = None, summary=None,
-                 status: str = "FINISHED") -> None:
+                 status: str | None = "FINISHED") -> None:
     """Attach the report, the verdict as the run's description and each arm's summary metrics."""
     from mlflow.entities import Metric
 
@@ -175,7 +200,8 @@ def finish_study(run: StudyRun, artifacts: list[Path], verdict: str | None = Non
     for path in artifacts:  # figures under figures/, where MLflow's artifact view previews them
         where = "figures" if path.suffix == ".png" else "report"
         retry(lambda: c.log_artifact(run.parent_run_id, str(path), where), f"attach {path.name}")
-    retry(lambda: c.set_terminated(run.parent_run_id, status), "end parent run")
+    if status:  # None: the study is not complete, the parent stays RUNNING
+        retry(lambda: c.set_terminated(run.parent_run_id, status), "end parent run")
 
 
 class TrialRun:

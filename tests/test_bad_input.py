@@ -63,6 +63,22 @@ CASES = [
     ("report of a non-study", ["report", "."], "not a study dir"),
     ("trial with unknown variant", ["trial", QUICK, "--variant", "adamw", "--lr", "1e-3", "--weight-decay", "0"],
      "variant"),
+    ("infinite lr", ["run", QUICK, "--set", "search.lr=[.inf]"], "search.lr.0: Input should be a finite number"),
+    ("infinite cpu", ["run", QUICK, "--set", "resources.cpu=.inf"], "resources.cpu: Input should be a finite number"),
+    ("infinite warmup", ["run", QUICK, "--set", "train.warmup_epochs=.inf"], "train.warmup_epochs"),
+    ("negative seed", ["run", QUICK, "--set", "search.seeds=[-1]"], "search.seeds.0"),
+    ("seed beyond 32 bits", ["run", QUICK, "--set", "search.seeds=[4294967296]"], "search.seeds.0"),
+    ("more cpus than cores", ["run", QUICK, "--set", "resources.cpu=512"], "resources.cpu=512 but this machine has"),
+    ("name of dots", ["run", QUICK, "--set", "name=.."], "name: a name of dots"),
+    ("unclosed list in --set", ["run", QUICK, "--set", "search.lr=[0.1"], "--set search.lr=[0.1 is not valid YAML"),
+    ("empty item in --set", ["run", QUICK, "--set", "search.lr=[0,,1]"], "is not valid YAML"),
+    ("alias in --set", ["run", QUICK, "--set", "name=&a [*a, *a]"], "aliases (*name) are not accepted"),
+    ("unknown tracking scheme", ["run", QUICK, "--set", "tracking.uri=ftp://x/y"], "tracking.uri: 'ftp://x/y' has an unknown scheme"),
+    ("bad timm kwargs", ["run", QUICK, "--set", "model.name=resnet18", "--set", "model.timm_kwargs={bogus: 1}"],
+     "model: timm could not build resnet18"),
+    ("a grid of a million trials", ["run", QUICK, "--set", "search.lr=" + str([1e-3 + i * 1e-6 for i in range(1000)]),
+                                    "--set", "search.weight_decay=" + str([i / 100 for i in range(300)])],
+     "planned trials (more than 5000)"),
 ]
 
 
@@ -87,10 +103,19 @@ def test_incompatible_existing_study_is_not_overwritten(workdir, capsys):
     assert (d / "study.yaml").read_text() == before
 
 
-def test_invalid_yaml(workdir, capsys):
-    (workdir / "bad.yaml").write_text("name: [unclosed\n")
+@pytest.mark.parametrize("content,expected", [
+    (b"name: [unclosed\n", "not valid YAML"),
+    (b"name: quick\ntrain: {epochs: 3}\ntrain: {batch_size: 8}\n", "duplicate key 'train'"),
+    (b"a: &x [1, 2]\nb: &y [*x, *x, *x]\nname: *y\n", "aliases (*name) are not accepted"),
+    (b"name: qu\xe9ck\n", "is not UTF-8 text"),
+], ids=["syntax", "duplicate key", "alias", "latin-1"])
+def test_invalid_config_files(workdir, capsys, content, expected):
+    import ray
+
+    (workdir / "bad.yaml").write_bytes(content)
     rc, err = run_cli(["run", "bad.yaml"], capsys)
-    assert rc == 2 and "not valid YAML" in err
+    assert rc == 2 and len(err.splitlines()) == 1 and expected in err, err
+    assert not ray.is_initialized() and not (workdir / "studies").exists()
 
 
 def test_corrupt_cifar_archive(workdir, capsys):
@@ -104,6 +129,7 @@ def test_corrupt_cifar_archive(workdir, capsys):
 def finished_study(workdir):
     """A study dir with two finished seeds of wd and lpwd in one cell, as trials.csv would hold them."""
     from study.config import dump, load_config
+    from study.studydir import record_definition
     from study.table import write_rows
 
     cfg = load_config(QUICK, ["search.variants=[wd,lpwd]", "search.layer_schedule=[linear]", "search.lr=[0.001]",
@@ -111,6 +137,7 @@ def finished_study(workdir):
     d = workdir / "studies" / "quick"
     d.mkdir(parents=True)
     (d / "study.yaml").write_text(dump(cfg))
+    record_definition(d, cfg)
     write_rows(d, [{"trial_id": f"t{i}", "experiment": "grid", "status": "TERMINATED", "arm": arm, "variant": arm,
                     "layer_schedule": "linear", "lr": 0.001, "weight_decay": 0.1, "seed": seed, "dataset": "digits",
                     "best_val_acc": 0.9 + 0.01 * i, "val_acc": 0.9, "test_acc_at_best_val": 0.9 + 0.01 * i,
@@ -136,3 +163,110 @@ def test_report_accepts_adamw_for_wd_and_writes_where_asked(workdir, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "lpwd vs wd:" in out
     assert (workdir / "elsewhere" / "report.html").exists() and not (d / "report.html").exists()
+
+
+def test_an_edited_study_yaml_is_refused(workdir, capsys):
+    d = finished_study(workdir)
+    edited = (d / "study.yaml").read_text().replace("epochs: 10", "epochs: 9")
+    assert edited != (d / "study.yaml").read_text()
+    (d / "study.yaml").write_text(edited)
+    for command in (["report", str(d)], ["resume", str(d)], ["status", str(d)]):
+        rc, err = run_cli(command, capsys)
+        assert rc == 2 and "differs from the config" in err and "train.epochs" in err, (command, err)
+    assert not (d / "report.html").exists()
+
+
+def test_a_second_driver_is_refused_while_the_first_owns_the_study(workdir, capsys):
+    import subprocess
+    import sys
+
+    d = finished_study(workdir)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from study.studydir import owned\n"
+                               "with owned(Path(sys.argv[1]), 'run'):\n print('held', flush=True); time.sleep(60)",
+                               str(d)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc, err = run_cli(["report", str(d)], capsys)
+        assert rc == 2 and f"is in use by a study run (pid {holder.pid}" in err and len(err.splitlines()) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel dropped the lock with its holder: nothing stale to clean up
+    assert main(["report", str(d), "--out", str(workdir / "after")]) == 0
+
+
+def test_a_changed_tracking_store_is_refused_on_resume(workdir, capsys):
+    import json
+
+    import ray
+
+    d = finished_study(workdir)
+    (d / "mlflow_parent.json").write_text(json.dumps({"uri": f"sqlite:///{workdir}/first.db", "experiment_id": "1",
+                                                      "parent_run_id": "abc"}))
+    rc, err = run_cli(["resume", str(d)], capsys)
+    assert rc == 2 and "tracking.uri:" in err and "first.db" in err
+    assert not ray.is_initialized()
+
+
+def cifar_folder(root, labels=None, payload=None):
+    """A CIFAR-10 folder in the published format: tiny random batches, or ones with given labels / pickles."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        entry = {b"data": np.zeros((4, 3072), np.uint8), b"labels": labels or [0, 1, 2, 3]}
+        (folder / name).write_bytes(payload if payload is not None else pickle.dumps(entry))
+
+
+class RunsCode:
+    """A pickle that runs a shell command when loaded without restrictions."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("case", ["labels out of range", "code in the pickle"])
+def test_cifar_data_is_checked_and_never_runs_code(workdir, capsys, case):
+    import pickle
+
+    import ray
+
+    marker = workdir / "pwned"
+    if case == "labels out of range":
+        cifar_folder(workdir, labels=[0, 1, 2, 12])
+        expected = "labels run 0..12, expected 0..9"
+    else:
+        cifar_folder(workdir, payload=pickle.dumps(RunsCode(marker)))
+        expected = "posix.system is not data"
+    from study.data import load_raw
+
+    load_raw.cache_clear()
+    rc, err = run_cli(["run", QUICK, "--set", "data.name=cifar10", "--set", f"data.root={workdir}"], capsys)
+    assert rc == 2 and expected in err and len(err.splitlines()) == 1, err
+    assert not marker.exists() and not ray.is_initialized()
+
+
+def test_checkpoints_load_no_code_and_bad_ones_fall_back(tmp_path, capsys):
+    import torch
+
+    from study.sweep import RayReporter
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "checkpoint_000001"
+    evil.mkdir()
+    torch.save({"model": RunsCode(marker)}, evil / "state.pt")
+    assert RayReporter._load(evil, "t") is None and not marker.exists()
+    partial = tmp_path / "checkpoint_000002"
+    partial.mkdir()
+    torch.save({"model": {}, "epoch": 3}, partial / "state.pt")  # unpickles, but is not a trial checkpoint
+    assert RayReporter._load(partial, "t") is None
+    assert "lacks" in capsys.readouterr().err

@@ -1,0 +1,91 @@
+"""The study directory's guards: one owner at a time, and a config that cannot drift from its trials.
+
+A study dir is a researcher's record of days of compute. Two drivers on it
+corrupt Ray's experiment state, and a ``study.yaml`` edited after the trials
+ran (more epochs, another lr list) describes trials that never existed. So:
+
+* ``owned(study_dir)``: an exclusive ``flock`` held for the whole of ``run``,
+  ``resume`` and ``report``. The kernel drops it when its process dies, so a
+  killed driver leaves no stale lock to clean up; a second driver gets one
+  line naming the holder.
+* ``record_definition`` / ``check_definition``: the config sections that
+  define the trials (data, model, train, search) are stored beside
+  ``study.yaml`` when the study starts; a ``study.yaml`` that no longer
+  matches them is refused, naming the keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+LOCK_FILE = ".study.lock"
+DEFINITION_FILE = ".study-definition.json"
+# config sections that define which trials exist and what they compute
+DEFINING = ("data", "model", "train", "search")
+
+
+_held: set[Path] = set()  # dirs this process owns already: ``owned`` nests (a run, then its report)
+
+
+@contextlib.contextmanager
+def owned(study_dir: Path, what: str):
+    """Hold the study dir's exclusive lock for ``what`` (run, resume, report), or refuse in one line."""
+    path = (Path(study_dir) / LOCK_FILE).resolve()
+    if path in _held:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(f"{study_dir} is in use by {holder}; wait for it to finish (study status shows "
+                            "progress) or stop that driver, then try again") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"a study {what} (pid {os.getpid()} on {socket.gethostname()}, since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')})".encode(), 0)
+        _held.add(path)
+        try:
+            yield
+        finally:
+            _held.discard(path)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def definition(cfg) -> dict:
+    dumped = cfg.model_dump(mode="json")
+    return {section: dumped[section] for section in DEFINING}
+
+
+def record_definition(study_dir: Path, cfg) -> None:
+    (Path(study_dir) / DEFINITION_FILE).write_text(json.dumps(definition(cfg), indent=1, sort_keys=True))
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    return sorted(f"{sec}.{k}" for sec in DEFINING for k in set(old.get(sec, {})) | set(new.get(sec, {}))
+                  if old.get(sec, {}).get(k) != new.get(sec, {}).get(k))
+
+
+def check_definition(study_dir: Path, cfg, source: str) -> None:
+    """Refuse a config whose trial-defining sections differ from the ones the study started with."""
+    saved = Path(study_dir) / DEFINITION_FILE
+    if not saved.exists():
+        return  # a study from before definitions were recorded
+    try:
+        old = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{saved} is damaged; restore it from a copy of the study dir") from None
+    changed = differences(old, definition(cfg))
+    if changed:
+        raise UserError(f"{source} differs from the config {study_dir} was started with ({', '.join(changed[:4])}); "
+                        "restore it, or start a new study with --set name=NEW (a study's trials cannot change)")
