@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
-from .conftest import PYTHON, ROOT, free_port, study_env, tiny_args
+from .conftest import PYTHON, ROOT, free_port, stop_ray, study_env, tiny_args
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(PYTHON).parent / "ray")
@@ -18,13 +22,25 @@ RAY = str(Path(PYTHON).parent / "ray")
 
 def test_ray_job_submit_runs_a_study(tmp_path):
     temp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = study_env(RAY_AUTH_MODE="disabled")
+    env = study_env(RAY_AUTH_MODE="disabled", RAY_TMPDIR=temp)
     dash = free_port()
-    start = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+    start = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
              f"--temp-dir={temp}", "--num-cpus=2", "--disable-usage-stats"]
-    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
+    # its own process group: the test stops this head and nothing else (never `ray stop`, which would
+    # also end a user's own running study)
+    head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{dash}/api/version", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert head.poll() is None and time.time() < deadline, "the Ray head did not start"
+            time.sleep(1)
         args = tiny_args("job", "--set", f"storage={tmp_path}/studies", "--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
                          "--set", "search.weight_decay=[0.0,0.1]", "--set", "train.epochs=2", "--no-report")
         args[1] = "configs/quick.yaml"  # relative to the uploaded working dir
@@ -36,7 +52,12 @@ def test_ray_job_submit_runs_a_study(tmp_path):
         assert len(rows) == 2 * 2 * 2 and all(r["status"] == "TERMINATED" for r in rows)
         assert max(float(r["test_acc_at_best_val"]) for r in rows) > 0.5
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        stop_ray(temp)  # anything of this head's that left its group (found by its RAY_TMPDIR), and only that
         shutil.rmtree(temp, ignore_errors=True)
-    leftovers = subprocess.run(["pgrep", "-f", temp], capture_output=True, text=True).stdout.split()
-    assert not leftovers, f"Ray processes left running: {leftovers}"
+

@@ -109,10 +109,13 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     for r in rows:  # finished trials were not rerun
         if r["trial_id"] in finished_before:
             assert r == finished_before[r["trial_id"]]
-    for r in rows:  # no epoch trained twice
+    corrupted = unfinished[0].name
+    for r in rows:  # no epoch trained twice, but for the trial whose newest checkpoint was destroyed
         # a replay re-reports, trains nothing
         trained = [report["epoch"] for report in trial_reports(study_dir, r) if not report.get("replayed")]
-        assert trained and trained == sorted(set(trained)), (r["trial_id"], trained)
+        assert trained and sorted(set(trained)) == list(range(4)), (r["trial_id"], trained)
+        if r["trial_id"] != corrupted:
+            assert trained == sorted(set(trained)), (r["trial_id"], trained)
     assert final_metrics(rows) == reference  # identical to the uninterrupted run (CPU determinism)
     client, runs = children(tmp_path / "mlflow.db", "killed")
     assert len(runs) == 8  # no duplicate child runs
