@@ -66,6 +66,19 @@ def stop_ray(ray_tmp):
     assert not ray_processes(ray_tmp)
 
 
+def wait_until_answers(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """True once ``url`` answers 200; False if ``proc`` died or ``timeout`` seconds passed first."""
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            if requests.get(url, timeout=2).ok:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    return False
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server on 127.0.0.1 (SQLite backend, one worker)."""
@@ -79,17 +92,9 @@ def mlflow_server(tmp_path_factory):
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                break
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("mlflow server did not start:\n" + (home / "server.log").read_text()[-2000:])
-        time.sleep(0.5)
+    if not wait_until_answers(f"{url}/health", proc, 90):
+        os.killpg(proc.pid, 9)
+        raise RuntimeError("mlflow server did not start:\n" + (home / "server.log").read_text()[-2000:])
     yield url
     os.killpg(proc.pid, 15)
     try:

@@ -8,13 +8,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
-from .conftest import PYTHON, ROOT, free_port, stop_ray, study_env, tiny_args
+from .conftest import PYTHON, ROOT, free_port, stop_ray, study_env, tiny_args, wait_until_answers
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(PYTHON).parent / "ray")
@@ -32,15 +30,7 @@ def test_ray_job_submit_runs_a_study(tmp_path):
     head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{dash}/api/version", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert head.poll() is None and time.time() < deadline, "the Ray head did not start"
-            time.sleep(1)
+        assert wait_until_answers(f"http://127.0.0.1:{dash}/api/version", head, 120), "the Ray head did not start"
         args = tiny_args("job", "--set", f"storage={tmp_path}/studies", "--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
                          "--set", "search.weight_decay=[0.0,0.1]", "--set", "train.epochs=2", "--no-report")
         args[1] = "configs/quick.yaml"  # relative to the uploaded working dir
