@@ -170,7 +170,12 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
         {"verdict": text, "settings": summary.attrs, "arms": json.loads(summary.to_json(orient="records"))}, indent=1))
 
     g = grid(df, order)
-    figures = {"heatmaps": heatmaps(df, g, label), "difference": difference_heatmaps(g, baseline, test, correction, 0.05),
+    runs = {}  # hover text of a heatmap cell: the MLflow run of each seed
+    if "mlflow_run_id" in df:
+        for (arm, lr, wd), cell in df.groupby(["arm", "lr", "weight_decay"]):
+            ids = [f"seed {s}: run {r}" for s, r in zip(cell["seed"], cell["mlflow_run_id"]) if isinstance(r, str) and r]
+            runs[(arm, lr, wd)] = "<br>".join(ids)
+    figures = {"heatmaps": heatmaps(df, g, label, runs), "difference": difference_heatmaps(g, baseline, test, correction, 0.05),
                "tuning_curves": tuning_curves(g, label), "cell_distribution": cell_distribution(df, g, label),
                "effective_decay": effective_decay_curves(df, g, effective, label),
                "training_curves": training_curves(extreme_cell_histories(study_dir, df), order)}
@@ -237,5 +242,11 @@ def attach(study_dir: Path, artifacts: list[Path], text: str, summary: pd.DataFr
     from .tracking import PARENT_FILE, StudyRun, finish_study
 
     saved = study_dir / PARENT_FILE
-    if saved.exists():
-        finish_study(StudyRun(**json.loads(saved.read_text())), artifacts, text, summary, status)
+    if not saved.exists():
+        return
+    run = StudyRun(**json.loads(saved.read_text()))
+    if not run.belongs_to(study_dir):
+        print(f"not attached to MLflow: this study dir is a copy of {run.study_dir}, whose parent run it would "
+              "overwrite; the report is in this dir only")
+        return
+    finish_study(run, artifacts, text, summary, status)

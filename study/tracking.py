@@ -96,6 +96,10 @@ class StudyRun:
     uri: str
     experiment_id: str
     parent_run_id: str
+    study_dir: str = ""  # where the study was when the run was made: a copy elsewhere must not write into it
+
+    def belongs_to(self, study_dir: Path) -> bool:
+        return not self.study_dir or Path(self.study_dir) == Path(study_dir).resolve()
 
 
 # MLflow 3's UI opens an experiment in its model-training view (runs, charts) only when told so;
@@ -159,7 +163,7 @@ def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
     for i in range(0, len(params), 100):
         retry(lambda: c.log_batch(parent.info.run_id, params=params[i:i + 100]), "log study params")
     retry(lambda: c.log_text(parent.info.run_id, config_text, "study.yaml"), "log config artifact")
-    run = StudyRun(uri, exp_id, parent.info.run_id)
+    run = StudyRun(uri, exp_id, parent.info.run_id, str(Path(study_dir).resolve()))
     saved.write_text(json.dumps(asdict(run)))
     return run
 

@@ -270,3 +270,18 @@ def test_checkpoints_load_no_code_and_bad_ones_fall_back(tmp_path, capsys):
     torch.save({"model": {}, "epoch": 3}, partial / "state.pt")  # unpickles, but is not a trial checkpoint
     assert RayReporter._load(partial, "t") is None
     assert "lacks" in capsys.readouterr().err
+
+
+def test_a_copied_study_reports_without_writing_into_the_originals_mlflow_run(workdir, capsys):
+    import json
+    import shutil
+
+    d = finished_study(workdir)
+    (d / "mlflow_parent.json").write_text(json.dumps({"uri": f"sqlite:///{workdir}/never.db", "experiment_id": "1",
+                                                      "parent_run_id": "abc", "study_dir": str(d.resolve())}))
+    copy = workdir / "elsewhere" / "quick"
+    shutil.copytree(d, copy)
+    assert main(["report", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert f"this study dir is a copy of {d.resolve()}" in out and (copy / "report.html").exists()
+    assert not (workdir / "never.db").exists()  # the original's store was never opened

@@ -115,6 +115,8 @@ def test_report_files(study):
     summary = json.loads((d / "robustness.json").read_text())
     assert {s["arm"] for s in summary["arms"]} == {"wd", "lpwd"}
     assert summary["verdict"].startswith("lpwd vs wd:") and summary["settings"]["selected_by"] == "best_val_acc"
+    page = (d / "report.html").read_text()
+    assert all(f"run {r['mlflow_run_id']}" in page for r in study["rows"])  # each heatmap cell names its runs
     for name in ["heatmaps", "difference", "tuning_curves", "cell_distribution", "effective_decay", "training_curves"]:
         img = Image.open(d / f"{name}.png")
         img.verify()
