@@ -234,6 +234,14 @@ def cells(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def best_cells(arm_cells: pd.DataFrame) -> pd.DataFrame:
+    """An arm's validation-best cells (rows of ``cells``): every cell tied at the top validation mean.
+
+    The one selection rule that the summary, ``study status`` and the plots share; the first row
+    names the cell, and the reported score is the mean over all of them."""
+    return arm_cells[arm_cells["val"] == arm_cells["val"].max()]
+
+
 def bookkeeping(table: pd.DataFrame) -> pd.DataFrame:
     """Per arm: planned, finished, errored and unfinished trials, from every row of the table."""
     t = table.assign(arm=arm_of(table))
@@ -263,7 +271,7 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
     rows = []
     for a, arm in enumerate(g.arms):
         mine = c[c["arm"] == arm]
-        top = mine[mine["val"] == mine["val"].max()]
+        top = best_cells(mine)
         worst = mine.loc[mine["mean"].idxmin()] if len(mine) else None
         row = {
             "arm": arm,

@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from .analysis import Grid, best_of_k_band, cells
+from .analysis import Grid, best_cells, best_of_k_band, cells
 from .paired import compare_cells
 
 CLIP = 10.0  # heatmap colours resolve the top CLIP points; everything further below is one colour
@@ -44,7 +44,7 @@ def _panels(arms: list[str], titles: list[str]) -> go.Figure:
 def heatmaps(df: pd.DataFrame, g: Grid, label: str, runs: dict | None = None) -> go.Figure:
     """Test accuracy per (λ, η) cell and arm; colour = points below the validation-chosen best cell."""
     c = cells(df)
-    top = c.loc[c["val"] == c["val"].max(), "mean"].mean()
+    top = best_cells(c)["mean"].mean()
     fig = _panels(g.arms, g.arms)
     for i, arm in enumerate(g.arms, start=1):
         mine = c[c["arm"] == arm]
@@ -136,7 +136,7 @@ def effective_decay_curves(df: pd.DataFrame, g: Grid, effective: dict[str, float
         mine = c[c["arm"] == arm]
         if mine.empty or arm not in effective or effective[arm] == 0:
             continue
-        lr = mine.loc[mine["val"].idxmax(), "lr"]
+        lr = best_cells(mine)["lr"].iloc[0]
         row = mine[(mine["lr"] == lr) & (mine["weight_decay"] > 0)].sort_values("weight_decay")
         fig.add_trace(go.Scatter(x=row["weight_decay"] * effective[arm], y=row["mean"], mode="lines+markers",
                                  name=f"{arm} (η={lr:g}, λ_eff = {effective[arm]:.2f} λ)", line={"color": colour[arm]}))

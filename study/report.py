@@ -16,7 +16,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from .analysis import CONFIDENCE, SELECTED_BY, arm_of, cells, grid, scored, summarize
+from .analysis import CONFIDENCE, SELECTED_BY, arm_of, best_cells, cells, grid, scored, summarize
 from .errors import UserError
 from .paired import CORRECTIONS, TESTS
 from .plots import cell_distribution, difference_heatmaps, effective_decay_curves, heatmaps, training_curves, tuning_curves
@@ -59,7 +59,7 @@ def extreme_cell_histories(study_dir: Path, df: pd.DataFrame) -> dict:
     out = {}
     c = cells(df)
     for arm, mine in c.groupby("arm", sort=False):
-        picks = {"best": mine.loc[mine["val"].idxmax()], "worst": mine.loc[mine["mean"].idxmin()]}
+        picks = {"best": best_cells(mine).iloc[0], "worst": mine.loc[mine["mean"].idxmin()]}
         for which, cell in picks.items():
             rows = df[(df["arm"] == arm) & (df["lr"] == cell["lr"]) & (df["weight_decay"] == cell["weight_decay"])]
             h = trial_history(study_dir, rows.iloc[0].to_dict())
@@ -68,11 +68,11 @@ def extreme_cell_histories(study_dir: Path, df: pd.DataFrame) -> dict:
     return out
 
 
-def _interval(row, key: str, scale: float = 1.0, digits: int = 1, sign: bool = False) -> str:
+def _interval(row, key: str, scale: float = 1.0, digits: int = 1) -> str:
     x, lo, hi = row.get(key), row.get(f"{key}_lo"), row.get(f"{key}_hi")
     if x is None or pd.isna(x):
         return "-"
-    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    f = f"{{:.{digits}f}}"
     text = f.format(scale * x)
     if lo is not None and not pd.isna(lo):
         text += f" [{f.format(scale * lo)}, {f.format(scale * hi)}]"
@@ -154,9 +154,9 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
     order = [a for a in dict.fromkeys(arm_of(table)) if a in set(df["arm"])]
     effective = {}
     context = {}
-    if cfg is not None:
-        order = [a["arm"] for a in arms(cfg) if a["arm"] in set(df["arm"])] + [a for a in order if a not in
-                                                                               {x["arm"] for x in arms(cfg)}]
+    if cfg is not None:  # the config's order first, then any arm it no longer names
+        planned = [a["arm"] for a in arms(cfg)]
+        order = [a for a in planned if a in order] + [a for a in order if a not in planned]
         effective = effective_decays(cfg)
         context = {"dataset": cfg.data.name + (f" ({cfg.data.train_subset} training images)" if cfg.data.train_subset else ""),
                    "model": cfg.model.name, "epochs": cfg.train.epochs, "base optimizer": cfg.train.base}

@@ -13,7 +13,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from .analysis import arm_of, cells, scored
+from .analysis import arm_of, best_cells, cells, scored
 from .config import planned_trials
 from .sweep import load_study
 from .table import read_rows
@@ -34,8 +34,8 @@ def timing(study_dir: Path, rows: list[dict], counts: Counter) -> str:
     """Elapsed time from the first to the latest report of any trial, and the ETA at that pace."""
     from .report import trial_reports
 
-    stamps = [r["timestamp"] for row in {x["trial_id"]: x for x in rows}.values()
-              for r in trial_reports(Path(study_dir), row)[:1] + trial_reports(Path(study_dir), row)[-1:]]
+    reports = [trial_reports(Path(study_dir), row) for row in {x["trial_id"]: x for x in rows}.values()]
+    stamps = [r["timestamp"] for mine in reports for r in mine[:1] + mine[-1:]]
     if not stamps:
         return ""
     elapsed = max(stamps) - min(stamps)
@@ -59,7 +59,7 @@ def print_status(study_dir: Path) -> None:
     if not table.empty:
         c = cells(scored(table, "test_acc_at_best_val"))
         for arm, mine in c.groupby("arm", sort=False):
-            top = mine[mine["val"] == mine["val"].max()]
+            top = best_cells(mine)
             best[arm] = (f"η={top['lr'].iloc[0]:g} λ={top['weight_decay'].iloc[0]:g}", top["val"].mean(), top["mean"].mean())
     t = Table("arm", "done", "running", "errored", "best cell (on validation)", "its validation", "its test (points)")
     for arm in dict.fromkeys(arm_of(table)) if not table.empty else []:
