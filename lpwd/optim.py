@@ -78,6 +78,7 @@ class DecayMixin:
 
     variant: str
     placement: str | None
+    _torch_class: type[torch.optim.Optimizer]
 
     def _init_decay(self, variant, placement, model, fast, probe, rwd_in_kernel=False):
         self.variant = variant
@@ -88,34 +89,46 @@ class DecayMixin:
         self._steps = 0
         self._pending = self.placement == "before_forward"
         self._hook = None
+        self._plan, self._plan_key = [], None
         if self.placement == "before_forward":
             _claim(self)
             # on the wrapped model, so DDP and torch.compile wrappers built before or after both call it
             self._hook = unwrap(model)[0].register_forward_pre_hook(_pre_forward_decay(weakref.ref(self)))
 
     # -- the decay itself -------------------------------------------------
+    def _decay_plan(self) -> list[tuple[dict, list, list, float | None]]:
+        """(group, its params, their layer scales, the one scale they share or None) per decayed group.
+
+        Rebuilt only when the groups change (``add_param_group``, a rate set to or from 0):
+        on small models the per-step Python of regrouping showed next to the kernels.
+        """
+        key = [(id(g["params"]), len(g["params"]), g["decay_rate"] != 0) for g in self.param_groups]
+        if key != self._plan_key:
+            plan = []
+            for g in self.param_groups:
+                if g["decay_rate"] != 0 and self.placement is not None and g["params"]:
+                    scales = [float(s) for s in g["layer_scales"]]
+                    shared = scales[0] if all(s == scales[0] for s in scales) else None
+                    plan.append((g, list(g["params"]), scales, shared))
+            self._plan, self._plan_key = plan, key
+        return self._plan
+
     def _decayed(self):
         """(param, lr * lambda_p) for every tensor the shrink touches."""
-        out = []
-        for group in self.param_groups:
-            rate = group["decay_rate"]
-            if rate == 0 or self.placement is None:
-                continue
-            lr = float(group["lr"])
-            out.extend((p, lr * rate * s) for p, s in zip(group["params"], group["layer_scales"]))
-        return out
+        return [(p, float(g["lr"]) * g["decay_rate"] * s)
+                for g, params, scales, _ in self._decay_plan() for p, s in zip(params, scales)]
 
     @torch.no_grad()
     def _apply_decay(self) -> None:
-        pairs = self._decayed()
-        if pairs:
-            params = [p for p, _ in pairs]
-            factors = [1.0 - shrink for _, shrink in pairs]
+        for group, params, scales, shared in self._decay_plan():
+            k = float(group["lr"]) * group["decay_rate"]
+            # one scalar for a group whose tensors share a scale (all but lpwd's), else one per tensor
+            factors = 1.0 - k * shared if shared is not None else [1.0 - k * s for s in scales]
             if self._fast:
                 torch._foreach_mul_(params, factors)
             else:
-                for p, f in zip(params, factors):
-                    p.mul_(f)
+                for i, p in enumerate(params):
+                    p.mul_(factors if shared is not None else factors[i])
         self._pending = False
 
     def _eligible(self):
@@ -144,7 +157,7 @@ class DecayMixin:
         if self._skipped_by_grad_scaler():
             # changes nothing: the kernel skips itself, no shrink, no probe, and the pending
             # pre-weight decay stays as it was (this step's forward already consumed it)
-            super().step()
+            self._torch_step()
             return loss
         if self._pending:
             self._apply_decay()
@@ -165,6 +178,17 @@ class DecayMixin:
         self._steps += 1
         return loss
 
+    def _torch_step(self) -> None:
+        """The base class's own update, without the wrapper torch adds to ``step``.
+
+        ``torch.optim.Optimizer`` wraps a class's ``step`` (step hooks, a profiler
+        range) the first time one of its instances is built. This class's ``step``
+        is wrapped like that already; going through ``torch.optim.Adam.step``'s
+        wrapper too (present once any plain Adam exists) would run every step hook twice.
+        """
+        step = self._torch_class.step
+        (step.__wrapped__ if getattr(step, "hooked", False) else step)(self)
+
     def _base_step(self) -> bool:
         """torch's own update; True if it also applied rwd's after-update shrink.
 
@@ -178,14 +202,14 @@ class DecayMixin:
         # only rwd rides in the kernel: every other variant skips the bookkeeping
         shrinks = [float(g["lr"]) * g["decay_rate"] for g in self.param_groups] if self._rwd_in_kernel else []
         if not shrinks or any(s >= 1 for s in shrinks):
-            super().step()
+            self._torch_step()
             return False
         saved = [(g["lr"], g["weight_decay"]) for g in self.param_groups]
         for g, s in zip(self.param_groups, shrinks):
             if s > 0:
                 g["lr"], g["weight_decay"] = float(g["lr"]) * (1 - s), g["decay_rate"] / (1 - s)
         try:
-            super().step()
+            self._torch_step()
         finally:
             for g, (lr, wd) in zip(self.param_groups, saved):
                 g["lr"], g["weight_decay"] = lr, wd
@@ -294,9 +318,13 @@ def _pre_forward_decay(optimizer_ref):
 class DecayedAdam(DecayMixin, torch.optim.Adam):
     """torch.optim.Adam (no own weight decay unless ``l2``) plus a placed decay."""
 
+    _torch_class = torch.optim.Adam
+
 
 class DecayedSGD(DecayMixin, torch.optim.SGD):
     """torch.optim.SGD (no own weight decay unless ``l2``) plus a placed decay."""
+
+    _torch_class = torch.optim.SGD
 
 
 _CLASSES = {"adam": DecayedAdam, "sgd": DecayedSGD}

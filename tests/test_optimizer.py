@@ -440,3 +440,21 @@ def test_effective_decay_and_normalised_schedule_by_hand():
     # l/L divided by its weighted mean 15/18: 0.5 -> 0.6, 1 -> 1.2
     assert decayed["layer_scales"] == pytest.approx([0.5 * 18 / 15, 18 / 15])
     opt.remove_hook()
+
+
+@pytest.mark.parametrize("base", ["adam", "sgd"])
+@pytest.mark.parametrize("variant", lpwd.VARIANTS)
+def test_step_hooks_run_once_per_step_beside_torchs_own_optimizers(variant, base):
+    # a plain torch Adam/SGD in the same process makes torch wrap its class's step(), as it wraps ours
+    torch.optim.Adam(nn.Linear(1, 1).parameters())
+    torch.optim.SGD(nn.Linear(1, 1).parameters())
+    model = nn.Linear(3, 3)
+    opt = lpwd.build_optimizer(model, variant, 1e-2, 0.1, base, momentum=0.9) if base == "sgd" else \
+        lpwd.build_optimizer(model, variant, 1e-2, 0.1, base)
+    calls = []
+    opt.register_step_pre_hook(lambda *_: calls.append("pre"))
+    opt.register_step_post_hook(lambda *_: calls.append("post"))
+    for _ in range(3):
+        model(torch.randn(2, 3)).sum().backward()
+        opt.step()
+    assert calls == ["pre", "post"] * 3
