@@ -25,11 +25,15 @@ from pathlib import Path
 
 import torch
 
-from study.config import trial_grid, validate
-from study.sweep import init_ray, run_study
-from study.trial import run_trial
+from study.localray import prefer_loopback
 
-from trial_throughput import CheckpointInMemory
+prefer_loopback()  # as `study run` does: the study's own loopback Ray head (set before ray is imported)
+
+from study.config import trial_grid, validate  # noqa: E402
+from study.sweep import init_ray, run_study  # noqa: E402
+from study.trial import run_trial  # noqa: E402
+
+from trial_throughput import CheckpointInMemory  # noqa: E402
 
 
 def study_config(work: Path, name: str, trials: int, epochs: int, cores: int):

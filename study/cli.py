@@ -101,6 +101,8 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
             print(f"\ninterrupted; nothing finished is lost. Resume with: {invocation()} resume {study_dir}",
                   file=sys.stderr)
             return 130
+        except UserError:
+            raise  # found before any trial ran (a copied study, a changed store): the study did not fail
         except OSError as e:  # the study dir became unwritable, the disk filled, ...
             _end_parent(study_dir, "FAILED")
             raise UserError(f"{study_dir}: {e.strerror or e} ({getattr(e, 'filename', '') or ''}); fix it, then "
@@ -108,10 +110,12 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
         except Exception:
             _end_parent(study_dir, "FAILED")
             raise
-        if report:
+        if report:  # the report ends the parent run, FINISHED, with the verdict attached
             from .report import write_report
 
             write_report(study_dir, cfg=cfg, baseline="wd" if "wd" in cfg.search.variants else arms_of(cfg)[0])
+        else:  # every trial is done
+            _end_parent(study_dir, "FINISHED")
     print(_next_steps(study_dir))
     return 0
 
@@ -182,6 +186,10 @@ def cmd_ui(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("run", "resume"):
+        from .localray import prefer_loopback
+
+        prefer_loopback()  # before anything imports ray
     try:
         if args.command == "run":
             from .config import load_config

@@ -20,7 +20,7 @@ from .analysis import CONFIDENCE, SELECTED_BY, arm_of, best_cells, cells, grid, 
 from .errors import UserError
 from .paired import CORRECTIONS, TESTS
 from .plots import cell_distribution, difference_heatmaps, effective_decay_curves, heatmaps, training_curves, tuning_curves
-from .table import read_rows
+from .table import fixed_columns, read_table
 from .verdict import verdict_parts
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
@@ -144,7 +144,11 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
 
     study_dir = Path(study_dir)
     out = Path(out_dir) if out_dir else study_dir
-    table = pd.DataFrame(read_rows(study_dir))
+    if cfg is None:
+        from .sweep import load_study
+
+        cfg = load_study(study_dir)
+    table = pd.DataFrame(read_table(study_dir, fixed_columns(cfg), write_back=True))
     if table.empty:
         raise UserError(f"{study_dir}/trials.csv has no trials yet; run or resume the study first")
     baseline = check_choices(table, metric, baseline, test, correction)
@@ -152,14 +156,11 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
     if df.empty:
         raise UserError(f"{study_dir} has no finished trials yet; wait for some or resume the study")
     order = [a for a in dict.fromkeys(arm_of(table)) if a in set(df["arm"])]
-    effective = {}
-    context = {}
-    if cfg is not None:  # the config's order first, then any arm it no longer names
-        planned = [a["arm"] for a in arms(cfg)]
-        order = [a for a in planned if a in order] + [a for a in order if a not in planned]
-        effective = effective_decays(cfg)
-        context = {"dataset": cfg.data.name + (f" ({cfg.data.train_subset} training images)" if cfg.data.train_subset else ""),
-                   "model": cfg.model.name, "epochs": cfg.train.epochs, "base optimizer": cfg.train.base}
+    planned = [a["arm"] for a in arms(cfg)]  # the config's order first, then any arm it no longer names
+    order = [a for a in planned if a in order] + [a for a in order if a not in planned]
+    effective = effective_decays(cfg)
+    context = {"dataset": cfg.data.name + (f" ({cfg.data.train_subset} training images)" if cfg.data.train_subset else ""),
+               "model": cfg.model.name, "epochs": cfg.train.epochs, "base optimizer": cfg.train.base}
     summary = summarize(table, metric, baseline, test, correction, effective_decay=effective, arms=order)
     parts = verdict_parts(summary, context)
     text = " ".join(parts)
@@ -199,7 +200,7 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
         print("no Chromium found for PNG export: install one (apt-get install chromium) or set BROWSER_PATH")
     if attach_to_mlflow:
         status = table["status"] if "status" in table else pd.Series(dtype=str)
-        complete = cfg is None or (len(table) >= planned_trials(cfg) and status.isin(["TERMINATED", "ERROR"]).all())
+        complete = len(table) >= planned_trials(cfg) and status.isin(["TERMINATED", "ERROR"]).all()
         attach(study_dir, artifacts, text, summary, "FINISHED" if complete else None)
     return html
 

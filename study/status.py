@@ -16,7 +16,7 @@ from rich.table import Table
 from .analysis import arm_of, best_cells, cells, scored
 from .config import planned_trials
 from .sweep import load_study
-from .table import read_rows
+from .table import fixed_columns, read_table
 
 STATES = {"TERMINATED": "done", "RUNNING": "running", "PENDING": "pending", "PAUSED": "pending",
           "INTERRUPTED": "pending", "ERROR": "errored"}
@@ -24,7 +24,7 @@ STATES = {"TERMINATED": "done", "RUNNING": "running", "PENDING": "pending", "PAU
 
 def study_counts(study_dir: Path) -> tuple[Counter, list[dict]]:
     cfg = load_study(study_dir)
-    rows = read_rows(study_dir)
+    rows = read_table(study_dir, fixed_columns(cfg))  # status only reads: a rebuilt table is not written
     counts = Counter(STATES.get(r["status"], "pending") for r in rows)
     counts["pending"] += max(0, planned_trials(cfg) - len(rows))
     return counts, rows

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import localray
 from .config import (StudyConfig, arms, dump, parse_yaml, planned_trials, sign_flipping_cells, trained_grid,
                      trained_trials, validate)
 from .data import check_available
@@ -25,7 +26,7 @@ from .errors import UserError
 from .models import check_pretrained_path
 from .progress import ProgressLine
 from .studydir import check_definition, definition, differences, owned, record_definition
-from .table import TidyTable
+from .table import TidyTable, fixed_columns
 from .trial import run_trial, trial_name
 
 STUDY_FILE = "study.yaml"
@@ -227,7 +228,10 @@ def init_ray() -> None:
     env = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     # per-epoch checkpoints of second-long trials snapshot often by design; the warning is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False if not os.environ.get("RAY_ADDRESS") else None,
+    address = os.environ.get("RAY_ADDRESS")
+    if not address and localray.available():  # loopback only, and stopped with this driver
+        address = localray.start_head()
+    ray.init(address=address, include_dashboard=False if not address else None,
              runtime_env={"env_vars": env}, logging_level="WARNING", log_to_driver=True)
 
 
@@ -256,14 +260,15 @@ def run_study(cfg: StudyConfig, yes: bool = False) -> Path:
 def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
     from ray import tune
 
-    from .tracking import start_study
+    from .tracking import saved_run, start_study
 
+    if cfg.tracking.enabled:
+        saved_run(cfg, study_dir)  # another store, or a copied study: refused before Ray starts
+    announce(cfg)
+    init_ray()
     tracking = None
     if cfg.tracking.enabled:
         tracking = start_study(cfg, study_dir, (study_dir / STUDY_FILE).read_text()).__dict__
-    announce(cfg)
-    init_ray()
-    fixed = {"base": cfg.train.base, "model": cfg.model.name, "dataset": cfg.data.name}
     resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
     fn = tune.with_resources(
         tune.with_parameters(trainable, study=cfg.model_dump(mode="json"), tracking=tracking), resources)
@@ -283,7 +288,7 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
                     name=name, storage_path=str(study_dir), verbose=0,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                    callbacks=[TidyTable(str(study_dir), name, fixed), ProgressLine(total)],
+                    callbacks=[TidyTable(name, fixed_columns(cfg)), ProgressLine(total)],
                 ),
             )
         results = tuner.fit()

@@ -10,7 +10,10 @@ analysis and plots read only this file.
 from __future__ import annotations
 
 import csv
+import io
+import json
 import os
+import sys
 from pathlib import Path
 
 from ray import tune
@@ -24,12 +27,91 @@ COLUMNS = ["trial_id", "experiment", "status", *TRIAL_PARAMS, "base", "model", "
            "epochs_done", *METRIC_COLUMNS, "trained_as", "shared", "mlflow_run_id", "error"]
 
 
+def rows_of(experiment: str, trial_id: str, status: str, params: dict, result: dict, fixed: dict,
+            error: str | None) -> list[dict]:
+    """One row per planned trial a Ray trial stands for (several when identical trials were shared)."""
+    row = {"trial_id": trial_id, "experiment": experiment, "status": status,
+           **{k: params.get(k) for k in TRIAL_PARAMS}, **fixed,
+           # from the trial's own epoch counter: Ray's iteration count also counts replayed reports
+           "epochs_done": result.get("epoch", -1) + 1,
+           **{k: result.get(k) for k in METRIC_COLUMNS}, "trained_as": trial_name(params),
+           "mlflow_run_id": result.get("mlflow_run_id"), "error": error}
+    stands_for = params.get("stands_for") or [{}]
+    return [{**row, **planned, "shared": int(len(stands_for) > 1)} for planned in stands_for]
+
+
 def read_rows(study_dir: Path) -> list[dict]:
     path = Path(study_dir) / TABLE
     if not path.exists():
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def _intact(rows: list[dict]) -> bool:
+    """Every row has every column: a table cut short mid-line leaves its last row without some."""
+    return all(None not in row and all(row.get(c) is not None for c in COLUMNS) for row in rows)
+
+
+def trial_folders(study_dir: Path) -> dict[str, Path]:
+    """trial id -> folder, for every trial Ray started (``<experiment>/<trial_id>/params.json``)."""
+    return {p.parent.name: p.parent for p in sorted(Path(study_dir).glob("*/*/params.json"))}
+
+
+def rebuilt_rows(folder: Path, fixed: dict) -> list[dict]:
+    """A trial's rows from its own folder: the cell in params.json, its last report in result.json."""
+    config = json.loads((folder / "params.json").read_text())
+    results = folder / "result.json"
+    lines = [line for line in results.read_text().splitlines() if line.strip()] if results.exists() else []
+    last = {}
+    for line in reversed(lines):  # a report cut short by a hard kill is skipped
+        try:
+            last = json.loads(line)
+            break
+        except ValueError:
+            continue
+    status = "TERMINATED" if last.get("finished") == 1 else "ERROR" if (folder / "error.txt").exists() else "INTERRUPTED"
+    error = "see the trial's error.txt" if status == "ERROR" else None
+    return rows_of(folder.parent.name, folder.name, status, config.get("cell", config), last, fixed, error)
+
+
+def read_table(study_dir: Path, fixed: dict, write_back: bool = False) -> list[dict]:
+    """``trials.csv``, or, if it is damaged or misses a trial Ray started, the table rebuilt from the trial folders.
+
+    The table is only a summary of what each trial folder holds, so nothing is lost
+    with it; a rebuilt table is written back by whoever owns the study dir
+    (``report``, a resume), and ``status`` shows it as rebuilt without writing.
+    """
+    try:
+        rows = read_rows(study_dir)
+    except (csv.Error, UnicodeDecodeError, OSError):
+        rows = [{}]
+    folders = trial_folders(study_dir)
+    if _intact(rows) and set(folders) <= {r["trial_id"] for r in rows}:
+        return rows
+    rebuilt = _as_read([row for folder in folders.values() for row in rebuilt_rows(folder, fixed)])
+    # planned trials that never started have no folder: keep their intact rows
+    rest = [r for r in rows if _intact([r]) and r["trial_id"] not in folders]
+    print(f"note: {Path(study_dir) / TABLE} was damaged or incomplete; rebuilt {len(rebuilt)} rows from the "
+          f"{len(folders)} trial folders" + (" and wrote it back" if write_back else ""), file=sys.stderr)
+    if write_back:
+        write_rows(study_dir, rebuilt + rest)
+    return rebuilt + rest
+
+
+def _as_read(rows: list[dict]) -> list[dict]:
+    """Rows as ``read_rows`` gives them (strings, empty for None), so rebuilt and read tables compare equal."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    buffer.seek(0)
+    return list(csv.DictReader(buffer))
+
+
+def fixed_columns(cfg) -> dict:
+    """The settings every row of a study shares that matter when comparing studies."""
+    return {"base": cfg.train.base, "model": cfg.model.name, "dataset": cfg.data.name}
 
 
 def write_rows(study_dir: Path, rows: list[dict]) -> None:
@@ -43,36 +125,38 @@ def write_rows(study_dir: Path, rows: list[dict]) -> None:
 
 
 class TidyTable(tune.Callback):
-    """A Ray Tune callback on the driver that keeps ``trials.csv`` current."""
+    """A Ray Tune callback on the driver that keeps ``trials.csv`` current.
 
-    def __init__(self, study_dir: str, experiment: str, fixed: dict):
-        self.study_dir = Path(study_dir)
+    It holds no path: ``Tuner.restore`` brings callbacks back as they were pickled, so
+    a stored path would point a moved or copied study at its old place. The study dir
+    is where Ray has the experiment now, read from the trials themselves.
+    """
+
+    def __init__(self, experiment: str, fixed: dict):
         self.experiment = experiment
         self.fixed = fixed  # base, model, dataset
 
     def _rows(self, trial) -> list[dict]:
-        """One row per planned trial this Ray trial stands for (several when identical trials were shared)."""
         from .sweep import trial_params
 
-        params = trial_params(trial.config)
         result = trial.last_result or {}
         status = trial.status
         if status == "TERMINATED" and result.get("finished") != 1:
             status = "INTERRUPTED"  # stopped by Ctrl-C before its last epoch: resume runs it on
-        row = {"trial_id": trial.trial_id, "experiment": self.experiment, "status": status,
-               **{k: params.get(k) for k in TRIAL_PARAMS}, **self.fixed,
-               # from the trial's own epoch counter: Ray's iteration count also counts replayed reports
-               "epochs_done": result.get("epoch", -1) + 1,
-               **{k: result.get(k) for k in METRIC_COLUMNS}, "trained_as": trial_name(params),
-               "mlflow_run_id": result.get("mlflow_run_id")}
+        error = None
         if trial.status == "ERROR":
-            row["error"] = (getattr(trial, "error_message", None) or "see the trial's error.txt").strip().splitlines()[-1][:300]
-        stands_for = params.get("stands_for") or [{}]
-        return [{**row, **planned, "shared": int(len(stands_for) > 1)} for planned in stands_for]
+            error = (getattr(trial, "error_message", None) or "see the trial's error.txt").strip().splitlines()[-1][:300]
+        return rows_of(self.experiment, trial.trial_id, status, trial_params(trial.config), result, self.fixed, error)
 
     def _write(self, trials) -> None:
-        others = [r for r in read_rows(self.study_dir) if r["experiment"] != self.experiment]
-        write_rows(self.study_dir, others + [row for t in trials for row in self._rows(t)])
+        if not trials:
+            return
+        study_dir = Path(trials[0].storage.experiment_fs_path).parent
+        try:  # this experiment's rows come from Ray; a damaged row of another one is rebuilt by report
+            others = [r for r in read_rows(study_dir) if _intact([r]) and r["experiment"] != self.experiment]
+        except (csv.Error, UnicodeDecodeError):
+            others = []
+        write_rows(study_dir, others + [row for t in trials for row in self._rows(t)])
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._write(trials)

@@ -17,7 +17,7 @@ import os
 import random
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -136,16 +136,33 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def saved_run(cfg, study_dir: Path) -> StudyRun | None:
+    """The parent run a resumed study logs to, if it has one; refuses another store or a copied study.
+
+    Reads only the study dir, so it runs before Ray starts and before MLflow is opened.
+    """
+    saved = Path(study_dir) / PARENT_FILE
+    if not saved.exists():
+        return None
+    run = StudyRun(**json.loads(saved.read_text()))
+    uri = resolve_uri(cfg.tracking.uri)
+    if run.uri != uri:
+        raise UserError(f"tracking.uri: {study_dir} logs to {run.uri}, not {uri}; resume with "
+                        f"--set tracking.uri={run.uri} (or MLFLOW_TRACKING_URI), so its runs stay in one store")
+    if not run.belongs_to(study_dir) and (Path(run.study_dir) / "study.yaml").exists():
+        raise UserError(f"{study_dir} is a copy of {run.study_dir}, whose MLflow runs a resume would continue; "
+                        f"resume {run.study_dir} itself, or move (not copy) a study dir to resume it elsewhere")
+    return run
+
+
 def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
     """Create (or, on resume, reuse) the study's experiment and parent run."""
     uri = resolve_uri(cfg.tracking.uri)
     saved = study_dir / PARENT_FILE
-    if saved.exists():  # a resume: the same store, or nothing (checked before anything is opened)
-        run = StudyRun(**json.loads(saved.read_text()))
-        if run.uri != uri:
-            raise UserError(f"tracking.uri: {study_dir} logs to {run.uri}, not {uri}; resume with "
-                            f"--set tracking.uri={run.uri} (or MLFLOW_TRACKING_URI), so its runs stay in one store")
+    run = saved_run(cfg, study_dir)
+    if run is not None:  # a resume: the same store, of this study (not of the dir it was copied from)
         check_reachable(uri)
+        run = follow_move(run, study_dir)
         retry(lambda: client(uri).update_run(run.parent_run_id, status="RUNNING"), "reopen parent run")
         return run
     check_reachable(uri)
@@ -168,6 +185,23 @@ def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
     return run
 
 
+def follow_move(run: StudyRun, study_dir: Path) -> StudyRun:
+    """A resumed study's runs are its own: they follow a moved dir (``saved_run`` refused a copy).
+
+    The parent run records the dir it belongs to. If that dir is gone, this one was
+    moved there (or brought from another machine): the record follows it. If it were
+    still there, this would be a copy, and resuming it would write a second history
+    into the original's trial runs.
+    """
+    if run.belongs_to(study_dir):
+        return run
+    here = str(Path(study_dir).resolve())
+    moved = replace(run, study_dir=here)
+    retry(lambda: client(run.uri).set_tag(run.parent_run_id, "study_dir", here), "retag moved study")
+    (Path(study_dir) / PARENT_FILE).write_text(json.dumps(asdict(moved)))
+    return moved
+
+
 # MLflow 3's UI has a per-browser GenAI / model-training switch; this URL parameter selects the
 # model-training view (runs table, metric charts), where a study's runs belong
 TRAINING_VIEW = "workflowType=machine_learning"
@@ -184,7 +218,8 @@ def end_study(study_dir: Path, status: str) -> None:
     saved = Path(study_dir) / PARENT_FILE
     if saved.exists():
         run = StudyRun(**json.loads(saved.read_text()))
-        retry(lambda: client(run.uri).set_terminated(run.parent_run_id, status), "end parent run", attempts=3)
+        if run.belongs_to(study_dir):  # a copy's failure is not the original's
+            retry(lambda: client(run.uri).set_terminated(run.parent_run_id, status), "end parent run", attempts=3)
 
 
 def finish_study(run: StudyRun, artifacts: list[Path], verdict: str | None = None, summary=None,

@@ -66,6 +66,22 @@ def stop_ray(ray_tmp):
     assert not ray_processes(ray_tmp)
 
 
+def no_ray_left(ray_tmp, timeout: float = 60):
+    """A local study's Ray ends with its driver, however it ended: wait for that; if some stays, kill it and fail."""
+    deadline = time.time() + timeout
+    while ray_processes(ray_tmp) and time.time() < deadline:
+        time.sleep(0.2)
+    left = [(pid, (Path("/proc") / str(pid) / "cmdline").read_bytes()[:60]) for pid in ray_processes(ray_tmp)]
+    stop_ray(ray_tmp)
+    assert not left, f"Ray processes outlived their driver: {left}"
+
+
+def listeners(pids) -> list[str]:
+    """Local addresses (ip:port) that these processes listen on, from ``ss -ltnp``."""
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[3] for line in out.splitlines() if any(f"pid={pid}," in line for pid in pids)]
+
+
 def wait_until_answers(url: str, proc: subprocess.Popen, timeout: float) -> bool:
     """True once ``url`` answers 200; False if ``proc`` died or ``timeout`` seconds passed first."""
     deadline = time.time() + timeout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -15,7 +16,7 @@ from study.report import trial_reports
 from study.table import read_rows
 from study.trial import EPOCH_METRICS
 
-from .conftest import PYTHON, ray_processes, run_study_cli, stop_ray, study_env, tiny_args
+from .conftest import PYTHON, listeners, no_ray_left, ray_processes, run_study_cli, study_env, tiny_args
 
 pytestmark = pytest.mark.slow
 
@@ -89,9 +90,13 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     driver, env, ray_tmp = start_driver("killed", tmp_path)
     study_dir = tmp_path / "studies" / "killed"
     wait_for(study_dir, done=2, checkpointed=True)
-    os.killpg(driver.pid, signal.SIGKILL)
+    # local means local: every server of the study's Ray (GCS, raylet, workers, agents, metrics) on loopback
+    bound = listeners([driver.pid, *ray_processes(ray_tmp)])
+    assert any(a.startswith("127.0.0.1:") for a in bound) and all(
+        a.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")) for a in bound), bound
+    os.kill(driver.pid, signal.SIGKILL)  # the driver alone: its Ray must follow it
     driver.wait()
-    stop_ray(ray_tmp)  # Ray helpers that outlive their driver
+    no_ray_left(ray_tmp)  # the study's Ray went with its driver
     finished_before = {r["trial_id"]: r for r in read_rows(study_dir) if r["status"] == "TERMINATED"}
     # truncate the newest checkpoint of an interrupted trial: it must fall back, never resume wrongly
     unfinished = [d for d in (study_dir / "grid").iterdir()
@@ -100,8 +105,21 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     newest = max(unfinished[0].glob("checkpoint_*/state.pt"), key=lambda p: p.parent.name)
     newest.write_bytes(newest.read_bytes()[:100])
 
+    # a copy of the interrupted study must not continue the original's MLflow runs: one line, nothing touched
+    copy = tmp_path / "copy-of-killed"
+    shutil.copytree(study_dir, copy, symlinks=True)
+    table_before = (study_dir / "trials.csv").read_bytes()
+    refused = subprocess.run([PYTHON, "-m", "study", "resume", str(copy)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert refused.stderr.strip().splitlines() == [
+        f"error: {copy} is a copy of {study_dir.resolve()}, whose MLflow runs a resume would continue; resume "
+        f"{study_dir.resolve()} itself, or move (not copy) a study dir to resume it elsewhere"]
+    assert (study_dir / "trials.csv").read_bytes() == table_before
+    assert not ray_processes(ray_tmp)
+
     resumed = run_study_cli(["resume", str(study_dir)], tmp_path, env)
-    stop_ray(ray_tmp)
+    no_ray_left(ray_tmp)
     assert f"checkpoint {newest.parent} is unreadable" in resumed.stdout + resumed.stderr
     rows = read_rows(study_dir)
     assert len(rows) == len({r["trial_id"] for r in rows}) == 8
@@ -153,14 +171,23 @@ def test_ctrl_c_stops_with_one_line_then_resume_finishes(tmp_path, reference):
     wait_for(study_dir, done=1)
     driver.send_signal(signal.SIGINT)
     out, err = driver.communicate(timeout=120)
-    stop_ray(ray_tmp)
+    no_ray_left(ray_tmp)
     assert driver.returncode == 130
     hint = [line for line in err.splitlines() if "resume" in line.lower()]
     assert hint == [f"interrupted; nothing finished is lost. Resume with: {PYTHON} -m study resume {study_dir}"]
     assert "Traceback" not in err
-    run_study_cli(["resume", str(study_dir)], tmp_path, env)
-    stop_ray(ray_tmp)
-    assert final_metrics(read_rows(study_dir)) == reference
+    # the interrupted study is moved before it is resumed: it finishes where it is now, its runs follow it
+    moved = tmp_path / "moved" / "ctrlc"
+    moved.parent.mkdir()
+    study_dir.rename(moved)
+    run_study_cli(["resume", str(moved)], tmp_path, env)
+    no_ray_left(ray_tmp)
+    assert not study_dir.exists()  # nothing written where the study used to be
+    assert final_metrics(read_rows(moved)) == reference
+    client, runs = children(tmp_path / "mlflow.db", "ctrlc")
+    assert len(runs) == 8
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["study_dir"] == str(moved.resolve()) and parent.info.status == "FINISHED"
 
 
 def trial_mid_training(study_dir, ray_tmp, timeout: float = 240):
@@ -188,7 +215,7 @@ def kill_a_running_trial(name, work, *extra):
     trial_dir, pid = trial_mid_training(work / "studies" / name, ray_tmp)
     os.kill(pid, signal.SIGKILL)
     out, err = driver.communicate(timeout=300)
-    stop_ray(ray_tmp)
+    no_ray_left(ray_tmp)
     return driver.returncode, out, err, trial_dir.name
 
 
@@ -222,7 +249,7 @@ def test_trial_that_keeps_failing_is_errored_and_the_others_complete(tmp_path):
     done = {r["trial_id"]: r for r in rows if r["status"] == "TERMINATED"}
     ray_tmp = tempfile.mkdtemp(prefix="rayr", dir="/tmp")
     run_study_cli(["resume", str(study_dir)], tmp_path, study_env(RAY_TMPDIR=ray_tmp))
-    stop_ray(ray_tmp)
+    no_ray_left(ray_tmp)
     rows = read_rows(study_dir)
     assert all(r["status"] == "TERMINATED" and r["epochs_done"] == "12" for r in rows), rows
     assert {r["trial_id"]: r for r in rows if r["trial_id"] != killed} == done
@@ -236,11 +263,11 @@ def test_optuna_study_resumes_with_its_searcher_state(tmp_path):
     driver, env, ray_tmp = start_driver("optk", tmp_path, *optuna)
     study_dir = tmp_path / "studies" / "optk"
     wait_for(study_dir, done=2)
-    os.killpg(driver.pid, signal.SIGKILL)
+    os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    stop_ray(ray_tmp)
+    no_ray_left(ray_tmp)
     run_study_cli(["resume", str(study_dir)], tmp_path, env)
-    stop_ray(ray_tmp)
+    no_ray_left(ray_tmp)
     rows = read_rows(study_dir)
     # exactly num_samples trials: the restored searcher neither forgot nor repeated its suggestions
     assert len(rows) == 6 and all(r["status"] == "TERMINATED" for r in rows)

@@ -1,0 +1,115 @@
+"""The embedded local Ray: loopback only, and gone the moment its driver is.
+
+``ray.init()`` on one machine binds GCS, raylet, workers and the metrics
+exporters to every interface, and after a ``kill -9`` of the driver its
+dashboard and runtime-env agents linger for a minute trying to tell a dead GCS
+about it. A laptop study needs neither. So the driver starts a small warden
+process (``python -m study.localray DRIVER_PID``) in a session of its own; the
+warden runs ``ray start --head --block`` on 127.0.0.1 inside that session,
+prints the address, and waits on the driver's pidfd. When the driver ends, by
+any means, the warden stops the head and then kills its own process group:
+everything Ray started for this study, and nothing else on the machine.
+
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is Ray's own switch (the default on
+macOS and Windows) that makes a node use the loopback address for all of its
+servers. The head and its driver share a token made for this study alone
+(``RAY_AUTH_TOKEN`` in their environment), so other local users cannot submit
+work to it either.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from .errors import UserError
+
+LOOPBACK = "127.0.0.1"
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+READY = "Ray runtime started."
+
+_wardens: list[subprocess.Popen] = []  # held for the driver's lifetime: the warden outlives nothing else
+_loopback = False
+
+
+def prefer_loopback() -> None:
+    """Before ``ray`` is imported, for a study with no cluster address: every Ray server on 127.0.0.1.
+
+    Ray reads the switch once, at import, so a process that imported ``ray`` first
+    (a notebook, say) keeps Ray's own ``ray.init()`` instead (see ``available``).
+    """
+    global _loopback
+    if not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
+        os.environ.update(LOOPBACK_ENV)
+        if "RAY_AUTH_MODE" not in os.environ:  # a token for this study alone, shared by its processes' env
+            os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+        _loopback = True
+
+
+def available() -> bool:
+    return _loopback
+
+
+def start_head() -> str:
+    """Start a warden-owned local Ray head for this process; returns its GCS address."""
+    warden = subprocess.Popen([sys.executable, "-m", "study.localray", str(os.getpid())],
+                              stdout=subprocess.PIPE, text=True,
+                              start_new_session=True, env={**os.environ, **LOOPBACK_ENV})
+    _wardens.append(warden)
+    line = warden.stdout.readline().strip()
+    if not line.startswith(LOOPBACK):
+        raise UserError(f"local Ray did not start ({line[:300] or 'no output'}); "
+                        "or run on a cluster with RAY_ADDRESS")
+    return line
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def _ray_cli() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+def warden(driver_pid: int) -> int:
+    """Run the head until the driver exits, then take every process of this session down with it."""
+    driver = os.pidfd_open(driver_pid)  # before anything slow: the driver may already be gone
+    gcs, client, agent = _free_port(), _free_port(), _free_port()
+    # its own temp dir: a user's `ray status` or ray.init("auto") keeps finding their own cluster, not ours
+    temp = tempfile.mkdtemp(prefix="ray-", dir=os.environ.get("RAY_TMPDIR"))
+    head = subprocess.Popen([_ray_cli(), "start", "--head", "--block", f"--port={gcs}", f"--temp-dir={temp}",
+                             f"--node-ip-address={LOOPBACK}", f"--ray-client-server-port={client}",
+                             f"--dashboard-agent-listen-port={agent}", "--include-dashboard=false",
+                             "--disable-usage-stats"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    last = ""
+    for line in head.stdout:  # ray start prints its banner, then READY, then blocks
+        last = line.strip() or last
+        if READY in line:
+            break
+    if head.poll() is not None:
+        print(f"failed: {last} (Ray's logs: {temp}/session_latest/logs)", flush=True)
+        return 1
+    print(f"{LOOPBACK}:{gcs}", flush=True)
+    # keep draining ray start's output, so that it never blocks on a full pipe
+    threading.Thread(target=lambda: [None for _ in head.stdout], daemon=True).start()
+    select.select([driver, os.pidfd_open(head.pid)], [], [])
+    # the driver is gone: its trials are lost with it and every result is already checkpointed, so
+    # there is nothing to drain; kill this session's group at once, this warden last
+    os.killpg(0, signal.SIGKILL)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(warden(int(sys.argv[1])))
