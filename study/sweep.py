@@ -260,12 +260,15 @@ def run_study(cfg: StudyConfig, yes: bool = False) -> Path:
 def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
     from ray import tune
 
-    from .tracking import saved_run, start_study
+    from .shared import check_shared
+    from .tracking import resolve_uri, saved_run, start_study
 
     if cfg.tracking.enabled:
         saved_run(cfg, study_dir)  # another store, or a copied study: refused before Ray starts
     announce(cfg)
     init_ray()
+    # several nodes: each must see the study dir and a file tracking store, before a trial or a run exists
+    check_shared(study_dir, resolve_uri(cfg.tracking.uri) if cfg.tracking.enabled else None)
     tracking = None
     if cfg.tracking.enabled:
         tracking = start_study(cfg, study_dir, (study_dir / STUDY_FILE).read_text()).__dict__
