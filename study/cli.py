@@ -96,26 +96,27 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
     with owned(study_dir, "run"):  # the sweep and its report, one owner throughout
         try:
             sweep.run_study(cfg, yes)
+            if report:  # the report ends the parent run, FINISHED, with the verdict attached
+                from .report import write_report
+
+                write_report(study_dir, cfg=cfg, baseline="wd" if "wd" in cfg.search.variants else arms_of(cfg)[0])
+            else:  # every trial is done
+                _end_parent(study_dir, "FINISHED")
         except KeyboardInterrupt:
             _end_parent(study_dir, "KILLED")
             print(f"\ninterrupted; nothing finished is lost. Resume with: {invocation()} resume {study_dir}",
                   file=sys.stderr)
             return 130
         except UserError:
-            raise  # found before any trial ran (a copied study, a changed store): the study did not fail
+            raise  # found before any trial ran (a copied study, a changed store), or a report option
         except OSError as e:  # the study dir became unwritable, the disk filled, ...
             _end_parent(study_dir, "FAILED")
-            raise UserError(f"{study_dir}: {e.strerror or e} ({getattr(e, 'filename', '') or ''}); fix it, then "
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            raise UserError(f"{study_dir}: {e.strerror or e}{where}; fix it, then "
                             f"resume with: {invocation()} resume {study_dir}") from None
         except Exception:
             _end_parent(study_dir, "FAILED")
             raise
-        if report:  # the report ends the parent run, FINISHED, with the verdict attached
-            from .report import write_report
-
-            write_report(study_dir, cfg=cfg, baseline="wd" if "wd" in cfg.search.variants else arms_of(cfg)[0])
-        else:  # every trial is done
-            _end_parent(study_dir, "FINISHED")
     print(_next_steps(study_dir))
     return 0
 

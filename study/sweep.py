@@ -210,6 +210,11 @@ def preflight(cfg: StudyConfig, yes: bool = False) -> None:
     check_model(cfg)
 
 
+class _TrialFailureTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Trial task failed for trial")
+
+
 def init_ray() -> None:
     import ray
 
@@ -217,6 +222,11 @@ def init_ray() -> None:
     # and trials that never started have no results to complain about
     for noisy in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # a failed trial is one progress line ("errored (see study status)"), its error in the table, study
+    # status and the trial's error.txt; Tune would also print each failure's whole traceback
+    controller = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, _TrialFailureTracebacks) for f in controller.filters):
+        controller.addFilter(_TrialFailureTracebacks())
 
     # our own progress replaces Tune's console output (its experiment box and a TensorBoard hint for a
     # TensorBoard that is not installed); with the legacy reporter, verbose=0 really is silent

@@ -173,6 +173,7 @@ def _descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs in a private mount namespace (unshare needs root)")
 def test_a_node_that_cannot_see_the_study_dir_stops_the_study_before_any_trial(cluster, tmp_path):
     storage = tmp_path / "studies"
     storage.mkdir()

@@ -272,3 +272,27 @@ def test_optuna_study_resumes_with_its_searcher_state(tmp_path):
     # exactly num_samples trials: the restored searcher neither forgot nor repeated its suggestions
     assert len(rows) == 6 and all(r["status"] == "TERMINATED" for r in rows)
     assert len({(r["lr"], r["weight_decay"]) for r in rows}) == 6
+
+
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs in a private mount namespace (unshare needs root)")
+
+
+@NEEDS_ROOT
+def test_a_disk_that_fills_mid_sweep_ends_in_one_line_with_the_resume_command(tmp_path):
+    storage = tmp_path / "studies"
+    storage.mkdir()
+    ray_tmp = tempfile.mkdtemp(prefix="rayf", dir="/tmp")
+    # the driver (and the Ray it starts) in a mount namespace of its own, with a 1 MiB tmpfs over the
+    # storage folder: the first checkpoints fill it
+    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+               'mount -t tmpfs -o size=1m none "$0" && exec "$@"', str(storage),
+               PYTHON, "-m", "study", *tiny_args("full", *ARGS, "--set", f"storage={storage}")]
+    proc = subprocess.run(command, cwd=tmp_path, env=study_env(RAY_TMPDIR=ray_tmp), capture_output=True, text=True,
+                          timeout=600)
+    no_ray_left(ray_tmp)
+    study_dir = storage / "full"
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {study_dir}: No space left on device"), proc.stderr[-3000:]
+    assert last.endswith(f"; fix it, then resume with: {PYTHON} -m study resume {study_dir}")
