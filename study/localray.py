@@ -7,8 +7,9 @@ about it. A laptop study needs neither. So the driver starts a small warden
 process (``python -m study.localray DRIVER_PID``) in a session of its own; the
 warden runs ``ray start --head --block`` on 127.0.0.1 inside that session,
 prints the address, and waits on the driver's pidfd. When the driver ends, by
-any means, the warden stops the head and then kills its own process group:
-everything Ray started for this study, and nothing else on the machine.
+any means, the warden kills its own process group at once (every result is
+already checkpointed, so there is nothing to drain): everything Ray started for
+this study, and nothing else on the machine.
 
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is Ray's own switch (the default on
 macOS and Windows) that makes a node use the loopback address for all of its

@@ -21,6 +21,7 @@ from ray import tune
 from .trial import EPOCH_METRICS, TRIAL_PARAMS, trial_name
 
 TABLE = "trials.csv"
+SEE_ERROR_FILE = "see the trial's error.txt"  # the error column when Ray kept no message
 # the per-epoch ``lr`` metric (the scheduled lr) would clash with the cell's lr: Ray and MLflow keep it
 METRIC_COLUMNS = [m for m in EPOCH_METRICS if m not in TRIAL_PARAMS]
 COLUMNS = ["trial_id", "experiment", "status", *TRIAL_PARAMS, "base", "model", "dataset",
@@ -71,7 +72,7 @@ def rebuilt_rows(folder: Path, fixed: dict) -> list[dict]:
         except ValueError:
             continue
     status = "TERMINATED" if last.get("finished") == 1 else "ERROR" if (folder / "error.txt").exists() else "INTERRUPTED"
-    error = "see the trial's error.txt" if status == "ERROR" else None
+    error = SEE_ERROR_FILE if status == "ERROR" else None
     return rows_of(folder.parent.name, folder.name, status, config.get("cell", config), last, fixed, error)
 
 
@@ -145,7 +146,7 @@ class TidyTable(tune.Callback):
             status = "INTERRUPTED"  # stopped by Ctrl-C before its last epoch: resume runs it on
         error = None
         if trial.status == "ERROR":
-            error = (getattr(trial, "error_message", None) or "see the trial's error.txt").strip().splitlines()[-1][:300]
+            error = (getattr(trial, "error_message", None) or SEE_ERROR_FILE).strip().splitlines()[-1][:300]
         return rows_of(self.experiment, trial.trial_id, status, trial_params(trial.config), result, self.fixed, error)
 
     def _write(self, trials) -> None:

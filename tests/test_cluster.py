@@ -56,7 +56,7 @@ def test_ray_job_submit_runs_a_study(tmp_path):
 
 
 
-class LoopbackCluster:
+class LocalCluster:
     """Ray nodes on this machine (1 CPU each), each in a process group of its own.
 
     A node may be started in a private mount namespace with a tmpfs over ``hide``: a
@@ -112,7 +112,7 @@ class LoopbackCluster:
 
 @pytest.fixture
 def cluster():
-    c = LoopbackCluster()
+    c = LocalCluster()
     yield c
     c.stop()
 
