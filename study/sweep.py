@@ -9,8 +9,10 @@ last checkpoint); nothing finished is rerun.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pickletools
 import shutil
 import sys
 import tempfile
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from . import localray
+from .atomicfs import atomic_local_filesystem, remove_partial_writes
 from .config import (StudyConfig, arms, dump, parse_yaml, planned_trials, sign_flipping_cells, trained_grid,
                      trained_trials, validate)
 from .data import check_available
@@ -275,6 +278,8 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
 
     if cfg.tracking.enabled:
         saved_run(cfg, study_dir)  # another store, or a copied study: refused before Ray starts
+    check_sweep_state(study_dir)
+    remove_partial_writes(study_dir)
     announce(cfg)
     init_ray()
     # several nodes: each must see the study dir and a file tracking store, before a trial or a run exists
@@ -289,8 +294,10 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
     for name, space, tune_kwargs in sweeps:
         total = trained_trials(cfg) // len(sweeps)
         path = study_dir / name
-        if tune.Tuner.can_restore(str(path)):
-            tuner = tune.Tuner.restore(str(path), fn, resume_unfinished=True, resume_errored=True)
+        storage = atomic_local_filesystem()  # a kill mid-save never leaves a torn sweep state or checkpoint
+        if tune.Tuner.can_restore(str(path), storage_filesystem=storage):
+            tuner = tune.Tuner.restore(str(path), fn, resume_unfinished=True, resume_errored=True,
+                                       storage_filesystem=storage)
         else:
             if path.exists():  # a sweep killed before its first state save: start it afresh
                 shutil.rmtree(path)
@@ -298,7 +305,7 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
                 fn, param_space=space,
                 tune_config=tune.TuneConfig(**tune_kwargs),
                 run_config=tune.RunConfig(
-                    name=name, storage_path=str(study_dir), verbose=0,
+                    name=name, storage_path=str(study_dir), storage_filesystem=storage, verbose=0,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                     callbacks=[TidyTable(name, fixed_columns(cfg)), ProgressLine(total)],
@@ -310,6 +317,34 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
             # Ctrl-C: Ray saved its state, then stopped every trial (marking them TERMINATED);
             # only a trial's own final report says it finished. The CLI says how to resume.
             raise KeyboardInterrupt
+
+
+def check_sweep_state(study_dir: Path) -> None:
+    """Refuse to resume from a sweep state Ray could not read back.
+
+    Given such a file, ``Tuner.restore`` logs "Restarting experiment" and starts the sweep over
+    (seen: it then failed naming a trial with no config; it could as well retrain every trial). Studies written by this version save
+    through ``atomicfs`` and cannot be left that way by a kill; an older study, or a file damaged
+    by hand, stops here. Pickles are checked by walking their opcodes, never by loading them.
+    """
+    for sweep in sorted(p.parent for p in study_dir.glob("*/tuner.pkl")):
+        for path in sorted(sweep.iterdir()):
+            name = path.name
+            if not path.is_file() or name.startswith("."):
+                continue
+            kind = "JSON file" if name.startswith("experiment_state-") else "pickle"
+            try:
+                if kind == "JSON file":
+                    json.loads(path.read_bytes())
+                else:  # tuner.pkl and the search algorithm's states are pickles, whatever their suffix
+                    ops = list(pickletools.genops(path.read_bytes()))
+                    if ops[-1][0].name != "STOP":
+                        raise ValueError("cut short")
+            except (OSError, ValueError, IndexError):
+                raise UserError(f"{path} is damaged ({path.stat().st_size} bytes, not a complete {kind}), so Ray "
+                                f"cannot resume that sweep: its finished trials stay in trials.csv (study report "
+                                f"{study_dir} reports them); start a new study with --set name=NEW to train the rest") \
+                    from None
 
 
 def load_study(study_dir: str | os.PathLike) -> StudyConfig:

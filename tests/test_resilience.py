@@ -118,8 +118,26 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     assert (study_dir / "trials.csv").read_bytes() == table_before
     assert not ray_processes(ray_tmp)
 
+    # the kill left Ray's sweep state whole (saves go through study.atomicfs) ...
+    sweep_state = next((study_dir / "grid").glob("basic-variant-state-*.json"))
+    saved_state = sweep_state.read_bytes()
+    assert saved_state.startswith(b"\x80") and saved_state.endswith(b".")  # a complete pickle: PROTO ... STOP
+    # ... and a sweep state damaged otherwise (an older version's kill) is refused, not restarted over
+    sweep_state.write_bytes(b"")
+    damaged = subprocess.run([PYTHON, "-m", "study", "resume", str(study_dir)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert damaged.returncode == 2, damaged.stderr[-2000:]
+    assert damaged.stderr.strip().splitlines() == [
+        f"error: {sweep_state} is damaged (0 bytes, not a complete pickle), so Ray cannot resume that sweep: its "
+        f"finished trials stay in trials.csv (study report {study_dir} reports them); start a new study with --set "
+        f"name=NEW to train the rest"]
+    assert (study_dir / "trials.csv").read_bytes() == table_before
+    assert not ray_processes(ray_tmp)
+    sweep_state.write_bytes(saved_state)
+
     resumed = run_study_cli(["resume", str(study_dir)], tmp_path, env)
     no_ray_left(ray_tmp)
+    assert not [p.name for p in study_dir.rglob("*.partial")]  # writes the kill cut short were removed
     assert f"checkpoint {newest.parent} is unreadable" in resumed.stdout + resumed.stderr
     rows = read_rows(study_dir)
     assert len(rows) == len({r["trial_id"] for r in rows}) == 8

@@ -1,0 +1,70 @@
+"""Tune's saves through study.atomicfs leave every file whole or as it was, even under kill -9."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+
+import pyarrow.fs as pafs
+
+from study.atomicfs import PARTIAL, atomic_local_filesystem, remove_partial_writes
+
+from .conftest import PYTHON
+
+# a writer that gets half of its new content out, then dies the way a killed driver does
+KILLED_MID_WRITE = """
+import os, signal, sys
+from study.atomicfs import atomic_local_filesystem
+stream = atomic_local_filesystem().open_output_stream(sys.argv[1])
+stream.write(b"new-" * (1 << 18))  # 1 MiB: more than any buffer holds
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_the_old_file_and_a_partial_that_resume_removes(tmp_path):
+    target = tmp_path / "experiment_state-x.json"
+    target.write_bytes(b"old state")
+    proc = subprocess.run([PYTHON, "-c", KILLED_MID_WRITE, str(target)], cwd=os.getcwd(), capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert target.read_bytes() == b"old state"
+    leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(PARTIAL)]
+    assert len(leftovers) == 1 and leftovers[0].stat().st_size == 1 << 20  # the half-write went somewhere else
+    assert remove_partial_writes(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+def test_copy_files_replaces_whole_files_as_ray_uploads_them(tmp_path):
+    staging, storage = tmp_path / "staging", tmp_path / "storage"
+    (staging / "checkpoint_000001").mkdir(parents=True)
+    state = os.urandom(3 << 20)
+    (staging / "checkpoint_000001" / "state.pt").write_bytes(state)
+    (staging / "basic-variant-state-x.json").write_bytes(b"\x80\x05new")
+    (storage).mkdir()
+    (storage / "basic-variant-state-x.json").write_bytes(b"old")
+    fs = atomic_local_filesystem()
+    pafs.copy_files(str(staging), str(storage), destination_filesystem=fs, chunk_size=1 << 20)  # Ray's call
+    assert (storage / "checkpoint_000001" / "state.pt").read_bytes() == state
+    assert (storage / "basic-variant-state-x.json").read_bytes() == b"\x80\x05new"
+    assert not [p for p in storage.rglob("*") if p.name.endswith(PARTIAL)]
+
+
+def test_a_stream_dropped_without_close_is_discarded(tmp_path):
+    target = tmp_path / "tuner.pkl"
+    target.write_bytes(b"old")
+    stream = atomic_local_filesystem().open_output_stream(str(target))
+    stream.write(b"half")
+    del stream  # its writer raised and let go of it: never renamed into place
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tuner.pkl"]
+
+
+def test_the_filesystem_travels_to_ray_workers_by_pickle(tmp_path):
+    fs = pickle.loads(pickle.dumps(atomic_local_filesystem()))
+    fs.create_dir(str(tmp_path / "a" / "b"))
+    with fs.open_output_stream(str(tmp_path / "a" / "b" / "f")) as out:
+        out.write(b"ok")
+    assert (tmp_path / "a" / "b" / "f").read_bytes() == b"ok"
+    assert [i.path for i in fs.get_file_info(pafs.FileSelector(str(tmp_path / "a"), recursive=True))] == [
+        str(tmp_path / "a" / "b"), str(tmp_path / "a" / "b" / "f")]
