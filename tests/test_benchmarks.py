@@ -85,3 +85,14 @@ def test_gpu_study_skips_cleanly_without_cuda():
         assert "projected paper grid" in out
     else:
         assert "no CUDA device here; skipped" in out
+
+
+def test_atomic_save_compares_against_the_plain_local_filesystem(tmp_path):
+    out = run_benchmark("atomic_save.py", "--sizes-mb", "0.01", "1", "--rounds", "1",
+                        env=study_env(BENCH_DIR=str(tmp_path)))
+    rows = table_rows(out)
+    assert [row[0] for row in rows] == ["0.01 MB", "1 MB"]
+    for row in rows:
+        ratio = float(RATIO.search(row[3]).group(1))
+        assert math.isfinite(ratio) and ratio > 0, row
+    assert not list(tmp_path.iterdir())  # its scratch folder is gone
