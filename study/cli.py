@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
@@ -67,14 +68,28 @@ def invocation() -> str:
     return f"{exe if not exe.startswith('..') else sys.executable} -m study"
 
 
-def _next_steps(study_dir: Path) -> str:
+def local_study_dir(given: str) -> Path:
+    """The folder a command works in: the study dir itself, or an object-store study's mirror, pulled now."""
+    from .objectstore import is_remote, pull
+    from .sweep import STUDY_FILE
+
+    if not is_remote(given):
+        return Path(given)
+    mirror = pull(given)
+    if not (mirror / STUDY_FILE).is_file():
+        raise UserError(f"{given} is not a study (no {STUDY_FILE} there); pass storage/NAME of a study started "
+                        "with study run")
+    return mirror
+
+
+def _next_steps(cfg) -> str:
     import json
 
     from .tracking import PARENT_FILE, StudyRun, experiment_url
 
-    me = invocation()
-    lines = [f"results: {study_dir}", f"  {me} status {study_dir}", f"  {me} report {study_dir}"]
-    saved = Path(study_dir) / PARENT_FILE
+    me, shown = invocation(), cfg.remote or cfg.study_dir
+    lines = [f"results: {shown}", f"  {me} status {shown}", f"  {me} report {shown}"]
+    saved = cfg.study_dir / PARENT_FILE
     if saved.exists():
         run = StudyRun(**json.loads(saved.read_text()))
         url = experiment_url(run)
@@ -90,10 +105,10 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
 
     from .studydir import owned
 
-    study_dir = cfg.study_dir
+    study_dir, shown = cfg.study_dir, cfg.remote or cfg.study_dir
     sweep.preflight(cfg, yes)
     sweep.prepare_study_dir(cfg)
-    with owned(study_dir, "run"):  # the sweep and its report, one owner throughout
+    with owned(study_dir, "run"), pushed(cfg):  # the sweep and its report, one owner throughout
         try:
             sweep.run_study(cfg, yes)
             if report:  # the report ends the parent run, FINISHED, with the verdict attached
@@ -104,7 +119,7 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
                 _end_parent(study_dir, "FINISHED")
         except KeyboardInterrupt:
             _end_parent(study_dir, "KILLED")
-            print(f"\ninterrupted; nothing finished is lost. Resume with: {invocation()} resume {study_dir}",
+            print(f"\ninterrupted; nothing finished is lost. Resume with: {invocation()} resume {shown}",
                   file=sys.stderr)
             return 130
         except UserError:
@@ -113,12 +128,30 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
             _end_parent(study_dir, "FAILED")
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
             raise UserError(f"{study_dir}: {e.strerror or e}{where}; fix it, then "
-                            f"resume with: {invocation()} resume {study_dir}") from None
+                            f"resume with: {invocation()} resume {shown}") from None
         except Exception:
             _end_parent(study_dir, "FAILED")
             raise
-    print(_next_steps(study_dir))
+    print(_next_steps(cfg))
     return 0
+
+
+@contextmanager
+def pushed(cfg, announce: bool = False):
+    """An object-store study's files go back to the bucket when the command ends, however it ends."""
+    try:
+        yield
+    finally:
+        if cfg.remote:
+            from .objectstore import push
+
+            try:
+                push(cfg.study_dir, cfg.remote)
+                if announce:
+                    print(f"copied to {cfg.remote}/")
+            except OSError as e:
+                print(f"note: could not copy {cfg.study_dir} back to {cfg.remote} ({str(e).splitlines()[0][:200]}); "
+                      "the next run, resume or report copies it", file=sys.stderr)
 
 
 def _end_parent(study_dir: Path, status: str) -> None:
@@ -140,7 +173,7 @@ def arms_of(cfg) -> list[str]:
 def cmd_status(study_dir: str) -> int:
     from .status import print_status
 
-    print_status(Path(study_dir))
+    print_status(local_study_dir(study_dir), shown=study_dir)
     return 0
 
 
@@ -199,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "resume":
             from .sweep import load_study
 
-            return cmd_run(load_study(args.study_dir), True)
+            return cmd_run(load_study(local_study_dir(args.study_dir)), True)
         if args.command == "status":
             return cmd_status(args.study_dir)
         if args.command == "report":
@@ -209,9 +242,10 @@ def main(argv: list[str] | None = None) -> int:
 
             from .studydir import owned
 
-            cfg = load_study(args.study_dir)  # refuses a path that is not a study
-            with owned(Path(args.study_dir), "report"):
-                write_report(Path(args.study_dir), args.metric, args.baseline, args.test, args.correction,
+            study_dir = local_study_dir(args.study_dir)
+            cfg = load_study(study_dir)  # refuses a path that is not a study
+            with owned(study_dir, "report"), pushed(cfg, announce=True):
+                write_report(study_dir, args.metric, args.baseline, args.test, args.correction,
                              Path(args.out) if args.out else None, cfg=cfg, attach_to_mlflow=args.out is None)
             return 0
         if args.command == "trial":

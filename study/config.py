@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 import lpwd
 
 from .errors import UserError
+from .objectstore import SCHEMES, is_remote, mirror_dir
 
 Variant = Literal["none", "l2", "wd", "rwd", "pwd", "lpwd"]
 
@@ -146,8 +147,24 @@ class StudyConfig(Strict):
             raise ValueError("a name of dots would put the study in storage itself or its parent; use letters")
         return name
 
+    @field_validator("storage")
+    @classmethod
+    def a_place_we_can_write(cls, storage: str) -> str:
+        scheme = storage.split("://", 1)[0]
+        if is_remote(storage) and (scheme not in SCHEMES or not storage.split("://", 1)[1].strip("/")):
+            raise ValueError(f"{storage} is neither a folder nor s3://bucket[/prefix] or gs://bucket[/prefix]")
+        return storage
+
+    @property
+    def remote(self) -> str | None:
+        """The study's URI when it lives in object storage (``s3://bucket/prefix/name``), else None."""
+        return f"{self.storage.rstrip('/')}/{self.name}" if is_remote(self.storage) else None
+
     @property
     def study_dir(self) -> Path:
+        """Where the driver reads and writes the study: the folder itself, or an object-store study's mirror."""
+        if self.remote:
+            return mirror_dir(self.remote)
         return Path(self.storage).expanduser().resolve() / self.name
 
 

@@ -41,18 +41,23 @@ def _sees(paths: dict[str, str], token: str) -> dict[str, bool]:
     return out
 
 
-def check_shared(study_dir: Path, tracking_uri: str | None) -> None:
-    """Refuse a multi-node study whose storage or file tracking store some node cannot see."""
+def check_shared(study_dir: Path | None, tracking_uri: str | None) -> None:
+    """Refuse a multi-node study whose storage or file tracking store some node cannot see.
+
+    ``study_dir`` None: the study is in object storage, which every node reaches by URI.
+    """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = [n for n in ray.nodes() if n["Alive"]]
     if len(nodes) < 2:
         return
-    places = {"storage": Path(study_dir)}
+    places = {"storage": Path(study_dir)} if study_dir is not None else {}
     folder = file_store_folder(tracking_uri) if tracking_uri else None
     if folder is not None:
         places["tracking.uri"] = folder
+    if not places:
+        return
     token = secrets.token_hex(16)
     probes = {key: where / f".shared-probe-{token}" for key, where in places.items()}
     for probe in probes.values():
@@ -71,9 +76,10 @@ def check_shared(study_dir: Path, tracking_uri: str | None) -> None:
             probe.unlink(missing_ok=True)
     for node, seen in zip(nodes, answers):
         where = node["NodeManagerAddress"]
-        if not seen["storage"]:
+        if not seen.get("storage", True):
             raise UserError(f"storage: {study_dir} is not visible from Ray node {where} (one of {len(nodes)} nodes); "
-                            "set storage to a folder every node mounts (NFS), so checkpoints and resume work")
+                            "set storage to a folder every node mounts (NFS) or to object storage (s3://bucket/prefix), so "
+                            "checkpoints and resume work")
         if not seen.get("tracking.uri", True):
             raise UserError(f"tracking.uri: {tracking_uri} is a file that Ray node {where} does not see, so its "
                             "trials' metrics would be lost; set tracking.uri to an MLflow server every node reaches "

@@ -44,10 +44,11 @@ def timing(study_dir: Path, rows: list[dict], counts: Counter) -> str:
     return f"trials ran for {elapsed / 60:.1f} min{eta}"
 
 
-def print_status(study_dir: Path) -> None:
+def print_status(study_dir: Path, shown: str | None = None) -> None:
+    """``shown``: how the user named the study (an object-store URI, whose files are read from its mirror)."""
     counts, rows = study_counts(study_dir)
     console = Console()
-    console.print(f"[bold]{study_dir}[/]: " + ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "pending", "errored")),
+    console.print(f"[bold]{shown or study_dir}[/]: " + ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "pending", "errored")),
                   soft_wrap=True)
     when = timing(study_dir, rows, counts)
     if when:

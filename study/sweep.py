@@ -9,18 +9,19 @@ last checkpoint); nothing finished is rerun.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import pickletools
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from pyarrow.fs import FileSelector, FileType
 
-from . import localray
+from . import localray, objectstore
 from .atomicfs import atomic_local_filesystem, remove_partial_writes
 from .config import (StudyConfig, arms, dump, parse_yaml, planned_trials, sign_flipping_cells, trained_grid,
                      trained_trials, validate)
@@ -40,47 +41,57 @@ CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "generator", "history", "b
                    "metrics", "finished"}
 
 
-class RayReporter:
-    """Checkpoints through Ray Tune: ``tune.report`` each epoch, ``tune.get_checkpoint`` on restart.
+def _basename(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
 
-    ``trial_folder`` is where this trial's checkpoints land with local or shared storage
-    (``storage/name/<experiment>/<trial_id>``, see ``trial_dirname``).
+
+class RayReporter:
+    """Checkpoints through Ray Tune: ``tune.report`` each epoch, the trial's own newest checkpoint on restart.
+
+    ``trial_path`` is the trial's folder on the sweep's storage filesystem, local disk or
+    bucket (``<study>/<experiment>/<trial_id>``, see ``trial_dirname``).
     """
 
-    def __init__(self, trial_folder: Path):
-        self.trial_folder = trial_folder
+    def __init__(self, storage, trial_path: str):
+        self.storage, self.trial_path = storage, trial_path
 
     def restore(self) -> dict | None:
         """The newest readable checkpoint of this trial, falling back to older ones.
 
         Ray's experiment snapshot is periodic, so after a hard kill it may name
-        an older checkpoint than the trial had written: looking in the trial's
-        own folder continues from the newest one and never trains an epoch twice.
-        A corrupt checkpoint is reported naming the trial and skipped.
+        an older checkpoint than the trial had written, or none: looking in the
+        trial's own folder continues from the newest one and never trains an epoch
+        twice (a finished trial only replays its reports). A corrupt checkpoint is
+        reported naming the trial and skipped.
         """
         from ray import tune
 
-        known = tune.get_checkpoint()
-        name = tune.get_context().get_trial_name()
-        candidates = sorted(self.trial_folder.glob("checkpoint_*"), key=lambda c: c.name, reverse=True)
-        if not candidates and known is not None:  # remote storage: only Ray can fetch it
-            with known.as_directory() as d:
-                return self._load(Path(d), name)
+        name, known = tune.get_context().get_trial_name(), tune.get_checkpoint()
+        listed = self.storage.get_file_info(FileSelector(self.trial_path, allow_not_found=True))
+        candidates = {i.path for i in listed if i.type == FileType.Directory and i.base_name.startswith("checkpoint_")}
+        if known is not None and _basename(known.path) not in {_basename(c) for c in candidates}:
+            candidates.add(known.path)  # the one Ray knows is always tried
+        candidates = sorted(candidates, key=_basename, reverse=True)
         for folder in candidates:
-            state = self._load(folder, name)
+            state = self._load(self.storage, folder, name)
             if state is not None:
                 return state
         return None
 
     @staticmethod
-    def _load(folder: Path, trial: str) -> dict | None:
+    def _load(storage, folder: str, trial: str) -> dict | None:
         """A checkpoint's state, or None if it is unreadable or not shaped like one of ours.
 
         ``weights_only=True``: tensors and plain containers only, so a ``state.pt`` from a
         shared or downloaded study dir cannot run code when it is loaded.
         """
         try:
-            state = torch.load(folder / "state.pt", weights_only=True)
+            with storage.open_input_stream(f"{folder}/state.pt") as f:
+                data = f.read()
+        except FileNotFoundError:  # its write never completed (a full disk, a kill): no checkpoint, nothing to say
+            return None
+        try:
+            state = torch.load(io.BytesIO(data), weights_only=True)
             missing = CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else CHECKPOINT_KEYS
             if missing:
                 raise ValueError(f"not a trial checkpoint: lacks {sorted(missing)[:3]}")
@@ -115,9 +126,10 @@ def trainable(config: dict, study: dict, tracking: dict | None):
     if key not in _config_cache:  # reused actors validate the study config once
         _config_cache[key] = validate(study)
     cfg, context = _config_cache[key], tune.get_context()
-    folder = cfg.study_dir / context.get_experiment_name() / context.get_trial_id()
+    storage, root = sweep_storage(cfg)
+    reporter = RayReporter(storage, f"{root}/{context.get_experiment_name()}/{context.get_trial_id()}")
     tags = {"ray_trial_id": context.get_trial_id()}
-    run_trial(cfg, trial_params(config), RayReporter(folder), StudyRun(**tracking) if tracking else None, tags)
+    run_trial(cfg, trial_params(config), reporter, StudyRun(**tracking) if tracking else None, tags)
 
 
 def trial_params(config: dict) -> dict:
@@ -161,8 +173,14 @@ def experiments(cfg: StudyConfig) -> list[tuple[str, dict, dict]]:
 
 
 def prepare_study_dir(cfg: StudyConfig) -> Path:
-    """Create the study dir, or check an existing one was made by a compatible config."""
+    """Create the study dir, or check an existing one was made by a compatible config.
+
+    An object-store study is checked in its mirror, freshly pulled from the bucket.
+    """
     study_dir = cfg.study_dir
+    if cfg.remote:
+        objectstore.check_writable(cfg.remote)
+        objectstore.pull(cfg.remote, fresh=True)
     try:
         study_dir.mkdir(parents=True, exist_ok=True)
         probe = study_dir / ".write-test"
@@ -180,7 +198,17 @@ def prepare_study_dir(cfg: StudyConfig) -> Path:
     else:
         saved.write_text(dump(cfg))
         record_definition(study_dir, cfg)
+        if cfg.remote:
+            objectstore.push(study_dir, cfg.remote)
     return study_dir
+
+
+def sweep_storage(cfg: StudyConfig) -> tuple:
+    """(pyarrow filesystem, study path in it) where Ray Tune keeps the sweeps: the bucket, or the study dir."""
+    if cfg.remote:
+        return objectstore.filesystem(cfg.remote)
+    # local or shared disk: a kill mid-save never leaves a torn sweep state or checkpoint
+    return atomic_local_filesystem(), str(cfg.study_dir)
 
 
 # a grid this large is more often a typo (an extra digit in a list) than a plan: it needs --yes
@@ -278,34 +306,38 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
 
     if cfg.tracking.enabled:
         saved_run(cfg, study_dir)  # another store, or a copied study: refused before Ray starts
-    check_sweep_state(study_dir)
-    remove_partial_writes(study_dir)
+    if not cfg.remote:  # an object store has no half-written objects
+        check_sweep_state(study_dir)
+        remove_partial_writes(study_dir)
     announce(cfg)
     init_ray()
     # several nodes: each must see the study dir and a file tracking store, before a trial or a run exists
-    check_shared(study_dir, resolve_uri(cfg.tracking.uri) if cfg.tracking.enabled else None)
+    check_shared(None if cfg.remote else study_dir, resolve_uri(cfg.tracking.uri) if cfg.tracking.enabled else None)
     tracking = None
     if cfg.tracking.enabled:
         tracking = start_study(cfg, study_dir, (study_dir / STUDY_FILE).read_text()).__dict__
+        if cfg.remote:
+            objectstore.push(study_dir, cfg.remote)
     resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
-    fn = tune.with_resources(
-        tune.with_parameters(trainable, study=cfg.model_dump(mode="json"), tracking=tracking), resources)
+    # trials run in their own working dirs: a relative storage path must not be resolved there
+    study = cfg.model_dump(mode="json") | ({} if cfg.remote else {"storage": str(study_dir.parent)})
+    fn = tune.with_resources(tune.with_parameters(trainable, study=study, tracking=tracking), resources)
     sweeps = experiments(cfg)
     for name, space, tune_kwargs in sweeps:
         total = trained_trials(cfg) // len(sweeps)
-        path = study_dir / name
-        storage = atomic_local_filesystem()  # a kill mid-save never leaves a torn sweep state or checkpoint
-        if tune.Tuner.can_restore(str(path), storage_filesystem=storage):
-            tuner = tune.Tuner.restore(str(path), fn, resume_unfinished=True, resume_errored=True,
+        storage, root = sweep_storage(cfg)
+        path = f"{root}/{name}"
+        if tune.Tuner.can_restore(path, storage_filesystem=storage):
+            tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=True,
                                        storage_filesystem=storage)
         else:
-            if path.exists():  # a sweep killed before its first state save: start it afresh
-                shutil.rmtree(path)
+            if storage.get_file_info(path).type != FileType.NotFound:  # killed before its first state save
+                storage.delete_dir(path)  # start it afresh
             tuner = tune.Tuner(
                 fn, param_space=space,
                 tune_config=tune.TuneConfig(**tune_kwargs),
                 run_config=tune.RunConfig(
-                    name=name, storage_path=str(study_dir), storage_filesystem=storage, verbose=0,
+                    name=name, storage_path=root, storage_filesystem=storage, verbose=0,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                     callbacks=[TidyTable(name, fixed_columns(cfg)), ProgressLine(total)],
@@ -358,5 +390,8 @@ def load_study(study_dir: str | os.PathLike) -> StudyConfig:
         raise UserError(f"{source} is unreadable ({type(e).__name__}); restore it from a copy of the study dir") from None
     cfg = validate(parse_yaml(text, str(source)) or {}, str(source))
     check_definition(path, cfg, str(source))
-    # the study dir may have moved (copied from a cluster): keep using where it is now
-    return cfg.model_copy(update={"storage": str(path.resolve().parent), "name": path.resolve().name})
+    # the study dir may have moved (copied from a cluster): keep using where it is now;
+    # a mirror stands for its object-store study, wherever this machine keeps it
+    remote = objectstore.mirrored_uri(path)
+    where = remote.rsplit("/", 1) if remote else (str(path.resolve().parent), path.resolve().name)
+    return cfg.model_copy(update={"storage": where[0], "name": where[1]})

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ray import tune
 
+from .objectstore import SCHEMES, mirror_dir, push, uri_of
 from .trial import EPOCH_METRICS, TRIAL_PARAMS, trial_name
 
 TABLE = "trials.csv"
@@ -130,7 +131,8 @@ class TidyTable(tune.Callback):
 
     It holds no path: ``Tuner.restore`` brings callbacks back as they were pickled, so
     a stored path would point a moved or copied study at its old place. The study dir
-    is where Ray has the experiment now, read from the trials themselves.
+    is where Ray has the experiment now, read from the trials themselves; in object
+    storage the table is written in the study's mirror and pushed to the bucket.
     """
 
     def __init__(self, experiment: str, fixed: dict):
@@ -152,12 +154,17 @@ class TidyTable(tune.Callback):
     def _write(self, trials) -> None:
         if not trials:
             return
-        study_dir = Path(trials[0].storage.experiment_fs_path).parent
+        storage = trials[0].storage
+        parent = str(Path(storage.experiment_fs_path).parent)
+        remote = uri_of(storage.storage_filesystem, parent) if storage.storage_filesystem.type_name in SCHEMES else None
+        study_dir = mirror_dir(remote) if remote else Path(parent)
         try:  # this experiment's rows come from Ray; a damaged row of another one is rebuilt by report
             others = [r for r in read_rows(study_dir) if _intact([r]) and r["experiment"] != self.experiment]
         except (csv.Error, UnicodeDecodeError):
             others = []
         write_rows(study_dir, others + [row for t in trials for row in self._rows(t)])
+        if remote:
+            push(study_dir, remote, [TABLE])
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._write(trials)

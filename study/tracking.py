@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from .errors import UserError
+from .objectstore import mirrored_uri
 
 # a race in MLflow's telemetry lost whole trials' metrics under concurrency
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -99,7 +100,12 @@ class StudyRun:
     study_dir: str = ""  # where the study was when the run was made: a copy elsewhere must not write into it
 
     def belongs_to(self, study_dir: Path) -> bool:
-        return not self.study_dir or Path(self.study_dir) == Path(study_dir).resolve()
+        return not self.study_dir or self.study_dir == place(study_dir)
+
+
+def place(study_dir: Path) -> str:
+    """Where a study is: its folder, or the URI of an object-store study (the same from every machine)."""
+    return mirrored_uri(study_dir) or str(Path(study_dir).resolve())
 
 
 # MLflow 3's UI opens an experiment in its model-training view (runs, charts) only when told so;
@@ -174,13 +180,13 @@ def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
         lambda: c.create_experiment(cfg.name, tags=EXPERIMENT_TAGS), "create experiment")
     for key, value in EXPERIMENT_TAGS.items():  # an experiment made by hand or by an older version
         retry(lambda: c.set_experiment_tag(exp_id, key, value), "tag experiment")
-    tags = {"study": cfg.name, "study_dir": str(study_dir), "mlflow.runName": f"study {cfg.name}", **source_tags()}
+    tags = {"study": cfg.name, "study_dir": place(study_dir), "mlflow.runName": f"study {cfg.name}", **source_tags()}
     parent = retry(lambda: c.create_run(exp_id, tags=tags), "create parent run")
     params = [Param(k, v[:6000]) for k, v in flatten(cfg.model_dump(mode="json")).items()]
     for i in range(0, len(params), 100):
         retry(lambda: c.log_batch(parent.info.run_id, params=params[i:i + 100]), "log study params")
     retry(lambda: c.log_text(parent.info.run_id, config_text, "study.yaml"), "log config artifact")
-    run = StudyRun(uri, exp_id, parent.info.run_id, str(Path(study_dir).resolve()))
+    run = StudyRun(uri, exp_id, parent.info.run_id, place(study_dir))
     saved.write_text(json.dumps(asdict(run)))
     return run
 
@@ -195,7 +201,7 @@ def follow_move(run: StudyRun, study_dir: Path) -> StudyRun:
     """
     if run.belongs_to(study_dir):
         return run
-    here = str(Path(study_dir).resolve())
+    here = place(study_dir)
     moved = replace(run, study_dir=here)
     retry(lambda: client(run.uri).set_tag(run.parent_run_id, "study_dir", here), "retag moved study")
     (Path(study_dir) / PARENT_FILE).write_text(json.dumps(asdict(moved)))

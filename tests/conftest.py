@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from study.table import read_rows
+
 ROOT = Path(__file__).parents[1]
 PYTHON = sys.executable
 
@@ -133,3 +135,30 @@ def tiny_args(name: str, *extra: str) -> list[str]:
             "--set", "data.train_subset=null", "--set", "train.batch_size=128", "--set", "search.seeds=[0]",
             "--set", "search.variants=[wd,lpwd]", "--set", "search.layer_schedule=[linear]",
             "--set", "search.lr=[3.0e-3,3.0e-2]", "--set", "search.weight_decay=[0.0,0.1,100000.0]", *extra]
+
+
+# 8 trials x 4 epochs, all healthy, none shared (no lambda = 0), a checkpoint after every epoch
+ARGS = ["--set", "search.lr=[3.0e-3]", "--set", "search.weight_decay=[0.1,0.3]", "--set", "search.seeds=[0,1]", "--set", "train.epochs=4",
+        "--set", "train.checkpoint_every_s=0", "--no-report"]
+
+
+def children(db, experiment):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def final_metrics(rows):
+    return {(r["arm"], r["lr"], r["weight_decay"], r["seed"]): (r["val_acc"], r["test_acc_at_best_val"], r["train_loss"])
+            for r in rows}
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """The study of ARGS, uninterrupted: what every interrupted run must end with."""
+    work = tmp_path_factory.mktemp("reference")
+    run_study_cli(tiny_args("ref", *ARGS), work)
+    return final_metrics(read_rows(work / "studies" / "ref"))

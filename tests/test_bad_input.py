@@ -53,6 +53,8 @@ CASES = [
     ("bad study name", ["run", QUICK, "--set", "name=a/b"], "name"),
     ("gpu without one", ["run", QUICK, "--set", "resources.gpu=0.5"], "resources.gpu"),
     ("storage not writable", ["run", QUICK, "--set", "storage=/proc/no-such-dir"], "storage"),
+    ("storage scheme", ["run", QUICK, "--set", "storage=ftp://host/studies"], "storage: ftp://host/studies is neither"),
+    ("status of no bucket", ["status", "s3://"], "s3:// names no bucket; use s3://BUCKET/PREFIX"),
     ("cifar without root", ["run", QUICK, "--set", "data.name=cifar10"], "data.root"),
     ("missing data archive", ["run", QUICK, "--set", "data.name=cifar10", "--set", "data.root=."],
      "python -m study data fetch cifar10"),
@@ -257,6 +259,7 @@ def test_cifar_data_is_checked_and_never_runs_code(workdir, capsys, case):
 
 def test_checkpoints_load_no_code_and_bad_ones_fall_back(tmp_path, capsys):
     import torch
+    from pyarrow.fs import LocalFileSystem
 
     from study.sweep import RayReporter
 
@@ -264,11 +267,11 @@ def test_checkpoints_load_no_code_and_bad_ones_fall_back(tmp_path, capsys):
     evil = tmp_path / "checkpoint_000001"
     evil.mkdir()
     torch.save({"model": RunsCode(marker)}, evil / "state.pt")
-    assert RayReporter._load(evil, "t") is None and not marker.exists()
+    assert RayReporter._load(LocalFileSystem(), str(evil), "t") is None and not marker.exists()
     partial = tmp_path / "checkpoint_000002"
     partial.mkdir()
     torch.save({"model": {}, "epoch": 3}, partial / "state.pt")  # unpickles, but is not a trial checkpoint
-    assert RayReporter._load(partial, "t") is None
+    assert RayReporter._load(LocalFileSystem(), str(partial), "t") is None
     assert "lacks" in capsys.readouterr().err
 
 

@@ -187,7 +187,7 @@ def test_a_node_that_cannot_see_the_study_dir_stops_the_study_before_any_trial(c
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1, proc.stderr[-3000:]
     assert error[0].startswith(f"error: storage: {storage / 'hidden'} is not visible from Ray node ")
-    assert error[0].endswith("(one of 2 nodes); set storage to a folder every node mounts (NFS), so checkpoints and "
-                             "resume work")
+    assert error[0].endswith("(one of 2 nodes); set storage to a folder every node mounts (NFS) or to object "
+                             "storage (s3://bucket/prefix), so checkpoints and resume work")
     assert not list((storage / "hidden").glob("grid*"))  # no trial
     assert not (storage / "hidden" / "mlflow_parent.json").exists()  # no MLflow run

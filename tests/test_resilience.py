@@ -16,23 +16,10 @@ from study.report import trial_reports
 from study.table import read_rows
 from study.trial import EPOCH_METRICS
 
-from .conftest import PYTHON, listeners, no_ray_left, ray_processes, run_study_cli, study_env, tiny_args
+from .conftest import (ARGS, PYTHON, children, final_metrics, listeners, no_ray_left, ray_processes, run_study_cli,
+                       study_env, tiny_args)
 
 pytestmark = pytest.mark.slow
-
-# 8 trials x 4 epochs, all healthy, none shared (no lambda = 0), a checkpoint after every epoch
-ARGS = ["--set", "search.lr=[3.0e-3]", "--set", "search.weight_decay=[0.1,0.3]", "--set", "search.seeds=[0,1]", "--set", "train.epochs=4",
-        "--set", "train.checkpoint_every_s=0", "--no-report"]
-
-
-def children(db, experiment):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{db}")
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-
 
 def test_sqlite_store_keeps_every_metric_under_8_concurrent_trials(tmp_path):
     run_study_cli(tiny_args("conc", *ARGS, "--set", "resources.cpu=0.25"), tmp_path)
@@ -45,23 +32,10 @@ def test_sqlite_store_keeps_every_metric_under_8_concurrent_trials(tmp_path):
             assert steps == [0, 1, 2, 3], (run.info.run_name, metric, steps)
 
 
-def final_metrics(rows):
-    return {(r["arm"], r["lr"], r["weight_decay"], r["seed"]): (r["val_acc"], r["test_acc_at_best_val"], r["train_loss"])
-            for r in rows}
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The study of ARGS, uninterrupted: what every interrupted run must end with."""
-    work = tmp_path_factory.mktemp("reference")
-    run_study_cli(tiny_args("ref", *ARGS), work)
-    return final_metrics(read_rows(work / "studies" / "ref"))
-
-
-def start_driver(name, work, *extra):
+def start_driver(name, work, *extra, **env_extra):
     """A study driver in its own process group and Ray temp dir, so the test can kill all of it."""
     ray_tmp = tempfile.mkdtemp(prefix="rayk", dir="/tmp")
-    env = study_env(RAY_TMPDIR=ray_tmp)
+    env = study_env(RAY_TMPDIR=ray_tmp, **env_extra)
     driver = subprocess.Popen([PYTHON, "-m", "study", *tiny_args(name, *ARGS, *extra)], cwd=work, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     return driver, env, ray_tmp
@@ -311,6 +285,7 @@ def test_a_disk_that_fills_mid_sweep_ends_in_one_line_with_the_resume_command(tm
     study_dir = storage / "full"
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
+    # the driver's own last line (lines that Ray forwards from trials may still arrive after it)
+    last = [line for line in proc.stderr.strip().splitlines() if "pid=" not in line][-1]
     assert last.startswith(f"error: {study_dir}: No space left on device"), proc.stderr[-3000:]
     assert last.endswith(f"; fix it, then resume with: {PYTHON} -m study resume {study_dir}")
