@@ -75,7 +75,8 @@ def main():
     if not torch.cuda.is_available():
         print("gpu_study: no CUDA device here; skipped (run it on a GPU machine)")
         return 0
-    root = args.cifar_root or tempfile.mkdtemp(prefix="cifar-shaped-")
+    scratch = tempfile.TemporaryDirectory(prefix="cifar-shaped-")  # removed when the script exits
+    root = args.cifar_root or scratch.name
     if args.cifar_root is None:
         write_cifar10_archive(Path(root), n_train=args.train_images, n_test=args.train_images // 5)
     cfg = {"name": "gpu_study", "data": {"name": "cifar10", "root": root, "val_fraction": 0.1},

@@ -56,7 +56,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    work = Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
+    scratch = tempfile.TemporaryDirectory(prefix="sweep-overhead-", ignore_cleanup_errors=True)  # removed at exit
+    work = Path(scratch.name)
     os.chdir(work)
     n_small, n_large = args.trials, 3 * args.trials
     started = time.perf_counter()

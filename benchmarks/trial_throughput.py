@@ -93,7 +93,8 @@ def main():
     if "cifar" in args.cases:
         root = args.cifar_root
         if root is None:
-            root = tempfile.mkdtemp(prefix="cifar-shaped-")
+            scratch = tempfile.TemporaryDirectory(prefix="cifar-shaped-")  # removed when the script exits
+            root = scratch.name
             write_cifar10_archive(Path(root), n_train=args.cifar_train, n_test=args.cifar_train // 5)
         cases.append(("resnet18 / CIFAR-shaped", {"data": {"name": "cifar10", "root": root},
                                                   "model": {"name": "resnet18"}}))

@@ -107,7 +107,9 @@ class RayReporter:
         if state is None:
             tune.report(metrics)
             return
-        with tempfile.TemporaryDirectory() as d:
+        # staged inside the trial's working dir (in Ray's session dir), not in /tmp: a worker
+        # killed while Ray uploads it leaves the copy with Ray's own files, not loose in /tmp
+        with tempfile.TemporaryDirectory(prefix=".checkpoint-", dir=tune.get_context().get_trial_dir()) as d:
             torch.save(state, Path(d) / "state.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 

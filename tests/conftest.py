@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,10 +28,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_SCRATCH: list[str] = []
+
+
+def short_tmpdir(tag: str) -> str:
+    """A new dir right under /tmp, removed when the test session ends.
+
+    Right under /tmp because Ray's socket paths below it must stay under 108 bytes; removed
+    by the session because the Ray temp dirs, checkpoints and locks a killed study leaves
+    there are ours to clean up, and nobody else's.
+    """
+    path = tempfile.mkdtemp(prefix=f"lpwd{tag}", dir="/tmp")
+    _SCRATCH.append(path)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_scratch_dirs():
+    yield  # every test has stopped its processes by now
+    for path in _SCRATCH:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def study_env(**extra) -> dict:
+    """A clean environment for a study subprocess: no MLflow/Ray settings of the user's, temp files in a scratch dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
     env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}, **extra)
+    env["RAY_TMPDIR"] = extra.get("RAY_TMPDIR") or _shared_scratch()
+    env["TMPDIR"] = extra.get("TMPDIR", env["RAY_TMPDIR"])
     return env
+
+
+@functools.cache
+def _shared_scratch() -> str:
+    return short_tmpdir("s")
 
 
 def run_study_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 400) -> subprocess.CompletedProcess:

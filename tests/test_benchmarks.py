@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 
 import lpwd
 
-from .conftest import PYTHON, ROOT, ray_processes, stop_ray, study_env
+from .conftest import PYTHON, ROOT, ray_processes, short_tmpdir, stop_ray, study_env
 
 RATIO = re.compile(r"([0-9]+\.[0-9]+)x")
 
@@ -61,7 +59,7 @@ def test_trial_throughput_compares_against_the_bare_loop():
 
 
 def test_sweep_overhead_runs_a_real_ray_sweep():
-    ray_tmp = tempfile.mkdtemp(prefix="rayb", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray_tmp = short_tmpdir("b")
     try:
         out = run_benchmark("sweep_overhead.py", "--trials", "2", "--epochs", "1", "--rounds", "1",
                             env=study_env(RAY_TMPDIR=ray_tmp, TMPDIR=ray_tmp))
@@ -74,7 +72,6 @@ def test_sweep_overhead_runs_a_real_ray_sweep():
         assert not ray_processes(ray_tmp), "the benchmark's local Ray outlived it"
     finally:
         stop_ray(ray_tmp)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_gpu_study_skips_cleanly_without_cuda():

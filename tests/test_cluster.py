@@ -6,23 +6,21 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import PYTHON, ROOT, free_port, stop_ray, study_env, tiny_args, wait_until_answers
+from .conftest import PYTHON, ROOT, free_port, short_tmpdir, stop_ray, study_env, tiny_args, wait_until_answers
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(PYTHON).parent / "ray")
 
 
 def test_ray_job_submit_runs_a_study(tmp_path):
-    temp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # short: Ray's socket paths have a length limit
+    temp = short_tmpdir("h")
     env = study_env(RAY_AUTH_MODE="disabled", RAY_TMPDIR=temp)
     dash = free_port()
     start = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
@@ -52,8 +50,6 @@ def test_ray_job_submit_runs_a_study(tmp_path):
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         stop_ray(temp)  # anything of this head's that left its group (found by its RAY_TMPDIR), and only that
-        shutil.rmtree(temp, ignore_errors=True)
-
 
 
 class LocalCluster:
@@ -64,7 +60,7 @@ class LocalCluster:
     """
 
     def __init__(self):
-        self.temp = tempfile.mkdtemp(prefix="ray3", dir="/tmp")  # short: Ray's socket paths have a length limit
+        self.temp = short_tmpdir("3")
         self.env = study_env(RAY_AUTH_MODE="disabled", RAY_TMPDIR=self.temp)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -80,7 +76,7 @@ class LocalCluster:
                    *where, *ports]
         if hide is not None:
             command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                       f'mount -t tmpfs none "$0" && exec "$@"', str(hide), *command]
+                       'mount -t tmpfs none "$0" && exec "$@"', str(hide), *command]
         log = open(Path(self.temp) / f"node{len(self.nodes)}.log", "w")
         node = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.nodes.append(node)
@@ -107,7 +103,6 @@ class LocalCluster:
                 pass
             node.wait()
         stop_ray(self.temp)  # anything of these nodes' that left their groups (found by RAY_TMPDIR), and only that
-        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -17,7 +16,7 @@ from study.table import read_rows
 from study.trial import EPOCH_METRICS
 
 from .conftest import (ARGS, PYTHON, children, final_metrics, listeners, no_ray_left, ray_processes, run_study_cli,
-                       study_env, tiny_args)
+                       short_tmpdir, study_env, tiny_args)
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +33,7 @@ def test_sqlite_store_keeps_every_metric_under_8_concurrent_trials(tmp_path):
 
 def start_driver(name, work, *extra, **env_extra):
     """A study driver in its own process group and Ray temp dir, so the test can kill all of it."""
-    ray_tmp = tempfile.mkdtemp(prefix="rayk", dir="/tmp")
+    ray_tmp = short_tmpdir("k")
     env = study_env(RAY_TMPDIR=ray_tmp, **env_extra)
     driver = subprocess.Popen([PYTHON, "-m", "study", *tiny_args(name, *ARGS, *extra)], cwd=work, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -239,7 +238,7 @@ def test_trial_that_keeps_failing_is_errored_and_the_others_complete(tmp_path):
 
     # resume retries the errored trial from its newest checkpoint; the other seven are kept
     done = {r["trial_id"]: r for r in rows if r["status"] == "TERMINATED"}
-    ray_tmp = tempfile.mkdtemp(prefix="rayr", dir="/tmp")
+    ray_tmp = short_tmpdir("r")
     run_study_cli(["resume", str(study_dir)], tmp_path, study_env(RAY_TMPDIR=ray_tmp))
     no_ray_left(ray_tmp)
     rows = read_rows(study_dir)
@@ -273,7 +272,7 @@ NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs in a p
 def test_a_disk_that_fills_mid_sweep_ends_in_one_line_with_the_resume_command(tmp_path):
     storage = tmp_path / "studies"
     storage.mkdir()
-    ray_tmp = tempfile.mkdtemp(prefix="rayf", dir="/tmp")
+    ray_tmp = short_tmpdir("f")
     # the driver (and the Ray it starts) in a mount namespace of its own, with a 1 MiB tmpfs over the
     # storage folder: the first checkpoints fill it
     command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
