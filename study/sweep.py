@@ -107,9 +107,9 @@ class RayReporter:
         if state is None:
             tune.report(metrics)
             return
-        # staged inside the trial's working dir (in Ray's session dir), not in /tmp: a worker
-        # killed while Ray uploads it leaves the copy with Ray's own files, not loose in /tmp
-        with tempfile.TemporaryDirectory(prefix=".checkpoint-", dir=tune.get_context().get_trial_dir()) as d:
+        # staged in the system temp dir ($TMPDIR), not in get_trial_dir(): that is the trial's
+        # driver staging folder, which Tune copies into the storage, a half-written copy included
+        with tempfile.TemporaryDirectory(prefix="lpwd-checkpoint-") as d:
             torch.save(state, Path(d) / "state.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 

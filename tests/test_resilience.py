@@ -111,6 +111,7 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     resumed = run_study_cli(["resume", str(study_dir)], tmp_path, env)
     no_ray_left(ray_tmp)
     assert not [p.name for p in study_dir.rglob("*.partial")]  # writes the kill cut short were removed
+    assert not list(study_dir.rglob("lpwd-checkpoint-*"))  # checkpoints are staged outside what Tune uploads
     assert f"checkpoint {newest.parent} is unreadable" in resumed.stdout + resumed.stderr
     rows = read_rows(study_dir)
     assert len(rows) == len({r["trial_id"] for r in rows}) == 8
