@@ -63,8 +63,11 @@ class _ReplaceOnClose(io.BufferedWriter):
                 os.replace(self.temporary, self.final)
 
     def __del__(self):
-        if not self.closed:  # abandoned mid-write: its content is not the file's
-            self.failed = True
+        try:
+            if not self.closed:  # abandoned mid-write: its content is not the file's
+                self.failed = True
+        except ValueError:  # the temporary file could not be created: there is nothing to discard
+            return
         super().__del__()
 
 

@@ -118,6 +118,7 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
             else:  # every trial is done
                 _end_parent(study_dir, "FINISHED")
         except KeyboardInterrupt:
+            sweep.abandon_trials()
             _end_parent(study_dir, "KILLED")
             print(f"\ninterrupted; nothing finished is lost. Resume with: {invocation()} resume {shown}",
                   file=sys.stderr)
@@ -125,6 +126,7 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
         except UserError:
             raise  # found before any trial ran (a copied study, a changed store), or a report option
         except OSError as e:  # the study dir became unwritable, the disk filled, ...
+            sweep.abandon_trials()
             _end_parent(study_dir, "FAILED")
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
             raise UserError(f"{study_dir}: {e.strerror or e}{where}; fix it, then "

@@ -248,19 +248,64 @@ class _TrialFailureTracebacks(logging.Filter):
         return not str(record.msg).startswith("Trial task failed for trial")
 
 
-def init_ray() -> None:
-    import ray
+class _StorageWriteTracebacks(logging.Filter):
+    """A failed write of Tune's to the storage (its sweep state, a folder), one line instead of a traceback.
 
+    A full or unwritable storage is the user's to fix, and the run ends with a line that says
+    so (cli); until then Tune retries at its next save, which is worth one line, not a page.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if record.exc_info and record.exc_info[1] is not None:
+            error = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        elif "Traceback (most recent call last)" in message:
+            error = message.strip().splitlines()[-1]
+        else:
+            return True
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            f"Tune could not write to the study's storage ({error}); it tries again at its next save", (), None, None)
+        return True
+
+
+class _AbandonedTrialErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unhandled error")
+
+
+def abandon_trials() -> None:
+    """The sweep stops early (Ctrl-C, a full disk): what its running trials raise as they go is not news.
+
+    Ray logs each result that nobody collected, with its traceback ("Unhandled error"), when
+    it is garbage-collected, which is after the driver's one line that says what happened.
+    """
+    log = logging.getLogger("ray._private.worker")
+    if not any(isinstance(f, _AbandonedTrialErrors) for f in log.filters):
+        log.addFilter(_AbandonedTrialErrors())
+
+
+def quiet_ray_logs() -> None:
+    """Ray's console output, cut to what a user acts on (our progress lines and errors say the rest)."""
     # on Ctrl-C Ray's multi-line "Tuner.restore(...)" advice is replaced by the CLI's one line,
     # and trials that never started have no results to complain about
     for noisy in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # a failed trial is one progress line ("errored (see study status)"), its error in the table, study
-    # status and the trial's error.txt; Tune would also print each failure's whole traceback
-    controller = logging.getLogger("ray.tune.execution.tune_controller")
-    if not any(isinstance(f, _TrialFailureTracebacks) for f in controller.filters):
-        controller.addFilter(_TrialFailureTracebacks())
+    # status and the trial's error.txt; Tune would also print each failure's whole traceback; a failed
+    # save of the sweep state (a full disk) is one line, and the run's last line says what to do
+    for name, kind in (("ray.tune.execution.tune_controller", _TrialFailureTracebacks),
+                       ("ray.train._internal.syncer", _StorageWriteTracebacks),
+                       ("ray.tune.execution.experiment_state", _StorageWriteTracebacks),
+                       ("ray.train._internal.storage", _StorageWriteTracebacks)):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in log.filters):
+            log.addFilter(kind())
 
+
+def init_ray() -> None:
+    import ray
+
+    quiet_ray_logs()
     # our own progress replaces Tune's console output (its experiment box and a TensorBoard hint for a
     # TensorBoard that is not installed); with the legacy reporter, verbose=0 really is silent
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

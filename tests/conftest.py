@@ -64,6 +64,11 @@ def _shared_scratch() -> str:
     return short_tmpdir("s")
 
 
+def shows_a_traceback(text: str) -> bool:
+    """A Python traceback, or a traceback's frames without their header (as Ray's "Unhandled error" prints them)."""
+    return "Traceback" in text or '\n  File "' in text
+
+
 def run_study_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 400) -> subprocess.CompletedProcess:
     proc = subprocess.run([PYTHON, "-m", "study", *args], cwd=cwd, env=env or study_env(), capture_output=True,
                           text=True, timeout=timeout)

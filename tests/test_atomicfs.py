@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pickle
 import signal
 import subprocess
+import time
 
 import pyarrow.fs as pafs
 
@@ -68,3 +71,40 @@ def test_the_filesystem_travels_to_ray_workers_by_pickle(tmp_path):
     assert (tmp_path / "a" / "b" / "f").read_bytes() == b"ok"
     assert [i.path for i in fs.get_file_info(pafs.FileSelector(str(tmp_path / "a"), recursive=True))] == [
         str(tmp_path / "a" / "b"), str(tmp_path / "a" / "b" / "f")]
+
+
+def test_a_failed_write_of_tune_to_the_storage_is_one_line_not_a_traceback(tmp_path):
+    """Ray's own syncer logs a failed upload with its traceback; the study shows it as one line."""
+    from ray.train._internal.storage import _FilesystemSyncer
+
+    from study.sweep import quiet_ray_logs
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "experiment_state-x.json").write_text("{}")
+    (tmp_path / "blocked").write_text("a file where the storage folder should be")
+    quiet_ray_logs()
+    shown = []
+    handler = logging.Handler()
+    handler.emit = lambda record: shown.append((record.name.rsplit(".", 1)[1], handler.format(record)))
+    logs = [logging.getLogger(f"ray.train._internal.{name}") for name in ("syncer", "storage")]
+    for log in logs:  # to this handler only: Ray's own would print them below the test run
+        log.addHandler(handler)
+        log.propagate = False
+    try:
+        syncer = _FilesystemSyncer(storage_filesystem=atomic_local_filesystem(), sync_period=0, sync_timeout=60)
+        for _ in range(2000):  # Ray logs a failed sync when it launches the next one
+            syncer.sync_up(str(staging), str(tmp_path / "blocked" / "grid"))
+            if "syncer" in dict(shown):  # its create_dir fails first (storage), then the upload (syncer)
+                break
+            time.sleep(0.05)
+        with contextlib.suppress(Exception):  # the last upload, still under way, fails the same way
+            syncer.wait()
+    finally:
+        for log in logs:
+            log.removeHandler(handler)
+            log.propagate = True
+    assert {"storage", "syncer"} <= set(dict(shown)), shown
+    assert all("\n" not in line and "Traceback" not in line for _, line in shown), shown
+    assert all(line.startswith("Tune could not write to the study's storage (") and "Error: " in line
+               for _, line in shown), shown
