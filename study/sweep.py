@@ -29,6 +29,7 @@ from .data import check_available
 from .errors import UserError
 from .models import check_pretrained_path
 from .progress import ProgressLine
+from .restart_point import NewestCheckpoint
 from .studydir import check_definition, definition, differences, owned, record_definition
 from .table import TidyTable, fixed_columns
 from .trial import run_trial, trial_name
@@ -61,8 +62,9 @@ class RayReporter:
         Ray's experiment snapshot is periodic, so after a hard kill it may name
         an older checkpoint than the trial had written, or none: looking in the
         trial's own folder continues from the newest one and never trains an epoch
-        twice (a finished trial only replays its reports). A corrupt checkpoint is
-        reported naming the trial and skipped.
+        twice (a finished trial only replays its reports; ``restart_point`` keeps
+        Ray's bookkeeping in step). A corrupt checkpoint is reported naming the
+        trial and skipped.
         """
         from ray import tune
 
@@ -387,7 +389,7 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
                     name=name, storage_path=root, storage_filesystem=storage, verbose=0,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                    callbacks=[TidyTable(name, fixed_columns(cfg)), ProgressLine(total)],
+                    callbacks=[TidyTable(name, fixed_columns(cfg)), ProgressLine(total), NewestCheckpoint()],
                 ),
             )
         results = tuner.fit()
