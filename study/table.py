@@ -139,11 +139,12 @@ class TidyTable(tune.Callback):
         self.experiment = experiment
         self.fixed = fixed  # base, model, dataset
 
-    def _rows(self, trial) -> list[dict]:
+    def _rows(self, trial, completed=None) -> list[dict]:
         from .sweep import trial_params
 
         result = trial.last_result or {}
-        status = trial.status
+        # Tune calls on_trial_complete before it sets the trial's status: the completed trial is done
+        status = "TERMINATED" if trial is completed else trial.status
         if status == "TERMINATED" and result.get("finished") != 1:
             status = "INTERRUPTED"  # stopped by Ctrl-C before its last epoch: resume runs it on
         error = None
@@ -151,7 +152,7 @@ class TidyTable(tune.Callback):
             error = (getattr(trial, "error_message", None) or SEE_ERROR_FILE).strip().splitlines()[-1][:300]
         return rows_of(self.experiment, trial.trial_id, status, trial_params(trial.config), result, self.fixed, error)
 
-    def _write(self, trials) -> None:
+    def _write(self, trials, completed=None) -> None:
         if not trials:
             return
         storage = trials[0].storage
@@ -162,7 +163,7 @@ class TidyTable(tune.Callback):
             others = [r for r in read_rows(study_dir) if _intact([r]) and r["experiment"] != self.experiment]
         except (csv.Error, UnicodeDecodeError):
             others = []
-        write_rows(study_dir, others + [row for t in trials for row in self._rows(t)])
+        write_rows(study_dir, others + [row for t in trials for row in self._rows(t, completed)])
         if remote:
             push(study_dir, remote, [TABLE])
 
@@ -170,7 +171,7 @@ class TidyTable(tune.Callback):
         self._write(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._write(trials)
+        self._write(trials, completed=trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._write(trials)
