@@ -4,7 +4,6 @@ nodes that loses one. Every node runs in its own process group and is stopped by
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PYTHON, ROOT, free_port, short_tmpdir, stop_ray, study_env, tiny_args, wait_until_answers
+from .conftest import (PYTHON, ROOT, free_port, ray_processes, short_tmpdir, stop_ray, study_env, tiny_args,
+                       wait_until_answers)
+from .test_resilience import freeze_a_trial_mid_training, newest_on_disk
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(PYTHON).parent / "ray")
@@ -127,15 +128,12 @@ def test_a_study_on_three_nodes_loses_one_and_finishes_every_trial_once(cluster,
     driver = subprocess.Popen([PYTHON, "-m", "study", *args], cwd=tmp_path, env={**cluster.env, "RAY_ADDRESS": cluster.address},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     study_dir = tmp_path / "studies" / "nodes"
-    # kill the doomed node once a trial on it has a checkpoint and epochs left to train
-    victims, deadline = set(), time.time() + 300
-    while not victims and time.time() < deadline and driver.poll() is None:
-        for results in study_dir.glob("grid/*/result.json"):
-            lines = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-            if lines and 1 <= lines[-1]["epoch"] < EPOCHS - 2 and _descends_from(lines[-1]["pid"], doomed.pid):
-                victims.add(results.parent.name)
-        time.sleep(0.1)
-    assert victims, "no trial ran on the node to lose"
+    # kill the doomed node while a trial on it has a checkpoint and epochs left to train: its one worker
+    # is frozen there first, so that trial is the one lost with the node (1 CPU: the only one on it)
+    def on_doomed():
+        return [pid for pid in ray_processes(cluster.temp, b"ray::ImplicitFunc") if _descends_from(pid, doomed.pid)]
+
+    victim, _ = freeze_a_trial_mid_training(on_doomed, newest_on_disk(study_dir), epochs=EPOCHS)
     os.killpg(doomed.pid, signal.SIGKILL)
     out, err = driver.communicate(timeout=600)
     assert driver.returncode == 0, err[-3000:]
@@ -152,7 +150,7 @@ def test_a_study_on_three_nodes_loses_one_and_finishes_every_trial_once(cluster,
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "images_per_s"))
         assert sorted(set(steps)) == list(range(EPOCHS)), steps
         # a lost trial may retrain only the epoch that was in flight on the lost node
-        assert len(steps) <= EPOCHS + (run.data.tags["ray_trial_id"] in victims), steps
+        assert len(steps) <= EPOCHS + (run.data.tags["ray_trial_id"] == victim), steps
 
 
 def _descends_from(pid: int, ancestor: int) -> bool:

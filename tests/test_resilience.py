@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,26 +32,77 @@ def test_sqlite_store_keeps_every_metric_under_8_concurrent_trials(tmp_path):
 
 
 def start_driver(name, work, *extra, **env_extra):
-    """A study driver in its own process group and Ray temp dir, so the test can kill all of it."""
+    """A study driver in its own process group and Ray temp dir, so the test can kill all of it.
+
+    Its output goes to files (``driver_output``), not pipes: a driver kept waiting by a
+    frozen trial must never block on a full pipe nobody reads yet.
+    """
     ray_tmp = short_tmpdir("k")
     env = study_env(RAY_TMPDIR=ray_tmp, **env_extra)
-    driver = subprocess.Popen([PYTHON, "-m", "study", *tiny_args(name, *ARGS, *extra)], cwd=work, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with open(work / f"{name}.out", "w") as out, open(work / f"{name}.err", "w") as err:
+        driver = subprocess.Popen([PYTHON, "-m", "study", *tiny_args(name, *ARGS, *extra)], cwd=work, env=env,
+                                  stdout=out, stderr=err, start_new_session=True)
+    driver.output = work / name
     return driver, env, ray_tmp
 
 
-def wait_for(study_dir, done: int, checkpointed: bool = False, timeout: float = 240):
-    """Until at least ``done`` trials finished and one is running (mid-epoch; with a checkpoint if asked)."""
+def driver_output(driver, timeout: float) -> tuple[str, str]:
+    """Once the driver has ended: its stdout and stderr."""
+    driver.wait(timeout=timeout)
+    return (Path(f"{driver.output}.out").read_text(), Path(f"{driver.output}.err").read_text())
+
+
+def wait_for(study_dir, done: int, timeout: float = 300):
+    """Until ``done`` trials finished and one is running (with a frozen trial, a state the sweep stays in)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         rows = read_rows(study_dir) if (study_dir / "trials.csv").exists() else []
-        running = [r for r in rows if r["status"] == "RUNNING"]
-        if checkpointed:
-            running = [r for r in running if list((study_dir / r["experiment"] / r["trial_id"]).glob("checkpoint_*"))]
-        if sum(r["status"] == "TERMINATED" for r in rows) >= done and running:
+        if sum(r["status"] == "TERMINATED" for r in rows) >= done and any(r["status"] == "RUNNING" for r in rows):
             return
         time.sleep(0.2)
-    pytest.fail("the sweep never reached a state with finished and running trials")
+    pytest.fail(f"the sweep never reached {done} finished trials and a running one")
+
+
+def newest_on_disk(study_dir: Path):
+    """For ``freeze_a_trial_mid_training``: a trial's newest checkpoint index in a study on local disk (-1: none)."""
+    return lambda trial: max((int(f.parent.name.rsplit("_", 1)[1])
+                              for f in study_dir.glob(f"*/{trial}/checkpoint_*/state.pt")), default=-1)
+
+
+def trial_of(pid: int) -> str | None:
+    """The trial a worker is running: Ray Tune runs each trial in ``.../working_dirs/<trial>``."""
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+    return cwd.name if cwd.parent.name == "working_dirs" else None
+
+
+def freeze_a_trial_mid_training(workers, newest_checkpoint, epochs: int = 4, timeout: float = 300) -> tuple[str, int]:
+    """SIGSTOP the worker of a trial that has a checkpoint and epochs still to train: (trial id, worker pid).
+
+    ``workers()`` lists the pids of the trial workers to choose from.
+
+    No race to win. A worker writes its trial's checkpoints itself (one per epoch here,
+    so index = epoch) before it trains on, so once it is stopped its working dir and
+    checkpoints stay as they are; the freeze is kept only if they show a trial between
+    its first checkpoint and its last epoch, else the worker is let go and another
+    moment tried. A stopped worker holds its trial, so the sweep cannot finish: every
+    other trial runs to its end and the sweep waits there, a state the test reaches
+    whatever the machine's load (``wait_for``).
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for pid in workers():
+            trial = trial_of(pid)
+            if trial is None or not 0 <= newest_checkpoint(trial) < epochs - 1:
+                continue
+            os.kill(pid, signal.SIGSTOP)
+            if trial_of(pid) == trial and 0 <= newest_checkpoint(trial) < epochs - 1:
+                return trial, pid
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.05)
+    pytest.fail("no trial could be stopped between its first checkpoint and its last epoch")
 
 
 def trial_workers(ray_tmp):
@@ -59,10 +110,14 @@ def trial_workers(ray_tmp):
     return ray_processes(ray_tmp, b"ray::ImplicitFunc")
 
 
+SHIFT = 10  # checkpoint names moved past what Ray's saved state knows
+
+
 def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     driver, env, ray_tmp = start_driver("killed", tmp_path)
     study_dir = tmp_path / "studies" / "killed"
-    wait_for(study_dir, done=2, checkpointed=True)
+    frozen, _ = freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_on_disk(study_dir))
+    wait_for(study_dir, done=7)  # the other seven finish; the frozen one is mid-training at the kill
     # local means local: every server of the study's Ray (GCS, raylet, workers, agents, metrics) on loopback
     bound = listeners([driver.pid, *ray_processes(ray_tmp)])
     assert any(a.startswith("127.0.0.1:") for a in bound) and all(
@@ -71,12 +126,16 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     driver.wait()
     no_ray_left(ray_tmp)  # the study's Ray went with its driver
     finished_before = {r["trial_id"]: r for r in read_rows(study_dir) if r["status"] == "TERMINATED"}
-    # truncate the newest checkpoint of an interrupted trial: it must fall back, never resume wrongly
-    unfinished = [d for d in (study_dir / "grid").iterdir()
-                  if d.is_dir() and d.name not in finished_before and list(d.glob("checkpoint_*/state.pt"))]
-    assert unfinished, "no interrupted trial had a checkpoint yet"
-    newest = max(unfinished[0].glob("checkpoint_*/state.pt"), key=lambda p: p.parent.name)
+    assert len(finished_before) == 7 and frozen not in finished_before
+    # Ray's saved state may name a checkpoint that Ray pruned after its last save (ray-project/ray#27790):
+    # make that certain by moving the interrupted trial's checkpoints past every name it knows ...
+    trial_dir = study_dir / "grid" / frozen
+    for folder in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
+        folder.rename(trial_dir / f"checkpoint_{int(folder.name.rsplit('_', 1)[1]) + SHIFT:06d}")
+    # ... and truncate the newest: it must fall back to the one before, never resume wrongly or fail
+    newest = max(trial_dir.glob("checkpoint_*/state.pt"), key=lambda p: p.parent.name)
     newest.write_bytes(newest.read_bytes()[:100])
+    newest_index = int(newest.parent.name.rsplit("_", 1)[1])
 
     # a copy of the interrupted study must not continue the original's MLflow runs: one line, nothing touched
     copy = tmp_path / "copy-of-killed"
@@ -119,29 +178,31 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     for r in rows:  # finished trials were not rerun
         if r["trial_id"] in finished_before:
             assert r == finished_before[r["trial_id"]]
-    corrupted = unfinished[0].name
     for r in rows:  # no epoch trained twice, but for the trial whose newest checkpoint was destroyed
         # a replay re-reports, trains nothing; Ray's result.json may lack reports a hard kill cut off
         # (MLflow, below, is the complete record)
         trained = [report["epoch"] for report in trial_reports(study_dir, r) if not report.get("replayed")]
         assert trained, r["trial_id"]
-        if r["trial_id"] != corrupted:
+        if r["trial_id"] != frozen:
             assert trained == sorted(set(trained)), (r["trial_id"], trained)
     assert final_metrics(rows) == reference  # identical to the uninterrupted run (CPU determinism)
+    # its new checkpoints continued after the newest one on disk, never writing over a name already there
+    assert all(int(d.name.rsplit("_", 1)[1]) > newest_index for d in trial_dir.glob("checkpoint_*")), \
+        sorted(d.name for d in trial_dir.glob("checkpoint_*"))
     client, runs = children(tmp_path / "mlflow.db", "killed")
     assert len(runs) == 8  # no duplicate child runs
     for run in runs:
         # MLflow is logged by the trial itself, one timing per trained epoch (Ray's result.json may miss
-        # epochs its snapshot lost). Finished trials: each epoch exactly once. An interrupted trial may
-        # retrain only the epoch that was in flight (logged, not yet checkpointed) when it was killed;
-        # the one whose checkpoint was corrupted retrains from its previous good one (or scratch).
+        # epochs its snapshot lost). Finished trials: each epoch exactly once. The interrupted one, whose
+        # newest checkpoint was corrupted, retrains from its previous good one (or scratch).
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "images_per_s"))
-        trial = run.data.tags["ray_trial_id"]
         assert sorted(set(steps)) == [0, 1, 2, 3], (run.info.run_name, steps)
-        if trial in finished_before:
+        if run.data.tags["ray_trial_id"] in finished_before:
             assert steps == [0, 1, 2, 3], (run.info.run_name, steps)
-        elif trial != unfinished[0].name:
-            assert len(steps) <= 5, (run.info.run_name, steps)
+        else:  # epochs held by its last good checkpoint (the one before the corrupted) trained once
+            good = newest_index - SHIFT - 1
+            assert all(steps.count(e) == 1 for e in range(good + 1)), (run.info.run_name, good, steps)
+            assert max(steps.count(e) for e in steps) <= 2, (run.info.run_name, steps)
 
 
 def test_optuna_mode_runs_seeded_tpe_per_variant(tmp_path):
@@ -160,9 +221,10 @@ def test_optuna_mode_runs_seeded_tpe_per_variant(tmp_path):
 def test_ctrl_c_stops_with_one_line_then_resume_finishes(tmp_path, reference):
     driver, env, ray_tmp = start_driver("ctrlc", tmp_path)
     study_dir = tmp_path / "studies" / "ctrlc"
-    wait_for(study_dir, done=1)
-    driver.send_signal(signal.SIGINT)
-    out, err = driver.communicate(timeout=120)
+    freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_on_disk(study_dir))
+    wait_for(study_dir, done=7)
+    driver.send_signal(signal.SIGINT)  # Tune stops the frozen trial too; the warden's kill ends its worker
+    out, err = driver_output(driver, timeout=120)
     no_ray_left(ray_tmp)
     assert driver.returncode == 130
     hint = [line for line in err.splitlines() if "resume" in line.lower()]
@@ -182,33 +244,19 @@ def test_ctrl_c_stops_with_one_line_then_resume_finishes(tmp_path, reference):
     assert parent.data.tags["study_dir"] == str(moved.resolve()) and parent.info.status == "FINISHED"
 
 
-def trial_mid_training(study_dir, ray_tmp, timeout: float = 240):
-    """(trial folder, worker pid) of a trial between its first checkpoint and its last epochs.
-
-    Mid-training on purpose: a kill while Ray hands a reused actor its next trial
-    is counted twice by Ray Tune (the reset task and the actor both fail), and a
-    kill after the last report leaves nothing to retrain.
-    """
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        workers = trial_workers(ray_tmp)
-        for results in study_dir.glob("grid/*/result.json"):
-            lines = [line for line in results.read_text().splitlines() if line.strip()]
-            last = json.loads(lines[-1]) if lines else None
-            if last and 1 <= last["epoch"] <= 8 and last["pid"] in workers:
-                return results.parent, last["pid"]
-        time.sleep(0.1)
-    pytest.fail("no trial reached the middle of its training")
-
-
 def kill_a_running_trial(name, work, *extra):
-    """Run a study and SIGKILL one trial's worker mid-training; return the driver's outcome and that trial."""
+    """Run a study and SIGKILL one trial's worker mid-training; return the driver's outcome and that trial.
+
+    Mid-training on purpose: a kill while Ray hands a reused actor its next trial is
+    counted twice by Ray Tune (the reset task and the actor both fail), and a kill
+    after the last report leaves nothing to retrain.
+    """
     driver, env, ray_tmp = start_driver(name, work, "--set", "train.epochs=12", *extra)
-    trial_dir, pid = trial_mid_training(work / "studies" / name, ray_tmp)
+    trial, pid = freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_on_disk(work / "studies" / name), epochs=12)
     os.kill(pid, signal.SIGKILL)
-    out, err = driver.communicate(timeout=300)
+    out, err = driver_output(driver, timeout=300)
     no_ray_left(ray_tmp)
-    return driver.returncode, out, err, trial_dir.name
+    return driver.returncode, out, err, trial
 
 
 def test_trial_killed_from_outside_is_retried_from_its_checkpoint(tmp_path):
@@ -254,7 +302,8 @@ def test_optuna_study_resumes_with_its_searcher_state(tmp_path):
               "--set", "search.weight_decay=[0.01,1.0]", "--set", "tracking.enabled=false"]
     driver, env, ray_tmp = start_driver("optk", tmp_path, *optuna)
     study_dir = tmp_path / "studies" / "optk"
-    wait_for(study_dir, done=2)
+    freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_on_disk(study_dir))
+    wait_for(study_dir, done=5)  # the searcher has made all six suggestions; one trial is mid-training
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     no_ray_left(ray_tmp)
