@@ -290,7 +290,8 @@ def quiet_ray_logs() -> None:
     """Ray's console output, cut to what a user acts on (our progress lines and errors say the rest)."""
     # on Ctrl-C Ray's multi-line "Tuner.restore(...)" advice is replaced by the CLI's one line,
     # and trials that never started have no results to complain about
-    for noisy in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+    # and a resumed trial that had not yet synced its progress.csv ("Remote file not found") starts a new one
+    for noisy in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis", "ray.tune.logger.logger"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # a failed trial is one progress line ("errored (see study status)"), its error in the table, study
     # status and the trial's error.txt; Tune would also print each failure's whole traceback; a failed
