@@ -22,9 +22,8 @@ from ray.train._internal.session import _TrainingResult
 PREFIX = "checkpoint_"
 
 
-def checkpoints_on_storage(trial) -> dict[int, str]:
-    """Index -> path of every checkpoint folder in the trial's folder on its storage."""
-    fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+def checkpoint_folders(fs, folder: str) -> dict[int, str]:
+    """Index -> path of every checkpoint folder (``checkpoint_NNNNNN``) in a trial's folder on ``fs``."""
     listed = fs.get_file_info(FileSelector(folder, allow_not_found=True))
     return {int(i.base_name[len(PREFIX):]): i.path for i in listed
             if i.type == FileType.Directory and i.base_name.startswith(PREFIX) and i.base_name[len(PREFIX):].isdigit()}
@@ -32,20 +31,19 @@ def checkpoints_on_storage(trial) -> dict[int, str]:
 
 def point_at_newest(trial) -> None:
     """Make the trial's checkpoint bookkeeping match its folder (nothing changes when it already does)."""
-    found = checkpoints_on_storage(trial)
+    fs = trial.storage.storage_filesystem
+    found = checkpoint_folders(fs, trial.storage.trial_fs_path)
     known = trial.latest_checkpoint_result
-    newest = max(found, default=None)
+    newest = max(found, default=-1)
     if (known.checkpoint.path if known else None) == found.get(newest):
         return
-    old = trial.run_metadata.checkpoint_manager
-    manager = _CheckpointManager(checkpoint_config=old.checkpoint_config)
+    manager = _CheckpointManager(checkpoint_config=trial.run_metadata.checkpoint_manager.checkpoint_config)
     metrics = dict(known.metrics) if known else {}
     for index in sorted(found):  # oldest first, so num_to_keep prunes as Ray would have
-        checkpoint = tune.Checkpoint(found[index], filesystem=trial.storage.storage_filesystem)
-        manager.register_checkpoint(_TrainingResult(checkpoint=checkpoint, metrics=metrics))
+        manager.register_checkpoint(_TrainingResult(checkpoint=tune.Checkpoint(found[index], filesystem=fs),
+                                                    metrics=metrics))
     trial.run_metadata.checkpoint_manager = manager
-    trial.storage.current_checkpoint_index = max(newest if newest is not None else -1,
-                                                 trial.storage.current_checkpoint_index)
+    trial.storage.current_checkpoint_index = max(newest, trial.storage.current_checkpoint_index)
 
 
 class NewestCheckpoint(tune.Callback):

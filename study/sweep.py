@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from pyarrow.fs import FileSelector, FileType
+from pyarrow.fs import FileType
 
 from . import localray, objectstore
 from .atomicfs import atomic_local_filesystem, remove_partial_writes
@@ -29,7 +29,7 @@ from .data import check_available
 from .errors import UserError
 from .models import check_pretrained_path
 from .progress import ProgressLine
-from .restart_point import NewestCheckpoint
+from .restart_point import NewestCheckpoint, checkpoint_folders
 from .studydir import check_definition, definition, differences, owned, record_definition
 from .table import TidyTable, fixed_columns
 from .trial import run_trial, trial_name
@@ -69,8 +69,7 @@ class RayReporter:
         from ray import tune
 
         name, known = tune.get_context().get_trial_name(), tune.get_checkpoint()
-        listed = self.storage.get_file_info(FileSelector(self.trial_path, allow_not_found=True))
-        candidates = {i.path for i in listed if i.type == FileType.Directory and i.base_name.startswith("checkpoint_")}
+        candidates = set(checkpoint_folders(self.storage, self.trial_path).values())
         if known is not None and _basename(known.path) not in {_basename(c) for c in candidates}:
             candidates.add(known.path)  # the one Ray knows is always tried
         candidates = sorted(candidates, key=_basename, reverse=True)
@@ -281,9 +280,14 @@ def abandon_trials() -> None:
     Ray logs each result that nobody collected, with its traceback ("Unhandled error"), when
     it is garbage-collected, which is after the driver's one line that says what happened.
     """
-    log = logging.getLogger("ray._private.worker")
-    if not any(isinstance(f, _AbandonedTrialErrors) for f in log.filters):
-        log.addFilter(_AbandonedTrialErrors())
+    _filter_once("ray._private.worker", _AbandonedTrialErrors)
+
+
+def _filter_once(logger: str, kind: type[logging.Filter]) -> None:
+    """Add a ``kind`` filter to the logger unless it has one (the CLI and tests call these more than once)."""
+    log = logging.getLogger(logger)
+    if not any(isinstance(f, kind) for f in log.filters):
+        log.addFilter(kind())
 
 
 def quiet_ray_logs() -> None:
@@ -300,9 +304,7 @@ def quiet_ray_logs() -> None:
                        ("ray.train._internal.syncer", _StorageWriteTracebacks),
                        ("ray.tune.execution.experiment_state", _StorageWriteTracebacks),
                        ("ray.train._internal.storage", _StorageWriteTracebacks)):
-        log = logging.getLogger(name)
-        if not any(isinstance(f, kind) for f in log.filters):
-            log.addFilter(kind())
+        _filter_once(name, kind)
 
 
 def init_ray() -> None:

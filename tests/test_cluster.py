@@ -14,7 +14,7 @@ import pytest
 
 from .conftest import (PYTHON, ROOT, free_port, ray_processes, short_tmpdir, stop_ray, study_env, tiny_args,
                        wait_until_answers)
-from .test_resilience import freeze_a_trial_mid_training, newest_on_disk
+from .test_resilience import freeze_a_trial_mid_training, newest_checkpoint_in
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(PYTHON).parent / "ray")
@@ -133,7 +133,7 @@ def test_a_study_on_three_nodes_loses_one_and_finishes_every_trial_once(cluster,
     def on_doomed():
         return [pid for pid in ray_processes(cluster.temp, b"ray::ImplicitFunc") if _descends_from(pid, doomed.pid)]
 
-    victim, _ = freeze_a_trial_mid_training(on_doomed, newest_on_disk(study_dir), epochs=EPOCHS)
+    victim, _ = freeze_a_trial_mid_training(on_doomed, newest_checkpoint_in(study_dir), epochs=EPOCHS)
     os.killpg(doomed.pid, signal.SIGKILL)
     out, err = driver.communicate(timeout=600)
     assert driver.returncode == 0, err[-3000:]

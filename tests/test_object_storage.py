@@ -14,7 +14,8 @@ import pytest
 from study.table import read_rows
 
 from .conftest import ARGS, PYTHON, ROOT, children, final_metrics, free_port, no_ray_left, run_study_cli, study_env
-from .test_resilience import freeze_a_trial_mid_training, start_driver, trial_workers, wait_for
+from .test_resilience import (freeze_a_trial_mid_training, newest_checkpoint_in, start_driver, trial_workers,
+                              wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -58,21 +59,13 @@ def objects(fs, prefix: str) -> set[str]:
             if i.type == pafs.FileType.File}
 
 
-def newest_in_bucket(fs, study: str):
-    """For ``freeze_a_trial_mid_training``: a trial's newest checkpoint index in the bucket (-1: none)."""
-    def newest(trial: str) -> int:
-        listed = fs.get_file_info(pafs.FileSelector(f"{study}/grid/{trial}", recursive=True, allow_not_found=True))
-        return max((int(i.path.split("/")[-2].rsplit("_", 1)[1]) for i in listed
-                    if i.path.endswith("/state.pt") and i.path.split("/")[-2].startswith("checkpoint_")), default=-1)
-    return newest
-
-
 def test_a_study_in_s3_killed_mid_sweep_resumes_and_reports_from_another_machine(tmp_path, s3, reference):
     aws, fs = s3
     driver, env, ray_tmp = start_driver("in-s3", tmp_path, "--set", f"storage={STORAGE}",
                                         **machine(tmp_path, "a", aws))
     mirror_a = tmp_path / "a" / "cache" / "lpwd-study" / "s3" / BUCKET / "studies" / "in-s3"
-    frozen, _ = freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_in_bucket(fs, f"{BUCKET}/studies/in-s3"))
+    frozen, _ = freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp),
+                                            newest_checkpoint_in(f"{BUCKET}/studies/in-s3", fs=fs))
     wait_for(mirror_a, done=7)  # the driver's working copy: its table is pushed on every change
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()

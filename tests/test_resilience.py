@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 
 from study.report import trial_reports
@@ -63,10 +64,24 @@ def wait_for(study_dir, done: int, timeout: float = 300):
     pytest.fail(f"the sweep never reached {done} finished trials and a running one")
 
 
-def newest_on_disk(study_dir: Path):
-    """For ``freeze_a_trial_mid_training``: a trial's newest checkpoint index in a study on local disk (-1: none)."""
-    return lambda trial: max((int(f.parent.name.rsplit("_", 1)[1])
-                              for f in study_dir.glob(f"*/{trial}/checkpoint_*/state.pt")), default=-1)
+def checkpoint_index(name: str) -> int:
+    """``checkpoint_000003`` -> 3."""
+    return int(name.rsplit("_", 1)[1])
+
+
+def newest_checkpoint_in(study: str | Path, experiment: str = "grid", fs=None):
+    """For ``freeze_a_trial_mid_training``: a trial's newest checkpoint index (-1: none) in a study on ``fs``.
+
+    Local disk by default, or a bucket's pyarrow filesystem; a checkpoint counts once its ``state.pt`` is there.
+    """
+    fs = fs or pafs.LocalFileSystem()
+
+    def newest(trial: str) -> int:
+        listed = fs.get_file_info(pafs.FileSelector(f"{study}/{experiment}/{trial}", recursive=True,
+                                                    allow_not_found=True))
+        return max((checkpoint_index(i.path.split("/")[-2]) for i in listed
+                    if i.path.endswith("/state.pt") and i.path.split("/")[-2].startswith("checkpoint_")), default=-1)
+    return newest
 
 
 def trial_of(pid: int) -> str | None:
@@ -116,7 +131,7 @@ SHIFT = 10  # checkpoint names moved past what Ray's saved state knows
 def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     driver, env, ray_tmp = start_driver("killed", tmp_path)
     study_dir = tmp_path / "studies" / "killed"
-    frozen, _ = freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_on_disk(study_dir))
+    frozen, _ = freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_checkpoint_in(study_dir))
     wait_for(study_dir, done=7)  # the other seven finish; the frozen one is mid-training at the kill
     # local means local: every server of the study's Ray (GCS, raylet, workers, agents, metrics) on loopback
     bound = listeners([driver.pid, *ray_processes(ray_tmp)])
@@ -131,11 +146,11 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     # make that certain by moving the interrupted trial's checkpoints past every name it knows ...
     trial_dir = study_dir / "grid" / frozen
     for folder in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
-        folder.rename(trial_dir / f"checkpoint_{int(folder.name.rsplit('_', 1)[1]) + SHIFT:06d}")
+        folder.rename(trial_dir / f"checkpoint_{checkpoint_index(folder.name) + SHIFT:06d}")
     # ... and truncate the newest: it must fall back to the one before, never resume wrongly or fail
     newest = max(trial_dir.glob("checkpoint_*/state.pt"), key=lambda p: p.parent.name)
     newest.write_bytes(newest.read_bytes()[:100])
-    newest_index = int(newest.parent.name.rsplit("_", 1)[1])
+    newest_index = checkpoint_index(newest.parent.name)
 
     # a copy of the interrupted study must not continue the original's MLflow runs: one line, nothing touched
     copy = tmp_path / "copy-of-killed"
@@ -187,7 +202,7 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
             assert trained == sorted(set(trained)), (r["trial_id"], trained)
     assert final_metrics(rows) == reference  # identical to the uninterrupted run (CPU determinism)
     # its new checkpoints continued after the newest one on disk, never writing over a name already there
-    assert all(int(d.name.rsplit("_", 1)[1]) > newest_index for d in trial_dir.glob("checkpoint_*")), \
+    assert all(checkpoint_index(d.name) > newest_index for d in trial_dir.glob("checkpoint_*")), \
         sorted(d.name for d in trial_dir.glob("checkpoint_*"))
     client, runs = children(tmp_path / "mlflow.db", "killed")
     assert len(runs) == 8  # no duplicate child runs
@@ -221,7 +236,7 @@ def test_optuna_mode_runs_seeded_tpe_per_variant(tmp_path):
 def test_ctrl_c_stops_with_one_line_then_resume_finishes(tmp_path, reference):
     driver, env, ray_tmp = start_driver("ctrlc", tmp_path)
     study_dir = tmp_path / "studies" / "ctrlc"
-    freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_on_disk(study_dir))
+    freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_checkpoint_in(study_dir))
     wait_for(study_dir, done=7)
     driver.send_signal(signal.SIGINT)  # Tune stops the frozen trial too; the warden's kill ends its worker
     out, err = driver_output(driver, timeout=120)
@@ -252,7 +267,8 @@ def kill_a_running_trial(name, work, *extra):
     after the last report leaves nothing to retrain.
     """
     driver, env, ray_tmp = start_driver(name, work, "--set", "train.epochs=12", *extra)
-    trial, pid = freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_on_disk(work / "studies" / name), epochs=12)
+    trial, pid = freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp),
+                                             newest_checkpoint_in(work / "studies" / name), epochs=12)
     os.kill(pid, signal.SIGKILL)
     out, err = driver_output(driver, timeout=300)
     no_ray_left(ray_tmp)
@@ -302,7 +318,7 @@ def test_optuna_study_resumes_with_its_searcher_state(tmp_path):
               "--set", "search.weight_decay=[0.01,1.0]", "--set", "tracking.enabled=false"]
     driver, env, ray_tmp = start_driver("optk", tmp_path, *optuna)
     study_dir = tmp_path / "studies" / "optk"
-    freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_on_disk(study_dir))
+    freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_checkpoint_in(study_dir, "optuna-lpwd"))
     wait_for(study_dir, done=5)  # the searcher has made all six suggestions; one trial is mid-training
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
