@@ -49,9 +49,15 @@ def trial_reports(study_dir: Path, row: dict) -> list[dict]:
 
 
 def trial_history(study_dir: Path, row: dict) -> pd.DataFrame | None:
-    """Per-epoch results of one trial as a table, None if it reported nothing."""
+    """Per-epoch results of one trial as a table, one row per epoch in order; None if it reported nothing.
+
+    After an interruption ``result.json`` can hold an epoch twice (retrained from an older
+    checkpoint, or a finished trial's replayed final report): its latest report stands.
+    """
     reports = trial_reports(study_dir, row)
-    return pd.DataFrame(reports) if reports else None
+    if not reports:
+        return None
+    return pd.DataFrame(reports).drop_duplicates("epoch", keep="last").sort_values("epoch", ignore_index=True)
 
 
 def extreme_cell_histories(study_dir: Path, df: pd.DataFrame) -> dict:

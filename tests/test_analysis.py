@@ -173,3 +173,20 @@ def test_the_verdict_is_written_from_the_numbers():
     s0 = summarize(simulated_study(rng, seeds=6, gap=0.0))
     assert classify(by_arm(s0)["lpwd"]) == "no difference shown" and "more robust" not in verdict(s0)
     assert classify(by_arm(summarize(simulated_study(rng, seeds=6, gap=-3.0)))["lpwd"]) == "less robust"
+
+
+def test_a_training_curve_has_each_epoch_once_after_a_resume(tmp_path):
+    """An interrupted trial's result.json repeats the epochs it retrained and a replayed final report."""
+    import json
+
+    from study.report import trial_history
+
+    row = {"experiment": "grid", "trial_id": "t_00000"}
+    folder = tmp_path / "grid" / "t_00000"
+    folder.mkdir(parents=True)
+    reported = [(0, 0.1), (1, 0.2), (2, 0.25), (1, 0.21), (2, 0.3), (3, 0.4), (3, 0.4)]  # resumed from epoch 0
+    (folder / "result.json").write_text("".join(json.dumps({"epoch": e, "val_acc": a}) + "\n" for e, a in reported))
+    history = trial_history(tmp_path, row)
+    assert history["epoch"].tolist() == [0, 1, 2, 3]
+    assert history["val_acc"].tolist() == [0.1, 0.21, 0.3, 0.4]  # the retrained epoch's report stands
+    assert trial_history(tmp_path, {**row, "trial_id": "never_reported"}) is None

@@ -84,6 +84,18 @@ def newest_checkpoint_in(study: str | Path, experiment: str = "grid", fs=None):
     return newest
 
 
+def recorded_epoch_in(study: Path, experiment: str = "grid"):
+    """For ``freeze_a_trial_mid_training``: the newest epoch (-1: none) the driver recorded for a trial.
+
+    A worker writes a checkpoint before the driver has its report: a kill between the
+    two loses that report from Ray's ``result.json`` (MLflow, logged by the trial, has it).
+    """
+    def recorded(trial: str) -> int:
+        return max((r["epoch"] for r in trial_reports(study, {"experiment": experiment, "trial_id": trial})),
+                   default=-1)
+    return recorded
+
+
 def trial_of(pid: int) -> str | None:
     """The trial a worker is running: Ray Tune runs each trial in ``.../working_dirs/<trial>``."""
     try:
@@ -93,27 +105,35 @@ def trial_of(pid: int) -> str | None:
     return cwd.name if cwd.parent.name == "working_dirs" else None
 
 
-def freeze_a_trial_mid_training(workers, newest_checkpoint, epochs: int = 4, timeout: float = 300) -> tuple[str, int]:
+def freeze_a_trial_mid_training(workers, newest_checkpoint, epochs: int = 4, recorded=None,
+                                timeout: float = 300) -> tuple[str, int]:
     """SIGSTOP the worker of a trial that has a checkpoint and epochs still to train: (trial id, worker pid).
 
-    ``workers()`` lists the pids of the trial workers to choose from.
+    ``workers()`` lists the pids of the trial workers to choose from. With ``recorded``
+    (``recorded_epoch_in``), only a trial whose newest checkpoint's report the driver has
+    recorded: a test that counts Ray's reports after a kill.
 
     No race to win. A worker writes its trial's checkpoints itself (one per epoch here,
     so index = epoch) before it trains on, so once it is stopped its working dir and
-    checkpoints stay as they are; the freeze is kept only if they show a trial between
-    its first checkpoint and its last epoch, else the worker is let go and another
+    checkpoints stay as they are, and the driver's record of its reports only grows; the
+    freeze is kept only if they show a trial between its first checkpoint and its last
+    epoch, else the worker is let go and another
     moment tried. A stopped worker holds its trial, so the sweep cannot finish: every
     other trial runs to its end and the sweep waits there, a state the test reaches
     whatever the machine's load (``wait_for``).
     """
+    def mid_training(trial: str) -> bool:
+        newest = newest_checkpoint(trial)
+        return 0 <= newest < epochs - 1 and (recorded is None or recorded(trial) >= newest)
+
     deadline = time.time() + timeout
     while time.time() < deadline:
         for pid in workers():
             trial = trial_of(pid)
-            if trial is None or not 0 <= newest_checkpoint(trial) < epochs - 1:
+            if trial is None or not mid_training(trial):
                 continue
             os.kill(pid, signal.SIGSTOP)
-            if trial_of(pid) == trial and 0 <= newest_checkpoint(trial) < epochs - 1:
+            if trial_of(pid) == trial and mid_training(trial):
                 return trial, pid
             os.kill(pid, signal.SIGCONT)
         time.sleep(0.05)
@@ -131,7 +151,8 @@ SHIFT = 10  # checkpoint names moved past what Ray's saved state knows
 def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     driver, env, ray_tmp = start_driver("killed", tmp_path)
     study_dir = tmp_path / "studies" / "killed"
-    frozen, _ = freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_checkpoint_in(study_dir))
+    frozen, _ = freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_checkpoint_in(study_dir),
+                                            recorded=recorded_epoch_in(study_dir))
     wait_for(study_dir, done=7)  # the other seven finish; the frozen one is mid-training at the kill
     # local means local: every server of the study's Ray (GCS, raylet, workers, agents, metrics) on loopback
     bound = listeners([driver.pid, *ray_processes(ray_tmp)])
@@ -267,8 +288,9 @@ def kill_a_running_trial(name, work, *extra):
     after the last report leaves nothing to retrain.
     """
     driver, env, ray_tmp = start_driver(name, work, "--set", "train.epochs=12", *extra)
-    trial, pid = freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp),
-                                             newest_checkpoint_in(work / "studies" / name), epochs=12)
+    study_dir = work / "studies" / name
+    trial, pid = freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_checkpoint_in(study_dir),
+                                             epochs=12, recorded=recorded_epoch_in(study_dir))
     os.kill(pid, signal.SIGKILL)
     out, err = driver_output(driver, timeout=300)
     no_ray_left(ray_tmp)
