@@ -118,12 +118,33 @@ class RayReporter:
 _config_cache: dict = {}
 
 
+def quiet_worker_stop() -> None:
+    """A trial worker that Tune stops (SIGTERM, at the sweep's end) goes without printing a traceback.
+
+    Ray's SIGTERM handler raises SystemExit. When the signal lands while a weakref callback runs,
+    Python cannot raise it there: it prints it ("Exception ignored in ... SystemExit: 1", nine
+    lines of Ray's shutdown in the user's terminal) and drops it. Only that print is dropped
+    here: every other unraisable error still prints.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_system_exit", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not issubclass(unraisable.exc_type, SystemExit):
+            previous(unraisable)
+
+    hook.drops_system_exit = True
+    sys.unraisablehook = hook
+
+
 def trainable(config: dict, study: dict, tracking: dict | None):
     """The Ray Tune function trainable: one trial of the study."""
     from ray import tune
 
     from .tracking import StudyRun
 
+    quiet_worker_stop()
     logging.getLogger("ray").setLevel(logging.WARNING)  # no "checkpoint created" line per epoch
     key = repr(study)
     if key not in _config_cache:  # reused actors validate the study config once

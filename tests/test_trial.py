@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +86,29 @@ def test_cosine_schedule_decays_to_zero():
     cfg = config(train={"epochs": 2, "lr_schedule": "cosine"})
     f = lr_factor(cfg, steps_per_epoch=50)
     assert f(0) == 1.0 and f(50) == pytest.approx(0.5) and f(99) < 1e-3
+
+
+UNRAISABLES = """
+import weakref
+from study.sweep import quiet_worker_stop
+if {quiet}:
+    quiet_worker_stop(); quiet_worker_stop()
+
+class Owner: pass
+def stopped(_): raise SystemExit(1)  # what Ray's SIGTERM handler raises inside a weakref callback
+def broken(_): raise ValueError("a real bug")
+a, b = Owner(), Owner()
+keep = weakref.ref(a, stopped), weakref.ref(b, broken)
+del a, b
+print("worker carried on")
+"""
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_stopped_trial_worker_prints_no_systemexit_traceback_but_real_errors_still_print(quiet):
+    proc = subprocess.run([sys.executable, "-c", UNRAISABLES.format(quiet=quiet)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "worker carried on\n"
+    assert "ValueError: a real bug" in proc.stderr
+    assert ("SystemExit" in proc.stderr) is not quiet  # without the hook Python prints it: the test can fail
+    assert proc.stderr.count("Exception ignored in") == (1 if quiet else 2)  # installed once, however often called
