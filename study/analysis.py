@@ -8,11 +8,13 @@ plots and the verdict can never disagree:
   ``test_acc_at_best_val``); every choice (an arm's best cell, the overall best
   cell that near-optimal areas are measured from, the pick among k cells of the
   best-of-k curve, the learning rate of the lambda-spread) is made on it. Test
-  accuracy is only read at the chosen cells. Cells tied on validation are
-  averaged, which is what a random tie-break gives in expectation.
+  accuracy is only read at the chosen cells. Cells tied on validation (within
+  ``claims.TIE``) are averaged, which is what a random tie-break gives in expectation.
 * **Seeds pair trials**: the same seed gives every arm the same initialisation,
-  split and batch order, so uncertainty comes from resampling seed indices
-  jointly across arms (``scipy.stats.bootstrap``), keeping the pairing.
+  split and batch order. Each claim of ``study.claims`` is computed per seed (a seed
+  is one replicate of the grid) and compared by per-seed differences: a paired
+  t-test and t-interval. A seed whose grid is incomplete for either arm of a
+  comparison (an errored trial) is dropped from both.
 * Accuracies are in points (percent). A diverged trial counts as chance, never
   dropped; unfinished trials are counted, never silently left out.
 
@@ -24,26 +26,28 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .paired import compare_cells
+from .claims import CLAIMS, PRIMARY_DEFAULT, TIE, Claim, SeedGrids, per_seed
+from .paired import Difference, adjust, compare_cells, paired_difference
 
 CHANCE = {"digits": 0.1, "cifar10": 0.1, "cifar100": 0.01}
-DELTAS = (1.0, 2.0)
 CONFIDENCE = 0.95
-# below this, resampling seeds gives at most 3 distinct resamples: no interval at all is more honest
-MIN_SEEDS_FOR_INTERVALS = 3
+ALPHA = 0.05
+# a paired t-test over 2 seeds has one degree of freedom and no way to check its assumptions:
+# below 3 seeds a claim is "cannot be shown", and nothing gets an interval
+MIN_SEEDS = 3
 # the validation metric that chooses cells for each reported test metric
 SELECTED_BY = {"test_acc_at_best_val": "best_val_acc", "final_test_acc": "val_acc",
                "paper_top10_test_acc": "best_val_acc", "best_val_acc": "best_val_acc", "val_acc": "val_acc"}
-# summary metrics with a bootstrap interval, and whether larger is more robust
-CLAIMS = {"best": "best cell (test at the validation-best cell)",
-          "near_optimal_1pt": "near-optimal area (≤ 1 pt)", "near_optimal_2pt": "near-optimal area (≤ 2 pt)",
-          "decay_spread": "λ-spread at the best η", "worst": "worst cell", "grid_mean": "grid mean"}
+ANSWERS = ("shown", "shown worse", "not shown", "cannot be shown")
+# the control arm: pwd trained at lpwd's decay mass, and the arms lpwd's edge is split by
+MASS_ARM = "pwd@lpwd-mass"
+DECOMPOSITION = {"placement": ("pwd", "wd"), "decay mass": (MASS_ARM, "pwd"), "layer shape": ("lpwd", MASS_ARM)}
 
 
 def arm_of(table: pd.DataFrame) -> pd.Series:
@@ -114,70 +118,69 @@ def _nanmean(x: np.ndarray, axis) -> np.ndarray:
         return np.nanmean(x, axis=axis)
 
 
-def cell_means(values: np.ndarray, seed_idx: np.ndarray) -> np.ndarray:
-    """Mean over the chosen seeds: ``values[A, I, J, S]``, ``seed_idx[B, S']`` -> ``[B, A, I, J]``."""
-    return np.moveaxis(_nanmean(values[..., seed_idx], axis=-1), -1, 0)
+def seed_grids(g: Grid, chance: float = 0.0) -> SeedGrids:
+    """The grid as ``claims`` reads it: ``[arm, seed, lr, λ]``."""
+    return SeedGrids(np.moveaxis(g.val, 3, 1), np.moveaxis(g.test, 3, 1), np.asarray(g.wds, float), chance)
 
 
-def robustness(g: Grid, seed_idx: np.ndarray) -> dict[str, np.ndarray]:
-    """Every claim metric, per resample and arm (``[B, A]``), choosing on validation only."""
-    val, test = cell_means(g.val, seed_idx), cell_means(g.test, seed_idx)
-    B, A, I, J = val.shape
-    v, t = val.reshape(B, A, I * J), test.reshape(B, A, I * J)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        top = np.nanmax(v, axis=2, keepdims=True)
-        best = _nanmean(np.where(v == top, t, np.nan), axis=2)
-        overall = np.nanmax(v.reshape(B, -1), axis=1)[:, None, None]
-        reference = _nanmean(np.where(v == overall, t, np.nan).reshape(B, -1), axis=1)[:, None, None]
-        finished = np.isfinite(t).sum(axis=2)
-        out = {"best": best}
-        for d in DELTAS:
-            out[f"near_optimal_{d:g}pt"] = (t >= reference - d).sum(axis=2) / np.maximum(finished, 1)
-        # lambda-spread along the learning rate of the validation-best cell
-        best_lr = np.argmax(np.where(np.isfinite(v), v, -np.inf), axis=2) // J
-        along = np.take_along_axis(test, best_lr[:, :, None, None], axis=2)[:, :, 0, :]
-        out["decay_spread"] = np.nanmax(along, axis=2) - np.nanmin(along, axis=2)
-        out["worst"] = np.nanmin(t, axis=2)
-        out["grid_mean"] = _nanmean(t, axis=2)
-    return out
+def answer(claim: Claim, diff: Difference, p_adj: float, alpha: float) -> str:
+    """One of ``ANSWERS`` for arm − baseline on a primary claim."""
+    if diff.n < MIN_SEEDS or not math.isfinite(p_adj):
+        return "cannot be shown"
+    if p_adj >= alpha:
+        return "not shown"
+    return "shown" if diff.diff * claim.better_sign() > 0 else "shown worse"
 
 
-def bootstrap_intervals(g: Grid, baseline: str | None, resamples: int = 2000, seed: int = 0,
-                        confidence: float = CONFIDENCE) -> dict[str, np.ndarray]:
-    """Percentile intervals over seeds, resampled jointly across arms (pairing kept).
+def paired_seeds(stat: np.ndarray, arms: list[int]) -> np.ndarray:
+    """Seeds (indices) on which every one of ``arms`` has a complete grid."""
+    return np.flatnonzero(np.isfinite(stat[arms]).all(axis=0))
 
-    For each claim metric ``m``: ``m`` -> ``[A, 2]``, and ``diff_m`` -> ``[A, 2]`` for
-    arm - baseline (NaN rows for the baseline itself). All NaN below ``MIN_SEEDS_FOR_INTERVALS`` seeds.
-    """
-    A = len(g.arms)
-    keys = list(CLAIMS)
-    nan = {k: np.full((A, 2), np.nan) for k in keys + [f"diff_{k}" for k in keys]}
-    if len(g.seeds) < MIN_SEEDS_FOR_INTERVALS:
-        return nan
-    b = g.arms.index(baseline) if baseline in g.arms else None
 
-    def statistic(idx, axis=-1):
-        idx = np.atleast_2d(np.asarray(idx, dtype=int))
-        m = robustness(g, idx)
-        parts = [m[k].T for k in keys]  # each [A, B]
-        if b is not None:
-            parts += [(m[k] - m[k][:, [b]]).T for k in keys]
-        return np.concatenate(parts, axis=0)
+def compare(stat: np.ndarray, a: int, b: int, confidence: float = CONFIDENCE) -> tuple[Difference, np.ndarray]:
+    """Arm a − arm b on one claim's per-seed statistic ``[arm, seed]``; also the seeds used.
+    Below ``MIN_SEEDS`` pairs: the mean difference only, no interval and no p-value."""
+    both = paired_seeds(stat, [a, b])
+    d = paired_difference(stat[a, both] - stat[b, both], confidence)
+    if d.n < MIN_SEEDS:
+        d = replace(d, lo=math.nan, hi=math.nan, p=math.nan, se=math.nan)
+    return d, both
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # few seeds make degenerate resamples: the interval says so by its width
-        res = stats.bootstrap((np.arange(len(g.seeds)),), statistic, vectorized=True, n_resamples=resamples,
-                              confidence_level=confidence, method="percentile", random_state=seed)
-    low, high = res.confidence_interval
-    out = dict(nan)
-    for n, k in enumerate(keys):
-        out[k] = np.stack([low[n * A:(n + 1) * A], high[n * A:(n + 1) * A]], axis=1)
-        if b is not None:
-            o = (len(keys) + n) * A
-            diff = np.stack([low[o:o + A], high[o:o + A]], axis=1)
-            diff[b] = np.nan
-            out[f"diff_{k}"] = diff
+
+def own_interval(x: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """Mean of an arm's per-seed statistic and its t-interval (NaN interval below ``MIN_SEEDS``)."""
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return math.nan, math.nan, math.nan
+    if len(x) < MIN_SEEDS or np.ptp(x) <= TIE:
+        return float(x.mean()), *((math.nan, math.nan) if len(x) < MIN_SEEDS else (float(x.mean()),) * 2)
+    lo, hi = stats.t.interval(confidence, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    return float(x.mean()), float(lo), float(hi)
+
+
+def decompose(per_seed_stats: dict[str, np.ndarray], arms: list[str], primary: dict[str, str],
+              alpha: float = ALPHA) -> dict | None:
+    """lpwd − wd on each primary claim as placement + decay mass + layer shape, on the seeds all
+    four arms completed; and the share of lpwd's edge over pwd that decay mass explains."""
+    needed = {"wd", "pwd", "lpwd", MASS_ARM}
+    if not needed <= set(arms):
+        return None
+    idx = {a: arms.index(a) for a in needed}
+    out = {}
+    for question, name in primary.items():
+        stat = per_seed_stats[name]
+        seeds = paired_seeds(stat, list(idx.values()))
+
+        def diff(x, y):
+            return paired_difference(stat[idx[x], seeds] - stat[idx[y], seeds])
+
+        parts = {part: diff(*pair) for part, pair in DECOMPOSITION.items()}
+        edge = diff("lpwd", "pwd")
+        share = parts["decay mass"].diff / edge.diff if (
+            len(seeds) >= MIN_SEEDS and edge.p < alpha and abs(edge.diff) > TIE) else None
+        out[question] = {"claim": name, "seeds": len(seeds), "total": asdict(diff("lpwd", "wd")),
+                         "parts": {k: asdict(v) for k, v in parts.items()}, "edge_over_pwd": asdict(edge),
+                         "mass_share_of_edge_over_pwd": share}
     return out
 
 
@@ -199,30 +202,21 @@ def expected_best_of_k(val: np.ndarray, test: np.ndarray, ks: np.ndarray | None 
     return np.array([float(np.sum(group_test * (below ** k - prev ** k))) for k in ks])
 
 
-def best_of_k_band(g: Grid, arm: str, resamples: int = 500, seed: int = 0,
-                   confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The expected best-of-k curve of an arm with a bootstrap band over seeds (NaN band with one seed)."""
+def best_of_k_band(g: Grid, arm: str, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An arm's expected best-of-k curve, one per seed (each seed's grid is one replicate of the
+    tuning), as their mean and t-band; at k = every cell it is the ``best`` claim's
+    tuned accuracy. NaN band below ``MIN_SEEDS`` complete seeds."""
     a = g.arms.index(arm)
-    every = np.arange(len(g.seeds))[None]
-
-    def curve(idx):
-        return expected_best_of_k(cell_means(g.val, idx)[0, a].ravel(), cell_means(g.test, idx)[0, a].ravel())
-
-    point = curve(every)
-    if len(g.seeds) < MIN_SEEDS_FOR_INTERVALS:
+    curves = [expected_best_of_k(g.val[a, ..., s].ravel(), g.test[a, ..., s].ravel())
+              for s in range(len(g.seeds)) if np.isfinite(g.test[a, ..., s]).all()]
+    if not curves:
+        return np.array([]), np.array([]), np.array([])
+    c = np.array(curves)
+    point = c.mean(axis=0)
+    if len(c) < MIN_SEEDS:
         return point, np.full_like(point, np.nan), np.full_like(point, np.nan)
-
-    def statistic(idx, axis=-1):
-        idx = np.atleast_2d(np.asarray(idx, dtype=int))
-        curves = [curve(row[None]) for row in idx]
-        width = len(point)
-        return np.stack([np.pad(c, (0, width - len(c)), constant_values=np.nan) for c in curves], axis=1)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = stats.bootstrap((np.arange(len(g.seeds)),), statistic, vectorized=True, n_resamples=resamples,
-                              confidence_level=confidence, method="percentile", random_state=seed)
-    return point, res.confidence_interval.low, res.confidence_interval.high
+    half = stats.t.ppf(0.5 + confidence / 2, len(c) - 1) * stats.sem(c, axis=0)
+    return point, point - half, point + half
 
 
 def cells(df: pd.DataFrame) -> pd.DataFrame:
@@ -239,7 +233,7 @@ def best_cells(arm_cells: pd.DataFrame) -> pd.DataFrame:
 
     The one selection rule that the summary, ``study status`` and the plots share; the first row
     names the cell, and the reported score is the mean over all of them."""
-    return arm_cells[arm_cells["val"] == arm_cells["val"].max()]
+    return arm_cells[arm_cells["val"] >= arm_cells["val"].max() - TIE]
 
 
 def bookkeeping(table: pd.DataFrame) -> pd.DataFrame:
@@ -254,25 +248,29 @@ def bookkeeping(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baseline: str = "wd",
-              test: str = "t", correction: str = "holm", alpha: float = 0.05, effective_decay: dict | None = None,
-              resamples: int = 2000, arms: list[str] | None = None) -> pd.DataFrame:
-    """One row per arm: every robustness claim with its interval, and the paired comparison to the baseline.
+              test: str = "t", correction: str = "holm", alpha: float = ALPHA, effective_decay: dict | None = None,
+              arms: list[str] | None = None, primary: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per arm: descriptive numbers, every claim with its interval, and the paired
+    comparison with the baseline; the primary claims' answers (Holm across arms per question).
 
-    ``effective_decay``: {arm: lambda_eff / lambda} (a property of model and
-    schedule, see ``lpwd.effective_decay``), reported as given.
+    ``effective_decay``: {arm: lambda_eff / lambda} (recorded when the study is planned,
+    see ``study.plan``), reported as given. ``primary``: {question: claim name}.
     """
+    primary = {**PRIMARY_DEFAULT, **(primary or {})}
     df = scored(table, metric)
     g = grid(df, arms)
-    point = {k: v[0] for k, v in robustness(g, np.arange(len(g.seeds))[None]).items()}
-    ci = bootstrap_intervals(g, baseline, resamples)
+    chance = 100.0 * float(df["dataset"].map(CHANCE).fillna(0.0).max()) if "dataset" in df and len(df) else 0.0
+    stat = per_seed(seed_grids(g, chance))
     books = bookkeeping(table)
     c = cells(df)
     b = g.arms.index(baseline) if baseline in g.arms else None
+    per_cell = compare_cells(g, baseline, test, correction, alpha) if b is not None else None
     rows = []
     for a, arm in enumerate(g.arms):
         mine = c[c["arm"] == arm]
         top = best_cells(mine)
-        worst = mine.loc[mine["mean"].idxmin()] if len(mine) else None
+        decaying = mine[mine["weight_decay"] > 0]
+        worst_cell = decaying.loc[decaying["mean"].idxmin()] if len(decaying) else None
         row = {
             "arm": arm,
             "cells": len(mine), "cells_planned": g.shape[1] * g.shape[2],
@@ -281,30 +279,47 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
             "effective_decay": (effective_decay or {}).get(arm, float("nan")),
             "best_lr": top["lr"].iloc[0] if len(top) else float("nan"),
             "best_weight_decay": top["weight_decay"].iloc[0] if len(top) else float("nan"),
-            "best_tied_cells": len(top), "best_val": top["val"].iloc[0] if len(top) else float("nan"),
+            "best_tied_cells": len(top), "best_val": top["val"].mean() if len(top) else float("nan"),
+            "best_cell_test": top["mean"].mean() if len(top) else float("nan"),
             "best_sd": top["sd"].mean() if len(top) else float("nan"),
-            "worst_lr": worst["lr"] if worst is not None else float("nan"),
-            "worst_weight_decay": worst["weight_decay"] if worst is not None else float("nan"),
+            "worst_lr": worst_cell["lr"] if worst_cell is not None else float("nan"),
+            "worst_weight_decay": worst_cell["weight_decay"] if worst_cell is not None else float("nan"),
             "diverged_cells": int((mine["diverged"] > 0).sum()),
             "sign_flip_cells": int((mine["lr"] * mine["weight_decay"] >= 1).sum()),
         }
         for k in CLAIMS:
-            row[k], (row[f"{k}_lo"], row[f"{k}_hi"]) = float(point[k][a]), ci[k][a]
+            row[k], row[f"{k}_lo"], row[f"{k}_hi"] = own_interval(stat[k][a])
             if b is not None and a != b:
-                row[f"diff_{k}"] = float(point[k][a] - point[k][b])
-                row[f"diff_{k}_lo"], row[f"diff_{k}_hi"] = ci[f"diff_{k}"][a]
-        if b is not None and a != b:
-            cmp = compare_cells(g, arm, baseline, test, correction, alpha)
-            tested = cmp["p"].notna()
-            row.update({"cells_compared": len(cmp), "cells_tested": int(tested.sum()),
-                        "mean_cell_diff": cmp["diff"].mean() if len(cmp) else float("nan"),
-                        "sig_better": int((cmp["significant"] & (cmp["diff"] > 0)).sum()),
-                        "sig_worse": int((cmp["significant"] & (cmp["diff"] < 0)).sum())})
+                d, seeds = compare(stat[k], a, b)
+                row.update({f"diff_{k}": d.diff, f"diff_{k}_lo": d.lo, f"diff_{k}_hi": d.hi, f"p_{k}": d.p,
+                            f"n_{k}": d.n, f"se_{k}": d.se,
+                            f"{k}_paired": float(stat[k][a, seeds].mean()) if len(seeds) else float("nan"),
+                            f"{k}_baseline_paired": float(stat[k][b, seeds].mean()) if len(seeds) else float("nan")})
+                if k == primary["better"]:
+                    row["dropped_seeds"] = [int(x) for i, x in enumerate(g.seeds) if i not in set(seeds)]
+        if per_cell is not None and a != b:
+            mine_cmp = per_cell[per_cell["arm"] == arm]
+            tested = mine_cmp["p"].notna()
+            row.update({"cells_compared": len(mine_cmp), "cells_tested": int(tested.sum()),
+                        "sig_better": int((mine_cmp["significant"] & (mine_cmp["diff"] > 0)).sum()),
+                        "sig_worse": int((mine_cmp["significant"] & (mine_cmp["diff"] < 0)).sum())})
         rows.append(row)
     out = pd.DataFrame(rows)
+    if b is not None and len(g.arms) > 1:
+        others = out["arm"] != baseline
+        for question, name in primary.items():  # one family per question: Holm across the arms
+            p = out.loc[others, f"p_{name}"].to_numpy(dtype=float)
+            out.loc[others, f"p_adj_{question}"] = adjust(p, "holm")
+            out[f"answer_{question}"] = [
+                answer(CLAIMS[name], Difference(r[f"diff_{name}"], r[f"diff_{name}_lo"], r[f"diff_{name}_hi"],
+                                                r[f"p_{name}"], int(r[f"n_{name}"]), r[f"se_{name}"]),
+                       r[f"p_adj_{question}"], alpha) if r["arm"] != baseline else ""
+                for _, r in out.iterrows()]
     out.attrs.update({"metric": metric, "selected_by": SELECTED_BY[metric], "baseline": baseline, "test": test,
-                      "correction": correction, "alpha": alpha, "confidence": CONFIDENCE,
-                      "seeds": len(g.seeds), "resamples": resamples})
+                      "correction": correction, "alpha": alpha, "confidence": CONFIDENCE, "min_seeds": MIN_SEEDS,
+                      "seeds": len(g.seeds), "primary": primary, "cells_per_arm": g.shape[1] * g.shape[2],
+                      "decaying_cells": int(np.sum(np.asarray(g.wds) > 0)) * g.shape[1],
+                      "decomposition": decompose(stat, g.arms, primary, alpha)})
     return out
 
 

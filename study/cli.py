@@ -3,7 +3,7 @@
     study run CONFIG [--set k=v ...]     run (or resume) a study, then its report
     study resume STUDY_DIR               finish an interrupted study
     study status STUDY_DIR               done / running / pending / errored
-    study report STUDY_DIR [--metric M] [--baseline wd]
+    study report STUDY_DIR [--metric M] [--baseline wd] [--json]
     study trial CONFIG --variant V --lr X --weight-decay Y --seed S   one cell, in-process
     study ui [--port 5000] [--host 127.0.0.1] [--uri URI]
     study data fetch cifar10 --root DIR
@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--correction", default="holm", choices=["holm", "bh", "none"],
                         help="multiple-comparison correction across cells (default holm)")
     report.add_argument("--out", default=None, help="folder for report.html and figures (default: the study dir)")
+    report.add_argument("--json", action="store_true",
+                        help="print the answers and summary numbers as JSON (robustness.json's content) and stop: "
+                             "no figures, no MLflow, nothing written")
     trial = sub.add_parser("trial", help="run one cell in this process (no Ray)")
     trial.add_argument("config")
     trial.add_argument("--variant", required=True)
@@ -246,6 +249,14 @@ def main(argv: list[str] | None = None) -> int:
 
             study_dir = local_study_dir(args.study_dir)
             cfg = load_study(study_dir)  # refuses a path that is not a study
+            if args.json:  # reads only: no lock, nothing written, no figures
+                import json
+
+                from .report import report_json
+
+                print(json.dumps(report_json(study_dir, cfg, args.metric, args.baseline, args.test, args.correction),
+                                 indent=1))
+                return 0
             with owned(study_dir, "report"), pushed(cfg, announce=True):
                 write_report(study_dir, args.metric, args.baseline, args.test, args.correction,
                              Path(args.out) if args.out else None, cfg=cfg, attach_to_mlflow=args.out is None)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import lpwd
 
+from .claims import PRIMARY_DEFAULT, claims_for
 from .errors import UserError
 from .objectstore import SCHEMES, is_remote, mirror_dir
 
@@ -91,6 +92,15 @@ class SearchConfig(Strict):
     layer_schedule: list[Literal[tuple(lpwd.SCHEDULE_NAMES)]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["linear"], min_length=1)
     num_samples: int = Field(20, ge=1)
+    # control arms; pwd@lpwd-mass is pwd trained at lpwd's total decay (λ scaled by lpwd's λ_eff / λ)
+    controls: list[Literal["pwd@lpwd-mass"]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def mass_needs_lpwd(self):
+        if self.controls and not ("lpwd" in self.variants and "linear" in self.layer_schedule):
+            raise ValueError("controls: pwd@lpwd-mass trains pwd at lpwd's decay mass, so variants must include "
+                             "lpwd with layer_schedule linear")
+        return self
 
     @field_validator("layer_schedule", mode="before")
     @classmethod
@@ -129,6 +139,13 @@ class TrackingConfig(Strict):
     uri: Optional[str] = None  # default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
 
 
+class VerdictConfig(Strict):
+    """The pre-declared primary claim of each question (study/claims.py); the rest are exploratory."""
+
+    better: Literal[tuple(claims_for("better"))] = PRIMARY_DEFAULT["better"]  # type: ignore[valid-type]
+    more_robust: Literal[tuple(claims_for("more_robust"))] = PRIMARY_DEFAULT["more_robust"]  # type: ignore[valid-type]
+
+
 class StudyConfig(Strict):
     name: str = Field("quick", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -137,6 +154,7 @@ class StudyConfig(Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
     storage: str = "./studies"
     max_failures: int = Field(2, ge=0)
 
@@ -262,11 +280,16 @@ def arm_name(variant: str, layer_schedule: str) -> str:
 
 
 def arms(cfg: StudyConfig) -> list[dict]:
-    """(arm, variant, layer_schedule) of every arm: one per variant, lpwd once per schedule."""
+    """(arm, variant, layer_schedule) of every arm: one per variant, lpwd once per schedule, then the
+    controls (``mass_of``: the arm whose decay mass the control's λ is scaled to)."""
     out = []
     for v in cfg.search.variants:
         for sched in (cfg.search.layer_schedule if v == "lpwd" else ["constant"]):
             out.append({"arm": arm_name(v, sched), "variant": v, "layer_schedule": sched})
+    for control in cfg.search.controls:
+        variant, of = control.split("@")
+        out.append({"arm": control, "variant": variant, "layer_schedule": "constant",
+                    "mass_of": of.removesuffix("-mass")})
     return out
 
 
@@ -287,7 +310,8 @@ def canonical(trial: dict) -> dict:
     if trial["variant"] == "none" or trial["weight_decay"] == 0:
         return {"arm": "none", "variant": "none", "layer_schedule": "constant",
                 "lr": trial["lr"], "weight_decay": 0.0, "seed": trial["seed"]}
-    return {k: trial[k] for k in ("arm", "variant", "layer_schedule", "lr", "weight_decay", "seed")}
+    keys = ("arm", "variant", "layer_schedule", "lr", "weight_decay", "seed") + (("mass_of",) if "mass_of" in trial else ())
+    return {k: trial[k] for k in keys}
 
 
 def trained_grid(cfg: StudyConfig) -> list[dict]:

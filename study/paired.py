@@ -8,20 +8,66 @@ option) before a cell is called significant. Distributions come from
 ``scipy.stats``; only Holm's step-down rule, which is arithmetic on sorted
 p-values and not in scipy, is written here.
 
-Zero spread: when every seed gives the same difference, a t statistic is
-undefined (scipy would return p = 0 for one test image of difference). The
-exact sign-flip test is used instead; with n seeds its smallest p-value is
-2 / 2^n (0.25 for 3 seeds), which is what n identical signs can show.
+Zero spread: when every seed gives the same difference (within ``claims.TIE``:
+one test image on every seed differs between seeds only in floating point), a t
+statistic is undefined (scipy would return p ≈ 0). The exact sign-flip test is
+used instead; with n seeds its smallest p-value is 2 / 2^n (0.25 for 3 seeds),
+which is what n identical signs can show.
+
+The rank and sign-flip tests are exact, so their smallest p-value is 2 / 2^n: with
+few seeds no cell can pass a correction over many cells. ``smallest_p`` and
+``seeds_needed`` let the report refuse such a test up front instead of drawing
+a map on which no star can ever appear.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .claims import TIE
+
 TESTS = ("t", "wilcoxon", "signflip")
 CORRECTIONS = ("holm", "bh", "none")
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A paired difference over seeds: mean, t-interval, p-value, pairs used."""
+
+    diff: float
+    lo: float
+    hi: float
+    p: float
+    n: int
+    se: float  # standard error of the mean difference (0 without spread)
+
+    @property
+    def df(self) -> int:
+        return self.n - 1
+
+
+def paired_difference(d: np.ndarray, confidence: float = 0.95) -> Difference:
+    """Mean of per-seed differences with its t-interval and the paired t-test's p-value.
+
+    Without spread (all differences equal within ``TIE``) the interval is the point and
+    the p-value the exact sign-flip test's. NaN below two pairs.
+    """
+    d = np.asarray(d, dtype=float)
+    n = len(d)
+    if n < 2:
+        return Difference(float(d.mean()) if n else math.nan, math.nan, math.nan, math.nan, n, math.nan)
+    mean = float(d.mean())
+    if np.ptp(d) <= TIE:
+        return Difference(mean, mean, mean, paired_p(d), n, 0.0)
+    res = stats.ttest_1samp(d, 0.0)
+    ci = res.confidence_interval(confidence)
+    return Difference(mean, float(ci.low), float(ci.high), float(res.pvalue), n,
+                      float(stats.sem(d)))
 
 
 def sign_flip_p(diffs: np.ndarray) -> float:
@@ -35,8 +81,8 @@ def paired_p(diffs: np.ndarray, test: str = "t") -> float:
     diffs = np.asarray(diffs, dtype=float)
     if len(diffs) < 2:
         return float("nan")
-    if np.all(diffs == diffs[0]):
-        return 1.0 if diffs[0] == 0 else sign_flip_p(diffs)
+    if np.ptp(diffs) <= TIE:
+        return 1.0 if abs(diffs.mean()) <= TIE else sign_flip_p(diffs)
     if test == "t":
         return float(stats.ttest_1samp(diffs, 0.0).pvalue)
     if test == "wilcoxon":
@@ -75,30 +121,46 @@ def adjust(p: np.ndarray, correction: str = "holm") -> np.ndarray:
     return out
 
 
-def compare_cells(g, arm: str, baseline: str, test: str = "t", correction: str = "holm",
-                  alpha: float = 0.05, confidence: float = 0.95) -> pd.DataFrame:
-    """Per cell of ``g`` (an ``analysis.Grid``): arm - baseline over seeds that both finished.
+def smallest_p(test: str, n: int) -> float:
+    """The smallest two-sided p-value ``test`` can give with n pairs (0: a continuous distribution)."""
+    return 0.0 if test == "t" else 2.0 / 2 ** n
 
-    Columns: lr, weight_decay, n (pairs), diff (mean paired difference, points),
-    ci_low/ci_high (t interval of the mean difference; NaN below 2 pairs or
-    without spread), p, p_adj and significant (p_adj < alpha).
+
+def seeds_needed(test: str, tests: int, alpha: float) -> int:
+    """Fewest seeds with which one of ``tests`` Holm-corrected tests can fall below ``alpha``."""
+    if test == "t":
+        return 2
+    return max(2, math.floor(math.log2(2 * tests / alpha)) + 1)
+
+
+def compare_cells(g, baseline: str, test: str = "t", correction: str = "holm", alpha: float = 0.05,
+                  confidence: float = 0.95) -> pd.DataFrame:
+    """Per arm and cell of ``g`` (an ``analysis.Grid``): arm − baseline over the seeds both finished.
+
+    One family: the correction runs over every arm's cells together, as the page shows
+    them together. λ = 0 cells are one shared trial (difference exactly 0): listed with
+    ``shared`` and never tested. Columns: arm, lr, weight_decay, shared, n (pairs), diff
+    (mean paired difference, points), ci_low/ci_high (t-interval; the point without
+    spread, NaN below 2 pairs), p, p_adj and significant (p_adj < alpha).
     """
-    a, b = g.arms.index(arm), g.arms.index(baseline)
+    b = g.arms.index(baseline)
     rows = []
-    for i, lr in enumerate(g.lrs):
-        for j, wd in enumerate(g.wds):
-            x, y = g.test[a, i, j], g.test[b, i, j]
-            both = np.isfinite(x) & np.isfinite(y)
-            if not both.any():
-                continue
-            d = x[both] - y[both]
-            lo = hi = float("nan")
-            if len(d) > 1 and np.ptp(d) > 0:
-                ci = stats.ttest_1samp(d, 0.0).confidence_interval(confidence)
-                lo, hi = float(ci.low), float(ci.high)
-            rows.append({"lr": lr, "weight_decay": wd, "n": int(both.sum()), "diff": float(d.mean()),
-                         "ci_low": lo, "ci_high": hi, "p": paired_p(d, test)})
-    out = pd.DataFrame(rows, columns=["lr", "weight_decay", "n", "diff", "ci_low", "ci_high", "p"])
+    for a, arm in enumerate(g.arms):
+        if a == b:
+            continue
+        for i, lr in enumerate(g.lrs):
+            for j, wd in enumerate(g.wds):
+                x, y = g.test[a, i, j], g.test[b, i, j]
+                both = np.isfinite(x) & np.isfinite(y)
+                if not both.any():
+                    continue
+                shared = wd == 0
+                r = paired_difference(x[both] - y[both], confidence)
+                rows.append({"arm": arm, "lr": lr, "weight_decay": wd, "shared": shared, "n": r.n, "diff": r.diff,
+                             "ci_low": r.lo, "ci_high": r.hi,
+                             "p": float("nan") if shared else paired_p(x[both] - y[both], test)})
+    columns = ["arm", "lr", "weight_decay", "shared", "n", "diff", "ci_low", "ci_high", "p"]
+    out = pd.DataFrame(rows, columns=columns)
     out["p_adj"] = adjust(out["p"].to_numpy(), correction)
     out["significant"] = out["p_adj"] < alpha
     return out

@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from scipy import stats
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from .analysis import Grid, best_cells, best_of_k_band, cells
+from .analysis import Grid, _nanmean, best_cells, best_of_k_band, cells
 from .paired import compare_cells
 
 CLIP = 10.0  # heatmap colours resolve the top CLIP points; everything further below is one colour
@@ -67,31 +68,36 @@ def heatmaps(df: pd.DataFrame, g: Grid, label: str, runs: dict | None = None) ->
 
 
 def difference_heatmaps(g: Grid, baseline: str, test: str, correction: str, alpha: float) -> go.Figure | None:
-    """Arm − baseline per cell (paired over seeds); * marks cells significant after the correction."""
+    """Arm − baseline per cell (paired over seeds); * marks cells significant after one correction over
+    every panel's λ > 0 cells; λ = 0 is one trial shared by all arms, shown as such."""
     others = [a for a in g.arms if a != baseline]
     if baseline not in g.arms or not others:
         return None
-    diffs = {a: compare_cells(g, a, baseline, test, correction, alpha) for a in others}
-    bound = max([float(d["diff"].abs().max()) for d in diffs.values() if len(d)] + [1.0])
+    cmp = compare_cells(g, baseline, test, correction, alpha)
+    bound = max([float(cmp["diff"].abs().max()) if len(cmp) else 0.0, 1.0])
     fig = _panels(others, [f"{a} − {baseline}" for a in others])
     for i, a in enumerate(others, start=1):
-        d = diffs[a]
+        d = cmp[cmp["arm"] == a]
         z, sig = _grid(d, "diff", g.lrs, g.wds), _grid(d.assign(s=d["significant"].astype(float)), "s", g.lrs, g.wds)
-        text = [[("" if np.isnan(v) else f"{v:+.1f}") + ("*" if s == 1 else "") for v, s in zip(vr, sr)]
-                for vr, sr in zip(z.values, sig.values)]
+        text = [["shared" if wd == 0 and not np.isnan(v) else ("" if np.isnan(v) else f"{v:+.1f}")
+                 + ("*" if s == 1 else "") + (" ⚠" if lr * wd >= 1 else "")
+                 for v, s, wd in zip(vr, sr, g.wds)] for vr, sr, lr in zip(z.values, sig.values, g.lrs)]
         fig.add_trace(go.Heatmap(z=z.values, x=_ticks(g.wds), y=_ticks(g.lrs), text=text, texttemplate="%{text}",
                                  coloraxis="coloraxis",
                                  hovertemplate=f"{a} − {baseline}<br>η=%{{y}} λ=%{{x}}<br>%{{text}} pt<extra></extra>"),
                       row=1, col=i)
-    fig.update_layout(title={"text": f"difference to {baseline}, points, paired by seed<br><sup>* significant: "
-                                     f"{test} test over seeds, {correction} correction across cells, α = {alpha:g}</sup>"},
+    tested = int(cmp["p"].notna().sum())
+    fig.update_layout(title={"text": f"difference to {baseline}, points, paired by seed<br><sup>* significant: {test} "
+                                     f"test over seeds, {correction} correction over all {tested} λ > 0 cells shown, "
+                                     f"α = {alpha:g}; λ = 0 is one trial shared by every arm; ⚠ η·λ ≥ 1</sup>"},
                       coloraxis={"colorscale": "RdBu", "cmid": 0, "cmin": -bound, "cmax": bound,
                                  "colorbar": {"title": "pts", "thickness": 12}}, height=440)
     return fig
 
 
 def tuning_curves(g: Grid, label: str) -> go.Figure:
-    """Expected test score of the validation-best of k random cells, with a bootstrap band over seeds."""
+    """Expected test score of the validation-best of k random cells: the mean of each seed's curve, with
+    a 95% t-band over seeds (at k = every cell, the tuned accuracy of the ``best`` claim)."""
     fig = go.Figure()
     colour = colours(g.arms)
     for arm in g.arms:
@@ -124,23 +130,38 @@ def cell_distribution(df: pd.DataFrame, g: Grid, label: str) -> go.Figure:
     return fig
 
 
-def effective_decay_curves(df: pd.DataFrame, g: Grid, effective: dict[str, float], label: str) -> go.Figure | None:
-    """Accuracy against the effective decay rate λ_eff = λ · (mean λ_p/λ), at each arm's validation-best η:
-    arms compared at equal decay mass."""
+def effective_decay_curves(g: Grid, effective: dict[str, float], label: str) -> go.Figure | None:
+    """Accuracy against the effective decay rate λ_eff = λ · (mean λ_p/λ): arms compared at equal decay
+    mass. Per λ > 0, the η with the best validation mean at that λ; error bars are 95% t-intervals
+    of the test mean over seeds."""
     if not effective:
         return None
-    c = cells(df)
     fig = go.Figure()
     colour = colours(g.arms)
-    for arm in g.arms:
-        mine = c[c["arm"] == arm]
-        if mine.empty or arm not in effective or effective[arm] == 0:
+    for a, arm in enumerate(g.arms):
+        if not effective.get(arm):
             continue
-        lr = best_cells(mine)["lr"].iloc[0]
-        row = mine[(mine["lr"] == lr) & (mine["weight_decay"] > 0)].sort_values("weight_decay")
-        fig.add_trace(go.Scatter(x=row["weight_decay"] * effective[arm], y=row["mean"], mode="lines+markers",
-                                 name=f"{arm} (η={lr:g}, λ_eff = {effective[arm]:.2f} λ)", line={"color": colour[arm]}))
-    fig.update_layout(title="accuracy against effective decay (at each arm's best η)",
+        xs, ys, half, etas = [], [], [], []
+        for j, wd in enumerate(g.wds):
+            if wd <= 0:
+                continue
+            val = _nanmean(g.val[a, :, j], axis=-1)
+            if not np.isfinite(val).any():
+                continue
+            i = int(np.nanargmax(val))
+            seeds = g.test[a, i, j][np.isfinite(g.test[a, i, j])]
+            xs.append(wd * effective[arm])
+            ys.append(seeds.mean())
+            etas.append(g.lrs[i])
+            half.append(float(stats.t.ppf(0.975, len(seeds) - 1) * stats.sem(seeds)) if len(seeds) >= 3 else np.nan)
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"{arm} (λ_eff = {effective[arm]:.2f} λ)",
+                                     error_y={"type": "data", "array": half, "visible": True}, customdata=etas,
+                                     hovertemplate="λ_eff=%{x:.3g}<br>best η on validation %{customdata:g}"
+                                                   "<br>%{y:.1f} pt<extra></extra>",
+                                     line={"color": colour[arm]}))
+    fig.update_layout(title="accuracy against effective decay (at each λ, the η best on validation; 95% t-intervals "
+                            "over seeds)",
                       xaxis={"title": "effective decay rate λ_eff = λ · mean(λ_l / λ)", "type": "log", "dtick": 1},
                       yaxis_title=f"{label} (points)", height=420)
     return fig

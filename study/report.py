@@ -7,6 +7,7 @@ call on the tidy table, so the terminal, the page and MLflow say the same.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from html import escape
@@ -16,12 +17,13 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from .analysis import CONFIDENCE, SELECTED_BY, arm_of, best_cells, cells, grid, scored, summarize
+from .analysis import ALPHA, CONFIDENCE, SELECTED_BY, arm_of, best_cells, cells, grid, scored, summarize
+from .claims import CLAIMS, QUESTIONS
 from .errors import UserError
-from .paired import CORRECTIONS, TESTS
+from .paired import CORRECTIONS, TESTS, seeds_needed, smallest_p
 from .plots import cell_distribution, difference_heatmaps, effective_decay_curves, heatmaps, training_curves, tuning_curves
-from .table import fixed_columns, read_table
-from .verdict import verdict_parts
+from .table import fixed_columns, read_table, reports_in
+from .verdict import markdown, verdict_parts
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 FIGURES = ("heatmaps", "difference", "tuning_curves", "cell_distribution", "effective_decay", "training_curves")
@@ -41,11 +43,8 @@ def find_browser() -> str | None:
 
 
 def trial_reports(study_dir: Path, row: dict) -> list[dict]:
-    """Every report Ray kept for one trial, in order (``<experiment>/<trial_id>/result.json``); [] before the first."""
-    path = study_dir / row["experiment"] / row["trial_id"] / "result.json"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every report Ray kept for one trial of the table, in order; [] before the first."""
+    return reports_in(study_dir / row["experiment"] / row["trial_id"])
 
 
 def trial_history(study_dir: Path, row: dict) -> pd.DataFrame | None:
@@ -85,38 +84,60 @@ def _interval(row, key: str, scale: float = 1.0, digits: int = 1) -> str:
     return text
 
 
+def _claim_cell(r, name: str) -> str:
+    """An arm's value of a claim with its t-interval over seeds, in the claim's unit."""
+    unit = CLAIMS[name].unit
+    scale, digits = (100.0, 0) if unit == "share" else (1.0, 2 if unit == "decades" else 1)
+    return _interval(r, name, scale, digits)
+
+
+def _answer_cell(r, question: str, base: str) -> str:
+    if r["arm"] == base:
+        return "baseline"
+    return str(r.get(f"answer_{question}", "") or "-")
+
+
 def display_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary as the reader sees it, one column per arm (terminal and HTML alike): words, points,
-    percentages, intervals. Arms as columns keep it narrow enough for a terminal and a phone."""
-    base = summary.attrs["baseline"]
+    """The summary as the reader sees it, one column per arm (terminal and HTML alike): the two
+    answers, the primary claims, the exploratory ones, then the bookkeeping. Arms as columns keep
+    it narrow enough for a terminal and a phone."""
+    base, primary = summary.attrs["baseline"], summary.attrs["primary"]
     columns = {}
     for _, r in summary.iterrows():
         vs = "baseline" if r["arm"] == base else (
-            "untested" if pd.isna(r.get("cells_tested")) or not r.get("cells_tested")
+            "-" if pd.isna(r.get("cells_tested")) or not r.get("cells_tested")
             else f"+{int(r['sig_better'])} / −{int(r['sig_worse'])} of {int(r['cells_tested'])}")
-        columns[r["arm"]] = {
+        col = {f"{QUESTIONS[q]}? (vs {base})": _answer_cell(r, q, base) for q in QUESTIONS}
+        for q in QUESTIONS:
+            name = primary[q]
+            arrow = "higher" if CLAIMS[name].higher_is_better else "lower"
+            col[f"▸ {CLAIMS[name].short} ({arrow} is {QUESTIONS[q].removesuffix(' to λ')})"] = _claim_cell(r, name)
+        for name, c in CLAIMS.items():
+            if name not in primary.values():
+                arrow = "higher" if c.higher_is_better else "lower"
+                col[f"{c.short} ({arrow}: {QUESTIONS[c.question].removesuffix(' to λ')})"] = _claim_cell(r, name)
+        col.update({
+            "best cell η, λ (seed-mean validation)": f"{r['best_lr']:g}, {r['best_weight_decay']:g}"
+                                                      + (f" +{int(r['best_tied_cells']) - 1} tied" if r["best_tied_cells"] > 1 else ""),
+            "its test accuracy": "-" if pd.isna(r["best_cell_test"]) else f"{r['best_cell_test']:.1f}",
             "λ_eff / λ (decay mass)": "-" if pd.isna(r["effective_decay"]) else f"{r['effective_decay']:.2f}",
             "cells finished (seeds each)": f"{int(r['cells'])}/{int(r['cells_planned'])} ({int(r['seeds_per_cell'])})",
-            "best cell η, λ (validation)": f"{r['best_lr']:g}, {r['best_weight_decay']:g}"
-                                           + (f" +{int(r['best_tied_cells']) - 1} tied" if r["best_tied_cells"] > 1 else ""),
-            "best cell, test": _interval(r, "best"),
-            "near-optimal ≤ 1 pt, % cells": _interval(r, "near_optimal_1pt", 100, 0),
-            "near-optimal ≤ 2 pt, % cells": _interval(r, "near_optimal_2pt", 100, 0),
-            "λ-spread at best η": _interval(r, "decay_spread"),
-            "worst cell": _interval(r, "worst"),
-            "grid mean": _interval(r, "grid_mean"),
             "diverged / η·λ ≥ 1 cells": f"{int(r['diverged_cells'])} / {int(r['sign_flip_cells'])}",
             "errored / unfinished trials": f"{int(r.get('errored_trials', 0))} / {int(r.get('unfinished_trials', 0))}",
-            f"significant cells vs {base}": vs,
-        }
+            f"significant λ > 0 cells vs {base}": vs,
+        })
+        columns[r["arm"]] = col
     out = pd.DataFrame(columns)
     out.index.name = "metric"
     return out.reset_index()
 
 
 def print_summary(table: pd.DataFrame, parts: list[str], label: str) -> None:
-    console = Console()
-    t = Table(title=f"robustness: {label}, points [{CONFIDENCE:.0%} bootstrap interval over seeds]")
+    import sys
+
+    # a terminal wraps at its own width; a log (CI, ray job logs) gets the table unwrapped
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    t = Table(title=f"robustness: {label}, points [{CONFIDENCE:.0%} t-interval over seeds]; ▸ primary claims")
     for i, col in enumerate(table.columns):
         t.add_column(col, overflow="fold", justify="left" if i == 0 else "right")
     for _, r in table.iterrows():
@@ -127,8 +148,11 @@ def print_summary(table: pd.DataFrame, parts: list[str], label: str) -> None:
         console.print(f"- {part}", highlight=False, soft_wrap=True)
 
 
-def check_choices(table: pd.DataFrame, metric: str, baseline: str, test: str, correction: str) -> str:
-    """One-line errors for options the study cannot answer; returns the baseline arm (aliases resolved)."""
+def check_choices(table: pd.DataFrame, metric: str, baseline: str, test: str, correction: str, seeds: int) -> str:
+    """One-line errors for options the study cannot answer; returns the baseline arm (aliases resolved).
+
+    An exact test (signflip, wilcoxon) whose smallest p-value cannot pass Holm's correction over
+    the page's cells with this many seeds is refused: its map could never show a star."""
     if metric not in SELECTED_BY or metric not in table.columns:
         choices = [m for m in SELECTED_BY if m in table.columns]
         raise UserError(f"--metric {metric!r} is not a metric of this study; use one of {choices}")
@@ -140,13 +164,100 @@ def check_choices(table: pd.DataFrame, metric: str, baseline: str, test: str, co
         raise UserError(f"--test {test!r} unknown; use one of {list(TESTS)}")
     if correction not in CORRECTIONS:
         raise UserError(f"--correction {correction!r} unknown; use one of {list(CORRECTIONS)}")
+    df = table[pd.to_numeric(table["weight_decay"], errors="coerce") > 0]
+    tests = df.assign(arm=arm_of(df)).query("arm != @resolved").groupby(["arm", "lr", "weight_decay"]).ngroups
+    if correction != "none" and tests and smallest_p(test, seeds) * tests >= ALPHA:
+        need = seeds_needed(test, tests, ALPHA)
+        raise UserError(f"--test {test}: with {seeds} seeds its smallest p-value is {smallest_p(test, seeds):.3g}, "
+                        f"which cannot pass the {correction} correction over {tests} cells at α = {ALPHA:g}; "
+                        f"use --test t, or run at least {need} seeds")
     return resolved
+
+
+def _clean(x):
+    """JSON-safe: NaN and infinities become null (``json`` would write bare NaN, which is not JSON)."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):  # numpy scalars
+        return _clean(x.item())
+    return x
+
+
+def answers_json(summary: pd.DataFrame, parts: list[str]) -> dict:
+    """robustness.json: the answers a script reads, the claims they rest on and the numbers.
+
+    ``comparisons``: per arm against the baseline, ``answers`` ({"better", "more_robust"},
+    each one of ``analysis.ANSWERS``) and every claim's paired difference (diff, lo, hi,
+    se, df, p; p_adj for the primary ones), which ``study compare`` pools across studies.
+    """
+    attrs = summary.attrs
+    primary = attrs["primary"]
+    claims = [{"name": name, "question": c.question, "label": c.label, "unit": c.unit,
+               "higher_is_better": c.higher_is_better, "primary": primary.get(c.question) == name,
+               "test": "paired t-test over seeds",
+               "family": "Holm across the arms compared with the baseline" if primary.get(c.question) == name
+               else "none (exploratory)"} for name, c in CLAIMS.items()]
+    comparisons = []
+    for _, r in summary.iterrows():
+        if r["arm"] == attrs["baseline"] or f"diff_{primary['better']}" not in r:
+            continue
+        per_claim = {}
+        for name in CLAIMS:
+            question = next((q for q, n in primary.items() if n == name), None)
+            per_claim[name] = {"arm": r[f"{name}_paired"], "baseline": r[f"{name}_baseline_paired"],
+                               "diff": r[f"diff_{name}"], "lo": r[f"diff_{name}_lo"], "hi": r[f"diff_{name}_hi"],
+                               "se": r[f"se_{name}"], "df": int(r[f"n_{name}"]) - 1, "p": r[f"p_{name}"],
+                               **({"p_adj": r[f"p_adj_{question}"]} if question else {})}
+        comparisons.append({"arm": r["arm"], "baseline": attrs["baseline"],
+                            "answers": {q: r[f"answer_{q}"] for q in QUESTIONS},
+                            "dropped_seeds": r.get("dropped_seeds") or [], "claims": per_claim})
+    settings = {k: v for k, v in attrs.items() if k != "decomposition"}
+    return _clean({"headline": parts[0] if parts else "", "verdict": " ".join(parts), "parts": parts,
+                   "settings": settings, "claims": claims, "comparisons": comparisons,
+                   "decomposition": attrs.get("decomposition"),
+                   "arms": json.loads(summary.drop(columns=["dropped_seeds"], errors="ignore").to_json(orient="records"))})
+
+
+def analyse(study_dir: Path, cfg, metric: str, baseline: str, test: str, correction: str, write_back: bool):
+    """The one analysis every surface shows: (table, scored trials, arm order, summary, verdict parts).
+
+    Reads the tidy table and the study's plan only (no model is built)."""
+    from .config import arms
+    from .plan import effective_decays, read_plan
+
+    table = pd.DataFrame(read_table(study_dir, fixed_columns(cfg), write_back=write_back))
+    if table.empty:
+        raise UserError(f"{study_dir}/trials.csv has no trials yet; run or resume the study first")
+    baseline = check_choices(table, metric, baseline, test, correction, len(cfg.search.seeds))
+    df = scored(table, metric)
+    if df.empty:
+        raise UserError(f"{study_dir} has no finished trials yet; wait for some or resume the study")
+    order = [a for a in dict.fromkeys(arm_of(table)) if a in set(df["arm"])]
+    planned = [a["arm"] for a in arms(cfg)]  # the config's order first, then any arm it no longer names
+    order = [a for a in planned if a in order] + [a for a in order if a not in planned]
+    effective = effective_decays(read_plan(study_dir, cfg))
+    context = {"dataset": cfg.data.name + (f" ({cfg.data.train_subset} training images)" if cfg.data.train_subset else ""),
+               "model": cfg.model.name, "epochs": cfg.train.epochs, "base optimizer": cfg.train.base}
+    primary = {"better": cfg.verdict.better, "more_robust": cfg.verdict.more_robust}
+    summary = summarize(table, metric, baseline, test, correction, effective_decay=effective, arms=order,
+                        primary=primary)
+    return table, df, order, summary, verdict_parts(summary, context), effective
+
+
+def report_json(study_dir: Path, cfg, metric: str = "test_acc_at_best_val", baseline: str = "wd", test: str = "t",
+                correction: str = "holm") -> dict:
+    """The answers and the summary numbers alone: no figures, no MLflow, nothing written."""
+    *_, summary, parts, _ = analyse(Path(study_dir), cfg, metric, baseline, test, correction, write_back=False)
+    return answers_json(summary, parts)
 
 
 def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline: str = "wd", test: str = "t",
                  correction: str = "holm", out_dir: Path | None = None, cfg=None, attach_to_mlflow: bool = True) -> Path:
-    from .config import arms, planned_trials
-    from .models import effective_decays
+    from .config import planned_trials
 
     study_dir = Path(study_dir)
     out = Path(out_dir) if out_dir else study_dir
@@ -154,27 +265,13 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
         from .sweep import load_study
 
         cfg = load_study(study_dir)
-    table = pd.DataFrame(read_table(study_dir, fixed_columns(cfg), write_back=True))
-    if table.empty:
-        raise UserError(f"{study_dir}/trials.csv has no trials yet; run or resume the study first")
-    baseline = check_choices(table, metric, baseline, test, correction)
-    df = scored(table, metric)
-    if df.empty:
-        raise UserError(f"{study_dir} has no finished trials yet; wait for some or resume the study")
-    order = [a for a in dict.fromkeys(arm_of(table)) if a in set(df["arm"])]
-    planned = [a["arm"] for a in arms(cfg)]  # the config's order first, then any arm it no longer names
-    order = [a for a in planned if a in order] + [a for a in order if a not in planned]
-    effective = effective_decays(cfg)
-    context = {"dataset": cfg.data.name + (f" ({cfg.data.train_subset} training images)" if cfg.data.train_subset else ""),
-               "model": cfg.model.name, "epochs": cfg.train.epochs, "base optimizer": cfg.train.base}
-    summary = summarize(table, metric, baseline, test, correction, effective_decay=effective, arms=order)
-    parts = verdict_parts(summary, context)
-    text = " ".join(parts)
+    table, df, order, summary, parts, effective = analyse(study_dir, cfg, metric, baseline, test, correction,
+                                                          write_back=True)
+    baseline = summary.attrs["baseline"]
     label = LABELS[metric]
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / "robustness.csv", index=False)
-    (out / "robustness.json").write_text(json.dumps(
-        {"verdict": text, "settings": summary.attrs, "arms": json.loads(summary.to_json(orient="records"))}, indent=1))
+    (out / "robustness.json").write_text(json.dumps(answers_json(summary, parts), indent=1))
 
     g = grid(df, order)
     runs = {}  # hover text of a heatmap cell: the MLflow run of each seed
@@ -184,7 +281,7 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
             runs[(arm, lr, wd)] = "<br>".join(ids)
     figures = {"heatmaps": heatmaps(df, g, label, runs), "difference": difference_heatmaps(g, baseline, test, correction, 0.05),
                "tuning_curves": tuning_curves(g, label), "cell_distribution": cell_distribution(df, g, label),
-               "effective_decay": effective_decay_curves(df, g, effective, label),
+               "effective_decay": effective_decay_curves(g, effective, label),
                "training_curves": training_curves(extreme_cell_histories(study_dir, df), order)}
     figures = {k: f for k, f in figures.items() if f is not None}
     shown = display_table(summary)
@@ -207,7 +304,7 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
     if attach_to_mlflow:
         status = table["status"] if "status" in table else pd.Series(dtype=str)
         complete = len(table) >= planned_trials(cfg) and status.isin(["TERMINATED", "ERROR"]).all()
-        attach(study_dir, artifacts, text, summary, "FINISHED" if complete else None)
+        attach(study_dir, artifacts, markdown(parts), summary, "FINISHED" if complete else None)
     return html
 
 
@@ -215,6 +312,7 @@ STYLE = """
 body{font-family:system-ui,sans-serif;margin:0 auto;padding:1rem;max-width:1400px;color:#222}
 .verdict{background:#f4f6fa;border-left:4px solid #1f77b4;padding:.8rem 1rem;line-height:1.5}
 .verdict li{margin:.3rem 0}
+.verdict .headline{font-size:1.15rem;font-weight:600;margin:.2rem 0 .6rem}
 .scroll{overflow-x:auto;max-width:100%}
 table.summary{border-collapse:collapse;font-size:.85rem}
 table.summary th,table.summary td{border-bottom:1px solid #ddd;padding:.3rem .5rem;text-align:right}
@@ -225,13 +323,16 @@ table.summary th:first-child,table.summary td:first-child{text-align:left}
 
 def page(name: str, verdict: list[str], shown: pd.DataFrame, figures: dict, attrs: dict, label: str,
          trials: int) -> str:
-    items = "".join(f"<li>{escape(v)}</li>" for v in verdict)
+    head, rest = (verdict[0], verdict[1:]) if len(verdict) > 1 else ("", verdict)
+    items = "".join(f"<li>{escape(v)}</li>" for v in rest)
     parts = [f"<h1>Is it robust? {escape(name)}</h1>",
-             f"<div class='verdict'><b>Verdict.</b><ul>{items}</ul></div>",
-             f"<p>Reported: {escape(label)}, in points. Cells are chosen on validation "
-             f"(<code>{attrs['selected_by']}</code>, mean over seeds) and reported on test. "
-             f"Brackets: {attrs['confidence']:.0%} bootstrap intervals over seeds, resampled jointly across arms. "
-             f"{trials} finished trials; diverged cells count as chance.</p>",
+             f"<div class='verdict'>" + (f"<p class='headline'>{escape(head)}</p>" if head else "")
+             + f"<b>Verdict.</b><ul>{items}</ul></div>",
+             f"<p>Reported: {escape(label)}, in points. Every choice is made on validation "
+             f"(<code>{attrs['selected_by']}</code>) and reported on test. Each seed's grid is one replicate of "
+             f"the study: a claim is computed per seed and arms are compared by their per-seed differences. "
+             f"Brackets: {attrs['confidence']:.0%} t-intervals over seeds. ▸ marks the primary claim of each "
+             f"question; the others are exploratory. {trials} finished trials; diverged cells count as chance.</p>",
              "<div class='scroll'>" + shown.to_html(index=False, classes="summary", border=0) + "</div>"]
     for i, fig in enumerate(figures.values()):
         fig.update_layout(autosize=True, width=None, margin={"l": 60, "r": 20})

@@ -29,7 +29,8 @@ from .errors import UserError
 LOCK_FILE = ".study.lock"
 DEFINITION_FILE = ".study-definition.json"
 # config sections that define which trials exist and what they compute
-DEFINING = ("data", "model", "train", "search")
+# (and the verdict's pre-declared primary claims: choosing them after seeing the trials is not pre-declaring)
+DEFINING = ("data", "model", "train", "search", "verdict")
 
 
 _held: set[Path] = set()  # dirs this process owns already: ``owned`` nests (a run, then its report)
@@ -72,6 +73,11 @@ def record_definition(study_dir: Path, cfg) -> None:
 
 
 def differences(old: dict, new: dict) -> list[str]:
+    """Keys whose values differ; a key a study's recorded definition predates counts as its default."""
+    from .config import StudyConfig
+
+    defaults = definition(StudyConfig())
+    old = {sec: {**defaults[sec], **old.get(sec, {})} for sec in DEFINING}
     return sorted(f"{sec}.{k}" for sec in DEFINING for k in set(old.get(sec, {})) | set(new.get(sec, {}))
                   if old.get(sec, {}).get(k) != new.get(sec, {}).get(k))
 

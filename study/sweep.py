@@ -28,6 +28,7 @@ from .config import (StudyConfig, arms, dump, parse_yaml, planned_trials, sign_f
 from .data import check_available
 from .errors import UserError
 from .models import check_pretrained_path
+from .plan import record_plan
 from .progress import ProgressLine
 from .restart_point import NewestCheckpoint, checkpoint_folders
 from .studydir import check_definition, definition, differences, owned, record_definition
@@ -217,11 +218,13 @@ def prepare_study_dir(cfg: StudyConfig) -> Path:
         old = load_study(study_dir)  # also refuses a study.yaml edited after the study started
         differs = differences(definition(old), definition(cfg))
         if differs:
-            raise UserError(f"{study_dir} was created by a different config ({', '.join(differs[:4])} differ); "
+            more = f", +{len(differs) - 4} more" if len(differs) > 4 else ""
+            raise UserError(f"{study_dir} was created by a different config ({', '.join(differs[:4])}{more} differ); "
                             f"choose another study name with --set name=NEW, or delete {study_dir}")
     else:
         saved.write_text(dump(cfg))
         record_definition(study_dir, cfg)
+        record_plan(study_dir, cfg)
         if cfg.remote:
             objectstore.push(study_dir, cfg.remote)
     return study_dir

@@ -60,18 +60,25 @@ def trial_folders(study_dir: Path) -> dict[str, Path]:
     return {p.parent.name: p.parent for p in sorted(Path(study_dir).glob("*/*/params.json"))}
 
 
+def reports_in(folder: Path) -> list[dict]:
+    """Every report Ray kept for one trial (``result.json`` in its folder), in order; [] before the first.
+
+    A report cut short by a hard kill is skipped: the ones before it stand.
+    """
+    results = folder / "result.json"
+    reports = []
+    for line in results.read_text().splitlines() if results.exists() else []:
+        try:
+            reports.append(json.loads(line))
+        except ValueError:
+            continue
+    return reports
+
+
 def rebuilt_rows(folder: Path, fixed: dict) -> list[dict]:
     """A trial's rows from its own folder: the cell in params.json, its last report in result.json."""
     config = json.loads((folder / "params.json").read_text())
-    results = folder / "result.json"
-    lines = [line for line in results.read_text().splitlines() if line.strip()] if results.exists() else []
-    last = {}
-    for line in reversed(lines):  # a report cut short by a hard kill is skipped
-        try:
-            last = json.loads(line)
-            break
-        except ValueError:
-            continue
+    last = (reports_in(folder) or [{}])[-1]
     status = "TERMINATED" if last.get("finished") == 1 else "ERROR" if (folder / "error.txt").exists() else "INTERRUPTED"
     error = SEE_ERROR_FILE if status == "ERROR" else None
     return rows_of(folder.parent.name, folder.name, status, config.get("cell", config), last, fixed, error)

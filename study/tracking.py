@@ -161,8 +161,15 @@ def saved_run(cfg, study_dir: Path) -> StudyRun | None:
     return run
 
 
+def key_of(arm: str) -> str:
+    """An arm as MLflow accepts it in a param or metric name (no ':' or '@')."""
+    return arm.replace(":", "-").replace("@", "-at-")
+
+
 def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
     """Create (or, on resume, reuse) the study's experiment and parent run."""
+    from .plan import read_plan
+
     uri = resolve_uri(cfg.tracking.uri)
     saved = study_dir / PARENT_FILE
     run = saved_run(cfg, study_dir)
@@ -183,6 +190,8 @@ def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
     tags = {"study": cfg.name, "study_dir": place(study_dir), "mlflow.runName": f"study {cfg.name}", **source_tags()}
     parent = retry(lambda: c.create_run(exp_id, tags=tags), "create parent run")
     params = [Param(k, v[:6000]) for k, v in flatten(cfg.model_dump(mode="json")).items()]
+    params += [Param(f"plan.{key_of(a['arm'])}.effective_decay", f"{a['effective_decay']:.4f}")
+               for a in read_plan(study_dir, cfg)["arms"]]
     for i in range(0, len(params), 100):
         retry(lambda: c.log_batch(parent.info.run_id, params=params[i:i + 100]), "log study params")
     retry(lambda: c.log_text(parent.info.run_id, config_text, "study.yaml"), "log config artifact")
@@ -230,17 +239,20 @@ def end_study(study_dir: Path, status: str) -> None:
 
 def finish_study(run: StudyRun, artifacts: list[Path], verdict: str | None = None, summary=None,
                  status: str | None = "FINISHED") -> None:
-    """Attach the report, the verdict as the run's description and each arm's summary metrics."""
+    """Attach the report, the verdict (Markdown) as the run's description and each arm's claims,
+    as ``<arm>.<claim>`` and, against the baseline, ``<arm>.diff_<claim>``."""
     from mlflow.entities import Metric
+
+    from .claims import CLAIMS
 
     c = client(run.uri)
     if verdict:
         retry(lambda: c.set_tag(run.parent_run_id, "mlflow.note.content", verdict), "set description")
     if summary is not None:
         now = int(time.time() * 1000)
-        claims = ["best", "near_optimal_1pt", "near_optimal_2pt", "decay_spread", "worst", "grid_mean"]
-        metrics = [Metric(f"{r['arm'].replace(':', '-')}.{k}", float(r[k]), now, 0)
-                   for _, r in summary.iterrows() for k in claims if r[k] == r[k]]
+        names = [k for c in CLAIMS for k in (c, f"diff_{c}")]
+        metrics = [Metric(f"{key_of(r['arm'])}.{k}", float(r[k]), now, 0)
+                   for _, r in summary.iterrows() for k in names if k in r and r[k] == r[k]]
         retry(lambda: c.log_batch(run.parent_run_id, metrics=metrics), "log summary metrics")
     for path in artifacts:  # figures under figures/, where MLflow's artifact view previews them
         where = "figures" if path.suffix == ".png" else "report"

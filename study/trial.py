@@ -82,6 +82,14 @@ def lr_factor(cfg: StudyConfig, steps_per_epoch: int):
     return factor
 
 
+def decay_scale(model, cfg: StudyConfig, params: dict) -> float:
+    """The factor a control arm's λ is trained at: ``mass_of: lpwd`` is lpwd's λ_eff / λ on this
+    model (``study.plan`` records the same number for the report); 1 for every other arm."""
+    if not params.get("mass_of"):
+        return 1.0
+    return lpwd.effective_decay(model, params["mass_of"], "linear", cfg.train.decay_bias_and_norm)
+
+
 def pick_device(cfg: StudyConfig) -> torch.device:
     return torch.device("cuda" if cfg.resources.gpu > 0 and torch.cuda.is_available() else "cpu")
 
@@ -115,8 +123,9 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     extra = {"momentum": cfg.train.momentum} if cfg.train.base == "sgd" else {}
+    scale = decay_scale(model, cfg, params)
     opt = lpwd.build_optimizer(
-        model, params["variant"], float(params["lr"]), float(params["weight_decay"]), cfg.train.base,
+        model, params["variant"], float(params["lr"]), float(params["weight_decay"]) * scale, cfg.train.base,
         layer_schedule=params["layer_schedule"], decay_bias_and_norm=cfg.train.decay_bias_and_norm,
         diagnostics_every=cfg.train.diagnostics_every, diagnostics_seed=seed, **extra,
     )
@@ -153,7 +162,8 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
                   "model": cfg.model.name, "pretrained": cfg.model.pretrained, "dataset": cfg.data.name,
                   "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
                   "lr_schedule": cfg.train.lr_schedule, "warmup_epochs": cfg.train.warmup_epochs,
-                  "label_smoothing": cfg.train.label_smoothing, "train_subset": cfg.data.train_subset}
+                  "label_smoothing": cfg.train.label_smoothing, "train_subset": cfg.data.train_subset,
+                  "decay_scale": scale}
         if len(params.get("stands_for", [])) > 1:
             logged["stands_for"] = ", ".join(f"{t['arm']} λ={t['weight_decay']:g}" for t in params["stands_for"])
         run = TrialRun(tracking, run_id, trial_name(params), logged, {"study": cfg.name, **(tags or {})})

@@ -1,10 +1,16 @@
 """The study's answer in words, written from the summary numbers alone.
 
-Every sentence is a function of ``analysis.summarize``'s table, so the words
-cannot disagree with it: a difference is called "shown" only when its
-bootstrap interval over seeds excludes zero, a cell "significant" only after
-the multiplicity correction, and each claim carries its interval, the number
-of seeds and cells, and what it does not show.
+Every sentence is a function of ``analysis.summarize``'s table, so the words cannot
+disagree with it. Two questions get an answer, each from its one pre-declared primary
+claim (``study.claims``): *better?* (level) and *more robust to λ?* (shape around the
+arm's own optimum). An answer is one of "shown", "shown worse", "not shown" or
+"cannot be shown" (too few seeds), decided by the paired t-test over seeds with Holm's
+correction across the arms compared with the baseline. Every other claim is
+exploratory: its number and interval are given, never called "shown".
+
+The verdict comes as parts: a headline a reader gets in ten seconds, one part per arm,
+the decay-mass decomposition, and the limits. The terminal, report.html,
+robustness.json and the MLflow parent's description all show these parts.
 """
 
 from __future__ import annotations
@@ -13,10 +19,9 @@ import math
 
 import pandas as pd
 
-from .analysis import CLAIMS
+from .analysis import MASS_ARM, MIN_SEEDS
+from .claims import CLAIMS, QUESTIONS
 
-# the claims that say "robust to its hyperparameters" (larger is better for all three)
-ROBUSTNESS = ("near_optimal_2pt", "worst", "grid_mean")
 TEST_NAMES = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test", "signflip": "exact sign-flip test"}
 CORRECTION_NAMES = {"holm": "Holm-corrected", "bh": "Benjamini-Hochberg-corrected", "none": "uncorrected"}
 
@@ -25,61 +30,159 @@ def _finite(*xs) -> bool:
     return all(x is not None and isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
 
 
-def direction(row: pd.Series, claim: str) -> int:
-    """+1 if the interval of arm - baseline lies above 0, -1 if below, 0 if it covers 0 or is missing."""
-    lo, hi = row.get(f"diff_{claim}_lo"), row.get(f"diff_{claim}_hi")
-    if not _finite(lo, hi):
-        return 0
-    return 1 if lo > 0 else -1 if hi < 0 else 0
+def display_name(arm: str, base_optimizer: str | None = None) -> str:
+    """``wd`` is AdamW on Adam and SGDW on SGD: say so where an arm is named for a reader."""
+    if arm == "wd":
+        return f"{'SGDW' if base_optimizer == 'sgd' else 'AdamW'} (wd)"
+    return arm
 
 
-def _value(claim: str, x: float) -> str:
-    return f"{100 * x:.0f}% of cells" if claim.startswith("near_optimal") else f"{x:.1f}"
+def _scale(unit: str) -> tuple[float, int, str]:
+    """(multiplier, decimals, suffix) a value of this unit is shown with."""
+    return {"pt": (1.0, 1, " pt"), "share": (100.0, 0, "% of cells"), "decades": (1.0, 2, " decades")}[unit]
 
 
-def _diff(claim: str, row: pd.Series) -> str:
-    area = claim.startswith("near_optimal")
-    d, lo, hi = row.get(f"diff_{claim}"), row.get(f"diff_{claim}_lo"), row.get(f"diff_{claim}_hi")
-    if area:
-        text = f"{100 * d:+.0f}% of cells" + (f" [{100 * lo:+.0f}, {100 * hi:+.0f}]" if _finite(lo, hi) else "")
-    else:
-        text = f"{d:+.1f} pt" + (f" [{lo:+.1f}, {hi:+.1f}]" if _finite(lo, hi) else "")
+def value(claim: str, x: float) -> str:
+    m, digits, suffix = _scale(CLAIMS[claim].unit)
+    return "-" if not _finite(x) else f"{m * x:.{digits}f}{suffix}"
+
+
+def _signed(x: float, digits: int) -> str:
+    """A signed number that never reads as 0 when it is not: ``+0.03`` rather than ``+0.0``."""
+    text = f"{x:+.{digits}f}"
+    while x != 0 and float(text) == 0 and digits < 4:
+        digits += 1
+        text = f"{x:+.{digits}f}"
+    return text.replace("-", "−")
+
+
+def difference(claim: str, arm_value: float, base_value: float, lo: float, hi: float) -> str:
+    """``+0.5 pt [−0.1, +1.1]``: the difference of the quoted (rounded) values, so the words add up,
+    and the interval of the paired per-seed differences."""
+    m, digits, suffix = _scale(CLAIMS[claim].unit)
+    if not _finite(arm_value, base_value):
+        return "-"
+    shown = round(m * arm_value, digits) - round(m * base_value, digits)
+    text = _signed(shown, digits) + (" pt" if suffix == " pt" else suffix)
+    if _finite(lo, hi):
+        text += f" [{_signed(m * lo, digits)}, {_signed(m * hi, digits)}]"
     return text
 
 
-def classify(row: pd.Series) -> str:
-    """more robust / less robust / mixed / no difference shown / untested, from the robustness claims."""
-    if not _finite(row.get(f"diff_{ROBUSTNESS[0]}_lo")):
-        return "untested"
-    signs = {direction(row, c) for c in ROBUSTNESS}
-    if 1 in signs and -1 in signs:
-        return "mixed"
-    return "more robust" if 1 in signs else "less robust" if -1 in signs else "no difference shown"
+def _p(p: float) -> str:
+    return "-" if not _finite(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
 
 
-def arm_sentences(row: pd.Series, base: pd.Series, attrs: dict) -> list[str]:
+def _seeds_needed(n: int) -> str:
+    more = MIN_SEEDS - n
+    return f"cannot be shown with {n} seed{'s' if n != 1 else ''}: the paired test needs {MIN_SEEDS} " \
+           f"(run {more} more seed{'s' if more != 1 else ''})"
+
+
+def answer_text(row: pd.Series, question: str, attrs: dict, base_optimizer: str | None = None) -> str:
+    """``more robust to λ? shown: points lost … 1.2 vs 3.4, −2.2 pt [−3.1, −1.3], Holm p = 0.004``."""
+    claim = attrs["primary"][question]
+    c = CLAIMS[claim]
+    ans = row[f"answer_{question}"]
+    n = int(row[f"n_{claim}"]) if _finite(row.get(f"n_{claim}")) else 0
+    if ans == "cannot be shown":
+        return f"{QUESTIONS[question]}? {_seeds_needed(n)}"
+    a, b = row[f"{claim}_paired"], row[f"{claim}_baseline_paired"]
+    numbers = (f"{c.label}: {value(claim, a)} vs {value(claim, b)}, "
+               f"{difference(claim, a, b, row[f'diff_{claim}_lo'], row[f'diff_{claim}_hi'])}, "
+               f"Holm-adjusted {_p(row[f'p_adj_{question}'])}")
+    return f"{QUESTIONS[question]}? {ans} ({numbers})"
+
+
+def headline(summary: pd.DataFrame, base_optimizer: str | None = None) -> str | None:
+    """LPWD (or the first arm) against the baseline, both questions, and the decay-mass share."""
+    attrs = summary.attrs
+    baseline = attrs["baseline"]
+    rows = {r["arm"]: r for _, r in summary.iterrows()}
+    others = [a for a in rows if a != baseline]
+    if baseline not in rows or not others or "answer_better" not in summary:
+        return None
+    arm = "lpwd" if "lpwd" in others else others[0]
+    row = rows[arm]
+    words = []
+    for question in QUESTIONS:
+        claim = attrs["primary"][question]
+        ans = row[f"answer_{question}"]
+        if ans == "cannot be shown":
+            words.append(f"{QUESTIONS[question]}? {ans}")
+            continue
+        d = difference(claim, row[f"{claim}_paired"], row[f"{claim}_baseline_paired"],
+                       row[f"diff_{claim}_lo"], row[f"diff_{claim}_hi"])
+        direction = "higher" if CLAIMS[claim].higher_is_better else "lower"
+        words.append(f"{QUESTIONS[question]}? {ans} ({CLAIMS[claim].short} {d}; {direction} is "
+                     f"{QUESTIONS[question].removesuffix(' to λ')})")
+    text = f"{arm.upper() if arm == 'lpwd' else arm} vs {display_name(baseline, base_optimizer)}: " + "; ".join(words)
+    mass = mass_sentence(attrs.get("decomposition"), short=True)
+    return text + (f"; how much is decay mass? {mass}" if mass else "") + "."
+
+
+def mass_sentence(decomposition: dict | None, short: bool = False) -> str | None:
+    """The share of lpwd's edge over pwd that decay mass explains, per question, or why there is none."""
+    if not decomposition:
+        return None
+    bits = []
+    for question, d in decomposition.items():
+        share = d["mass_share_of_edge_over_pwd"]
+        if share is None:
+            bits.append(f"{QUESTIONS[question]}: no edge of lpwd over pwd shown, nothing to apportion")
+        else:
+            bits.append(f"{QUESTIONS[question]}: {100 * share:.0f}% of lpwd's edge over pwd")
+    return "; ".join(bits) if short else "; ".join(bits) + "."
+
+
+def arm_sentences(row: pd.Series, attrs: dict, per_cell_family: int, base_optimizer: str | None = None) -> list[str]:
     arm, baseline = row["arm"], attrs["baseline"]
-    seeds, conf = attrs["seeds"], attrs["confidence"]
-    verdict = classify(row)
-    out = []
-    if verdict == "untested":
-        out.append(f"{arm} vs {baseline}: untested: with {seeds} seed{'s' if seeds != 1 else ''} per cell there "
-                   "is no bootstrap interval (3 or more seeds are needed); the differences below are descriptive only.")
-    else:
-        shown = [CLAIMS[c] for c in ROBUSTNESS if direction(row, c)]
-        hidden = [CLAIMS[c] for c in ROBUSTNESS if not direction(row, c)]
-        why = (f" (interval excludes 0 for {', '.join(shown)}" + (f"; not for {', '.join(hidden)})" if hidden else ")")
-               if shown else " (every interval includes 0)")
-        out.append(f"{arm} vs {baseline}: {verdict} on this grid{why}.")
-    parts = [f"{CLAIMS[c]} {_value(c, row[c])} vs {_value(c, base[c])}, {_diff(c, row)}" for c in ROBUSTNESS]
-    parts.append(f"{CLAIMS['best']} {row['best']:.1f} vs {base['best']:.1f}, {_diff('best', row)}")
-    ci = f" ({conf:.0%} bootstrap intervals over seeds in brackets)" if verdict != "untested" else ""
-    out.append("; ".join(parts) + ci + ".")
+    out = [f"{arm} vs {display_name(baseline, base_optimizer)}: "
+           + "; ".join(answer_text(row, q, attrs, base_optimizer) for q in QUESTIONS) + "."]
+    primaries = set(attrs["primary"].values())
+    explore = []
+    for name, c in CLAIMS.items():
+        if name in primaries or not _finite(row.get(f"{name}_paired")):
+            continue
+        d = difference(name, row[f"{name}_paired"], row[f"{name}_baseline_paired"], row[f"diff_{name}_lo"],
+                       row[f"diff_{name}_hi"])
+        explore.append(f"{c.label} {value(name, row[f'{name}_paired'])} vs "
+                       f"{value(name, row[f'{name}_baseline_paired'])}, {d}" + (f" ({c.note})" if c.note else ""))
+    if explore:
+        out.append("Exploratory, not claims (95% t-intervals over seeds, uncorrected): " + "; ".join(explore) + ".")
+    dropped = row.get("dropped_seeds")
+    if isinstance(dropped, list) and dropped:
+        out.append(f"Seed{'s' if len(dropped) > 1 else ''} {', '.join(map(str, dropped))} dropped from this "
+                   "comparison: an errored or unfinished trial left its grid incomplete for one of the two arms.")
     if _finite(row.get("cells_tested")) and row["cells_tested"] > 0:
-        out.append(f"Per cell: {int(row['sig_better'])} of {int(row['cells_tested'])} cells significantly "
-                   f"better, {int(row['sig_worse'])} worse ({TEST_NAMES[attrs['test']]} over seeds, "
-                   f"{CORRECTION_NAMES[attrs['correction']]}, α = {attrs['alpha']:g}).")
+        out.append(f"Per cell (exploratory): {int(row['sig_better'])} of {int(row['cells_tested'])} λ > 0 cells "
+                   f"significantly better, {int(row['sig_worse'])} worse ({TEST_NAMES[attrs['test']]} over seeds, "
+                   f"{CORRECTION_NAMES[attrs['correction']]} over all {per_cell_family} cells of the page, "
+                   f"α = {attrs['alpha']:g}).")
     return out
+
+
+def decomposition_sentences(decomposition: dict | None) -> list[str]:
+    """lpwd − wd as placement + decay mass + layer shape, on each primary claim."""
+    if not decomposition:
+        return []
+    out = []
+    for question, d in decomposition.items():
+        claim = d["claim"]
+        parts = ", ".join(f"{part} {_diff_only(claim, v)}" for part, v in d["parts"].items())
+        out.append(f"lpwd − wd on {CLAIMS[claim].label} ({QUESTIONS[question]}), over the {d['seeds']} seeds all "
+                   f"four arms finished: {_diff_only(claim, d['total'])} = {parts}.")
+    out.append(f"Placement is pwd − wd, decay mass {MASS_ARM} − pwd ({MASS_ARM}: pwd trained at lpwd's total decay), "
+               f"layer shape lpwd − {MASS_ARM}. Decay mass: {mass_sentence(decomposition)}")
+    return out
+
+
+def _diff_only(claim: str, d: dict) -> str:
+    m, digits, suffix = _scale(CLAIMS[claim].unit)
+    text = _signed(m * d["diff"], digits) + (" pt" if suffix == " pt" else suffix)
+    if _finite(d["lo"], d["hi"]):
+        text += f" [{_signed(m * d['lo'], digits)}, {_signed(m * d['hi'], digits)}]"
+    return text
 
 
 def limits(summary: pd.DataFrame, attrs: dict, context: dict) -> list[str]:
@@ -88,23 +191,25 @@ def limits(summary: pd.DataFrame, attrs: dict, context: dict) -> list[str]:
     where = ", ".join(f"{k} {v}" for k, v in context.items() if v is not None)
     out.append(f"Scope: {where}; {seeds} seed{'s' if seeds != 1 else ''} per cell, "
                f"{int(summary['cells_planned'].max())} cells per arm; cells chosen on validation, "
-               f"accuracy reported on test ({attrs['metric']}).")
-    if 1 < seeds < 6:
-        out.append(f"With {seeds} seeds the bootstrap has few distinct resamples: intervals are rough and "
-                   "tend to be too narrow; more seeds make them trustworthy.")
+               f"accuracy reported on test ({attrs['metric']}). Each seed's grid is one replicate: claims compare "
+               f"arms by per-seed differences (paired t-test, 95% t-interval), answers Holm-corrected across the "
+               f"{max(len(summary) - 1, 1)} arm{'s' if len(summary) > 2 else ''} compared with {attrs['baseline']}.")
+    if seeds < MIN_SEEDS:
+        out.append(f"With {seeds} seed{'s' if seeds != 1 else ''} no claim can be shown; run at least {MIN_SEEDS}.")
     base = summary.set_index("arm")
     baseline = attrs["baseline"]
-    if baseline in base.index and _finite(base.loc[baseline, "effective_decay"]):
+    if not attrs.get("decomposition") and baseline in base.index and _finite(base.loc[baseline, "effective_decay"]):
         ref = base.loc[baseline, "effective_decay"]
         for arm, r in base.iterrows():
             e = r["effective_decay"]
             if _finite(e) and ref > 0 and abs(e / ref - 1) > 0.05:
                 out.append(f"Decay mass: at equal nominal λ, {arm} applies {e / ref:.0%} of {baseline}'s total "
-                           "decay, so tolerating a larger λ may partly mean decaying less; compare arms at equal "
-                           "effective λ (report figure) or with a *_normalized schedule.")
+                           f"decay; add the {MASS_ARM} control (search.controls) to measure how much of a "
+                           "difference that explains.")
     missing = int((summary.get("errored_trials", 0) + summary.get("unfinished_trials", 0)).sum())
     if missing:
-        out.append(f"{missing} trials errored or did not finish; their cells are missing from every number.")
+        out.append(f"{missing} trials errored or did not finish; their seeds are dropped from the comparisons "
+                   "that need them.")
     flips = int(summary["sign_flip_cells"].max())
     if flips:
         out.append(f"{flips} cells per arm have η·λ ≥ 1, where decay zeroes or flips every weight each step.")
@@ -112,18 +217,34 @@ def limits(summary: pd.DataFrame, attrs: dict, context: dict) -> list[str]:
 
 
 def verdict_parts(summary: pd.DataFrame, context: dict | None = None) -> list[str]:
-    """The verdict as parts: one per arm against the baseline (its answer and numbers), then the limits."""
+    """The verdict as parts: the headline, one per arm against the baseline, the decay-mass
+    decomposition, then the limits."""
     attrs = summary.attrs
+    context = context or {}
+    base_optimizer = context.get("base optimizer")
     baseline = attrs["baseline"]
     rows = {r["arm"]: r for _, r in summary.iterrows()}
     if baseline not in rows:
         return [f"No verdict: the baseline {baseline} has no finished trials."]
-    parts = [" ".join(arm_sentences(row, rows[baseline], attrs)) for arm, row in rows.items() if arm != baseline]
-    if not parts:
+    others = [a for a in rows if a != baseline]
+    if not others:
         return [f"No verdict: only the baseline {baseline} has finished trials."]
-    return parts + [" ".join(limits(summary, attrs, context or {}))]
+    family = int(sum(rows[a].get("cells_tested", 0) or 0 for a in others))
+    parts = [headline(summary, base_optimizer)]
+    parts += [" ".join(arm_sentences(rows[a], attrs, family, base_optimizer)) for a in others]
+    decomposition = decomposition_sentences(attrs.get("decomposition"))
+    if decomposition:
+        parts.append(" ".join(decomposition))
+    return [p for p in parts if p] + [" ".join(limits(summary, attrs, context))]
 
 
 def verdict(summary: pd.DataFrame, context: dict | None = None) -> str:
-    """One paragraph: for each arm against the baseline, the answer, its numbers and its limits."""
+    """One paragraph: the headline, each arm against the baseline, and the limits."""
     return " ".join(verdict_parts(summary, context))
+
+
+def markdown(parts: list[str]) -> str:
+    """The verdict for MLflow's run description: a bold headline, then one bullet per part."""
+    if not parts:
+        return ""
+    return f"**{parts[0]}**\n\n" + "\n".join(f"- {p}" for p in parts[1:])

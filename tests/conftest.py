@@ -171,7 +171,8 @@ def tiny_args(name: str, *extra: str) -> list[str]:
     return ["run", str(ROOT / "configs" / "quick.yaml"), "--set", f"name={name}", "--set", "train.epochs=3",
             "--set", "data.train_subset=null", "--set", "train.batch_size=128", "--set", "search.seeds=[0]",
             "--set", "search.variants=[wd,lpwd]", "--set", "search.layer_schedule=[linear]",
-            "--set", "search.lr=[3.0e-3,3.0e-2]", "--set", "search.weight_decay=[0.0,0.1,100000.0]", *extra]
+            "--set", "search.lr=[3.0e-3,3.0e-2]", "--set", "search.weight_decay=[0.0,0.1,100000.0]",
+            "--set", "search.controls=[]", *extra]
 
 
 # 8 trials x 4 epochs, all healthy, none shared (no lambda = 0), a checkpoint after every epoch

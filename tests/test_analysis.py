@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from study.analysis import expected_best_of_k, grid, scored, summarize
-from study.paired import adjust, compare_cells, holm, paired_p
-from study.verdict import classify, verdict
+from study.analysis import MASS_ARM, best_cells, expected_best_of_k, grid, scored, summarize
+from study.claims import CLAIMS, SeedGrids, per_seed
+from study.paired import adjust, compare_cells, holm, paired_difference, paired_p
+from study.verdict import difference, verdict, verdict_parts
 
 
 def table(cells, val=None):
@@ -39,22 +40,71 @@ VAL = {**TEST, ("wd", 1e-2, 0.1): [0.91]}
 def test_the_best_cell_is_chosen_on_validation_and_reported_on_test():
     wd = by_arm(summarize(table(TEST, VAL)))["wd"]
     assert (wd["best_lr"], wd["best_weight_decay"]) == (1e-2, 0.0)
-    assert wd["best"] == pytest.approx(95.0)  # not the test-best 99
-    # the reference of near-optimal areas is the validation-best cell over all arms (95, a tie of wd and lpwd)
-    assert wd["near_optimal_1pt"] == pytest.approx(2 / 4)  # 95 and 99 are within 1 point of 95
-    lp = by_arm(summarize(table(TEST, VAL)))["lpwd"]
-    assert lp["near_optimal_1pt"] == pytest.approx(2 / 4)  # 95 and 94.5
-    assert lp["near_optimal_2pt"] == pytest.approx(3 / 4)  # and 93.5
-    # lambda-spread along the validation-best learning rate (1e-2): 95 and 99 for wd, 95 and 94.5 for lpwd
-    assert wd["decay_spread"] == pytest.approx(4.0) and lp["decay_spread"] == pytest.approx(0.5)
-    assert wd["worst"] == pytest.approx(80) and wd["grid_mean"] == pytest.approx((90 + 80 + 95 + 99) / 4)
+    assert wd["best"] == pytest.approx(95.0) and wd["best_cell_test"] == pytest.approx(95.0)  # not the test-best 99
+    # the grid mean is over λ > 0 cells only: λ = 0 is one trial shared by every arm
+    assert wd["grid_mean"] == pytest.approx((80 + 99) / 2)
 
 
-def test_ties_on_validation_share_the_win():
-    tied = table({("wd", 1e-3, 0.0): [0.90], ("wd", 1e-3, 0.1): [0.80]},
-                 val={("wd", 1e-3, 0.0): [0.85], ("wd", 1e-3, 0.1): [0.85]})
-    wd = by_arm(summarize(tied))["wd"]
-    assert wd["best"] == pytest.approx(85.0) and wd["best_tied_cells"] == 2
+def grids(test, val=None, wds=(0.0, 1.0, 10.0)):
+    """SeedGrids of hand-made [arm][seed][lr][λ] test (and validation) accuracies, in points."""
+    test = np.array(test, float)
+    return SeedGrids(np.array(val if val is not None else test, float), test, np.array(wds))
+
+
+def test_each_claim_worked_out_by_hand():
+    # one arm, one seed; rows η1, η2; columns λ = 0, 1, 10. Validation prefers (η2, λ=1); test there is 90
+    test = [[[[80, 85, 70], [88, 90, 60]]]]
+    val = [[[[80, 86, 71], [88, 91, 60]]]]
+    stat = per_seed(grids(test, val))
+    assert stat["best"][0, 0] == 90  # the validation-best cell of the whole grid, read on test
+    # λ-regret: each η's best λ > 0 on validation (η1: λ=1 at 85; η2: λ=1 at 90), mean loss over λ > 0
+    assert stat["lambda_regret"][0, 0] == pytest.approx(((85 - 85) + (85 - 70) + (90 - 90) + (90 - 60)) / 4)
+    # at the best η only (η2)
+    assert stat["lambda_regret_best_lr"][0, 0] == pytest.approx(((90 - 90) + (90 - 60)) / 2)
+    assert stat["decay_spread"][0, 0] == pytest.approx(30)
+    assert stat["grid_mean"][0, 0] == pytest.approx((85 + 70 + 90 + 60) / 4)
+    assert stat["lambda_width"][0, 0] == 0.0  # only λ = 1 is within 1 pt of 90
+    wide = per_seed(grids([[[[80, 85, 70], [88, 90, 89.5]]]], val))
+    assert wide["lambda_width"][0, 0] == pytest.approx(1.0)  # λ = 1 to 10: one decade
+    # near-optimal area: λ > 0 cells within 2 pt of the best cell of any arm (90): 90 only
+    assert stat["near_optimal_2pt"][0, 0] == pytest.approx(1 / 4)
+
+
+def test_a_uniform_shift_is_better_and_not_more_robust():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(60, 95, (1, 4, 3, 3))
+    shifted = base + np.array([0, 1.5, 1.5])  # +1.5 on every λ > 0 cell, λ = 0 shared as it is
+    stat = per_seed(grids(np.concatenate([base, shifted])))
+    for name, claim in CLAIMS.items():
+        diff = stat[name][1] - stat[name][0]
+        if claim.question == "more_robust":
+            assert diff == pytest.approx(np.zeros(4), abs=1e-9), name
+    assert stat["grid_mean"][1] - stat["grid_mean"][0] == pytest.approx(np.full(4, 1.5))
+
+
+def test_ties_within_one_image_share_the_choice():
+    test = [[[[50, 80, 60]]]]
+    val = [[[[0.5, 0.9 + 1e-13, 0.9]]]]  # equal but for floating point
+    assert per_seed(grids(test, val))["best"][0, 0] == pytest.approx(70)
+    cells_ = pd.DataFrame({"val": [90.0, 90.0 + 1e-12, 80.0], "mean": [1.0, 2.0, 3.0]})
+    assert len(best_cells(cells_)) == 2
+
+
+def test_an_incomplete_grid_has_no_statistic_and_its_seed_is_dropped_from_both_arms():
+    rng = np.random.default_rng(1)
+    cells = {}
+    for arm, gap in (("wd", 0.0), ("lpwd", 0.5)):
+        for lr in (1e-3, 1e-2):
+            for wd in (0.0, 1.0, 3.0):
+                cells[(arm, lr, wd)] = list((rng.normal(90, 1, 4) + gap * (wd > 0)) / 100)
+    t = table(cells)
+    t.loc[(t["arm"] == "lpwd") & (t["lr"] == 1e-2) & (t["weight_decay"] == 3.0) & (t["seed"] == 2), "status"] = "ERROR"
+    s = by_arm(summarize(t))
+    lp = s["lpwd"]
+    assert lp["dropped_seeds"] == [2] and lp["n_best"] == 3 and lp["n_lambda_regret"] == 3
+    # the quoted values are over the paired seeds, so they subtract to the difference
+    assert lp["best_paired"] - lp["best_baseline_paired"] == pytest.approx(lp["diff_best"])
+    assert "Seed 2 dropped from this comparison" in verdict(summarize(t))
 
 
 def test_expected_best_of_k_picks_on_validation_and_scores_on_test():
@@ -73,7 +123,7 @@ def test_diverged_trials_count_as_chance_and_unfinished_are_counted():
     df = scored(t, "test_acc_at_best_val")
     assert df[df["diverged"] == 1]["score"].tolist() == [10.0]
     s = by_arm(summarize(t))
-    assert s["wd"]["worst"] == pytest.approx(10.0) and s["wd"]["diverged_cells"] == 1
+    assert s["wd"]["diverged_cells"] == 1 and s["wd"]["grid_mean"] == pytest.approx((80 + 10) / 2)
     assert s["lpwd"]["cells"] == 3 and s["lpwd"]["errored_trials"] == 1 and s["lpwd"]["cells_planned"] == 4
 
 
@@ -96,6 +146,11 @@ def test_zero_spread_uses_the_exact_sign_flip_test():
     assert paired_p(np.array([0.28, 0.28, 0.28]), "t") == pytest.approx(2 / 2**3)  # not 0.0
     assert paired_p(np.zeros(3), "t") == 1.0
     assert math.isnan(paired_p(np.array([1.0]), "t"))
+    # one test image of difference on every seed: equal only up to floating point, still zero spread
+    one_image = np.array([(k + 1) / 359 - k / 359 for k in (300, 310, 340)]) * 100
+    assert np.ptp(one_image) > 0 and paired_p(one_image, "t") == pytest.approx(0.25)
+    d = paired_difference(one_image)
+    assert d.lo == d.hi == pytest.approx(100 / 359) and d.p == pytest.approx(0.25)
 
 
 def test_holm_and_bh_corrections():
@@ -117,13 +172,27 @@ def test_a_grid_of_cells_is_corrected_before_a_cell_is_significant():
     cells[("lpwd", 1e-3, 0.1)] = [x + 0.012 for x in cells[("wd", 1e-3, 0.1)]]  # +1.2 pt, with jitter below
     cells[("lpwd", 1e-3, 0.1)][0] += 0.001
     df = scored(table(cells), "test_acc_at_best_val")
-    cmp = compare_cells(grid(df), "lpwd", "wd", "t", "holm")
-    raw = compare_cells(grid(df), "lpwd", "wd", "t", "none")
-    assert cmp["p_adj"].tolist() == pytest.approx(holm(raw["p"].to_numpy()).tolist())
-    assert (cmp["p_adj"] >= cmp["p"]).all()
+    cmp = compare_cells(grid(df), "wd", "t", "holm")
+    raw = compare_cells(grid(df), "wd", "t", "none")
+    tested = raw["p"].notna()
+    # λ = 0 is one shared trial: listed, never tested, not in the family
+    assert (cmp["shared"] == (cmp["weight_decay"] == 0)).all() and tested.tolist() == (~cmp["shared"]).tolist()
+    assert cmp["p_adj"][tested].tolist() == pytest.approx(holm(raw["p"][tested].to_numpy()).tolist())
+    assert (cmp["p_adj"][tested] >= cmp["p"][tested]).all()
     best = cmp[(cmp["lr"] == 1e-3) & (cmp["weight_decay"] == 0.1)].iloc[0]
     assert best["significant"] and best["diff"] == pytest.approx(1.22, abs=0.01)
     assert best["ci_low"] < best["diff"] < best["ci_high"]
+
+
+def test_the_cell_family_spans_every_arm_of_the_page():
+    rng = np.random.default_rng(2)
+    cells = {(arm, lr, wd): list(rng.normal(0.9, 0.01, 4)) for arm in ("wd", "pwd", "lpwd")
+             for lr in (1e-3, 1e-2) for wd in (0.0, 1.0)}
+    g = grid(scored(table(cells), "test_acc_at_best_val"))
+    cmp = compare_cells(g, "wd", "t", "holm")
+    tested = cmp[cmp["p"].notna()]
+    assert len(tested) == 4 and set(tested["arm"]) == {"pwd", "lpwd"}
+    assert tested["p_adj"].tolist() == pytest.approx(holm(tested["p"].to_numpy()).tolist())
 
 
 def simulated_study(rng, seeds, gap):
@@ -138,41 +207,71 @@ def simulated_study(rng, seeds, gap):
     return table(cells)
 
 
-def test_bootstrap_intervals_cover_the_truth_at_about_their_nominal_rate():
-    rng = np.random.default_rng(7)
-    hits, widths = 0, []
-    runs = 150
-    for _ in range(runs):
-        s = by_arm(summarize(simulated_study(rng, seeds=20, gap=0.5), resamples=400))["lpwd"]
-        hits += s["diff_grid_mean_lo"] <= 0.5 <= s["diff_grid_mean_hi"]
-        widths.append(s["diff_grid_mean_hi"] - s["diff_grid_mean_lo"])
-    assert 0.88 <= hits / runs <= 0.99, hits / runs  # nominal 95%
-    # pairing: the interval of the difference is far narrower than the seed effect (sd 2) would make it
-    assert np.median(widths) < 0.6
+def test_the_difference_of_the_quoted_values_is_the_quoted_difference():
+    # 96.94 vs 96.36 read 96.9 vs 96.4: the difference reads +0.5, not +0.6
+    assert difference("best", 96.94, 96.36, 0.03, 1.1).startswith("+0.5 pt")
+    # an endpoint that is not 0 never reads as 0
+    assert "[+0.03, +1.1]" in difference("best", 96.94, 96.36, 0.03, 1.1)
 
 
-def test_one_seed_gives_no_interval_and_the_verdict_says_untested():
-    s = summarize(table(TEST))
+def robust_study(rng, seeds, level=0.0, recover=0.0, arms=("wd", "lpwd")):
+    from study.simulate import Scenario, simulate
+
+    return simulate(Scenario("hand", arms=arms, level=level, recover=recover), seeds, rng)
+
+
+def test_too_few_seeds_cannot_show_anything_and_says_how_many_are_needed():
+    s = summarize(robust_study(np.random.default_rng(0), 2, recover=0.5))
     lp = by_arm(s)["lpwd"]
-    assert math.isnan(lp["diff_worst_lo"]) and lp["cells_tested"] == 0
-    assert classify(lp) == "untested"
-    assert "untested" in verdict(s)
+    assert lp["answer_better"] == lp["answer_more_robust"] == "cannot be shown"
+    assert math.isnan(lp["diff_best_lo"]) and math.isnan(lp["best_lo"])
+    assert "cannot be shown with 2 seeds: the paired test needs 3 (run 1 more seed)" in verdict(s)
 
 
-def test_the_verdict_is_written_from_the_numbers():
+def test_the_verdict_answers_each_question_from_its_primary_claim():
     rng = np.random.default_rng(3)
-    t = simulated_study(rng, seeds=6, gap=3.0)
-    s = summarize(t, effective_decay={"wd": 1.0, "lpwd": 0.67})
+    # a large robustness effect at large λ: more robust, shown
+    s = summarize(robust_study(rng, 6, recover=0.5), effective_decay={"wd": 1.0, "lpwd": 0.67})
     lp = by_arm(s)["lpwd"]
-    text = verdict(s, {"dataset": "digits"})
-    assert classify(lp) == "more robust" and text.startswith("lpwd vs wd: more robust")
-    assert f"grid mean {lp['grid_mean']:.1f} vs {by_arm(s)['wd']['grid_mean']:.1f}" in text
-    assert f"[{lp['diff_grid_mean_lo']:+.1f}, {lp['diff_grid_mean_hi']:+.1f}]" in text
-    assert "6 seeds per cell" in text and "67% of wd's total decay" in text
-    # no gap: nothing is claimed
-    s0 = summarize(simulated_study(rng, seeds=6, gap=0.0))
-    assert classify(by_arm(s0)["lpwd"]) == "no difference shown" and "more robust" not in verdict(s0)
-    assert classify(by_arm(summarize(simulated_study(rng, seeds=6, gap=-3.0)))["lpwd"]) == "less robust"
+    assert lp["answer_more_robust"] == "shown" and lp["diff_lambda_regret"] < 0
+    parts = verdict_parts(s, {"dataset": "digits", "base optimizer": "adam"})
+    assert parts[0].startswith("LPWD vs AdamW (wd): better? ") and "more robust to λ? shown (λ-regret " in parts[0]
+    a, b = lp["lambda_regret_paired"], lp["lambda_regret_baseline_paired"]
+    assert f"{a:.1f} pt vs {b:.1f} pt" in parts[1]
+    assert f"Holm-adjusted p = {lp['p_adj_more_robust']:.3f}" in parts[1] or lp["p_adj_more_robust"] < 0.001
+    assert "Exploratory, not claims" in parts[1] and "67% of wd's total decay" in parts[-1]
+    # a uniform level shift is better, and never more robust
+    s = summarize(robust_study(rng, 10, level=4.0))
+    lp = by_arm(s)["lpwd"]
+    assert lp["answer_better"] == "shown" and lp["answer_more_robust"] == "not shown"
+    assert lp["diff_lambda_regret_lo"] <= 0 <= lp["diff_lambda_regret_hi"]
+    # worse on the primary claim is said as such (a worse level alone would not be: tuning picks λ = 0)
+    s = summarize(robust_study(rng, 10, recover=-0.5))
+    assert by_arm(s)["lpwd"]["answer_more_robust"] == "shown worse"
+
+
+def test_answers_are_holm_corrected_across_the_arms():
+    rng = np.random.default_rng(4)
+    s = summarize(robust_study(rng, 5, arms=("wd", "pwd", "lpwd", "cwd")))
+    others = s[s["arm"] != "wd"]
+    from study.paired import holm as holm_
+    assert others["p_adj_better"].tolist() == pytest.approx(holm_(others["p_best"].to_numpy()).tolist())
+
+
+def test_the_decomposition_gives_the_edge_to_decay_mass_when_mass_explains_it():
+    """pwd at lpwd's decay mass behaving exactly as lpwd: layer shape 0, decay mass all of lpwd's edge."""
+    rng = np.random.default_rng(5)
+    sim = robust_study(rng, 6, recover=0.5)  # lpwd more robust than wd
+    pwd = sim[sim["arm"] == "wd"].assign(arm="pwd", variant="pwd")  # pwd no different from wd
+    mass = sim[sim["arm"] == "lpwd"].assign(arm=MASS_ARM, variant="pwd")
+    s = summarize(pd.concat([sim, pwd, mass]))
+    d = s.attrs["decomposition"]["more_robust"]
+    assert d["parts"]["layer shape"]["diff"] == 0 and d["seeds"] == 6
+    assert d["mass_share_of_edge_over_pwd"] == pytest.approx(1.0)
+    total = sum(p["diff"] for p in d["parts"].values())
+    assert total == pytest.approx(d["total"]["diff"])
+    text = verdict(s)
+    assert "more robust to λ: 100% of lpwd's edge over pwd" in text and "layer shape +0.0 pt" in text
 
 
 def test_a_training_curve_has_each_epoch_once_after_a_resume(tmp_path):
@@ -190,3 +289,23 @@ def test_a_training_curve_has_each_epoch_once_after_a_resume(tmp_path):
     assert history["epoch"].tolist() == [0, 1, 2, 3]
     assert history["val_acc"].tolist() == [0.1, 0.21, 0.3, 0.4]  # the retrained epoch's report stands
     assert trial_history(tmp_path, {**row, "trial_id": "never_reported"}) is None
+
+
+def test_a_report_cut_short_by_a_hard_kill_is_skipped_by_every_reader(tmp_path):
+    """``status``, ``report`` and the table rebuild read result.json alike: the complete reports stand."""
+    import json
+
+    from study.report import trial_history
+    from study.table import rebuilt_rows
+
+    row = {"experiment": "grid", "trial_id": "t_00000"}
+    folder = tmp_path / "grid" / "t_00000"
+    folder.mkdir(parents=True)
+    (folder / "params.json").write_text(json.dumps({"cell": {"variant": "wd", "lr": 0.01, "weight_decay": 1.0,
+                                                             "seed": 0}}))
+    complete = [{"epoch": e, "val_acc": 0.1 * (e + 1), "finished": 0} for e in range(3)]
+    lines = [json.dumps(r) for r in complete]
+    (folder / "result.json").write_text("\n".join(lines) + "\n" + lines[-1][:17])  # the kill cut the next one
+    assert trial_history(tmp_path, row).to_dict("records") == complete
+    rebuilt = rebuilt_rows(folder, {})
+    assert rebuilt and all(r["epochs_done"] == 3 and r["status"] == "INTERRUPTED" for r in rebuilt)

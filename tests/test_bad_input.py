@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from study.cli import main
+from study.config import dump, load_config
 
 from .conftest import shows_a_traceback
 
@@ -29,7 +30,7 @@ def run_cli(args, capsys):
 def existing_study(workdir):
     d = workdir / "studies" / "quick"
     d.mkdir(parents=True)
-    (d / "study.yaml").write_text(yaml.safe_dump({"name": "quick", "search": {"lr": [0.5]}}))
+    (d / "study.yaml").write_text(dump(load_config(QUICK, ["search.lr=[0.5]"])))  # only its lr grid differs
     return d
 
 
@@ -137,7 +138,7 @@ def finished_study(workdir):
     from study.table import write_rows
 
     cfg = load_config(QUICK, ["search.variants=[wd,lpwd]", "search.layer_schedule=[linear]", "search.lr=[0.001]",
-                              "search.weight_decay=[0.1]", "search.seeds=[0,1]"])
+                              "search.weight_decay=[0.1]", "search.seeds=[0,1]", "search.controls=[]"])
     d = workdir / "studies" / "quick"
     d.mkdir(parents=True)
     (d / "study.yaml").write_text(dump(cfg))
@@ -153,6 +154,9 @@ def finished_study(workdir):
 @pytest.mark.parametrize("option,value,expected", [
     ("--baseline", "nope", "--baseline 'nope' is not an arm of this study; use one of ['wd', 'lpwd']"),
     ("--metric", "test_acc", "--metric 'test_acc' is not a metric of this study"),
+    # an exact test whose smallest p-value (2 / 2^2) cannot pass the correction draws maps without stars
+    ("--test", "signflip", "--test signflip: with 2 seeds its smallest p-value is 0.5, which cannot pass the holm "
+                           "correction over 1 cells at α = 0.05; use --test t, or run at least 6 seeds"),
 ])
 def test_report_options_are_checked_against_the_study(workdir, capsys, option, value, expected):
     d = finished_study(workdir)
@@ -165,7 +169,7 @@ def test_report_accepts_adamw_for_wd_and_writes_where_asked(workdir, capsys):
     d = finished_study(workdir)
     rc = main(["report", str(d), "--baseline", "adamw", "--out", str(workdir / "elsewhere")])
     out = capsys.readouterr().out
-    assert rc == 0 and "lpwd vs wd:" in out
+    assert rc == 0 and "lpwd vs AdamW (wd):" in out
     assert (workdir / "elsewhere" / "report.html").exists() and not (d / "report.html").exists()
 
 

@@ -11,7 +11,9 @@ import pytest
 import requests
 from PIL import Image, ImageStat
 
+from study.claims import CLAIMS
 from study.trial import EPOCH_METRICS
+from study.verdict import markdown
 
 from .conftest import PYTHON, run_study_cli, study_env, tiny_args
 
@@ -57,10 +59,12 @@ def test_run_prints_where_results_are(study):
     assert f"results: {study['dir']}" in study["stdout"]
     assert f"{PYTHON} -m study status {study['dir']}" in study["stdout"]  # works as printed, venv or not
     assert "report: " in study["stdout"]
-    # the run ends with the verdict, written from the numbers (two seeds: intervals and tests exist)
+    # the run ends with the verdict, written from the numbers: its headline first
     verdict = study["stdout"][study["stdout"].index("Verdict."):]
-    # two seeds: paired tests per cell, but too few for a bootstrap interval, so the robustness claim is untested
-    assert "- lpwd vs wd: untested" in verdict and "2 seeds per cell" in verdict and "Holm-corrected" in verdict
+    # two seeds: too few for the paired test, and the verdict says how many are needed
+    assert "- LPWD vs AdamW (wd): better? cannot be shown with 2 seeds: the paired test needs 3 (run 1 more seed)" \
+        in verdict
+    assert "2 seeds per cell" in verdict and "Holm-corrected over all" in verdict
 
 
 def api(server, path, payload):
@@ -103,19 +107,27 @@ def test_mlflow_server_has_parent_and_one_child_per_trial(study):
     assert {"heatmaps.png", "difference.png", "tuning_curves.png"} <= {f["path"].split("/")[-1] for f in figures["files"]}
     # the parent carries the verdict as its description and each arm's summary metrics
     parent_tags = {t["key"]: t["value"] for t in parents[0]["data"]["tags"]}
-    verdict = json.loads((study["dir"] / "robustness.json").read_text())["verdict"]
-    assert parent_tags["mlflow.note.content"] == verdict
+    parts = json.loads((study["dir"] / "robustness.json").read_text())["parts"]
+    assert parent_tags["mlflow.note.content"] == markdown(parts)  # headline in bold, a bullet per part
+    assert parent_tags["mlflow.note.content"].startswith(f"**{parts[0]}**")
     assert parent_tags["mlflow.source.name"] and "mlflow.source.git.commit" in parent_tags
     parent_metrics = {m["key"] for m in api(server, "runs/search", {"experiment_ids": [exp["experiment_id"]],
                       "filter": f"attributes.run_id = '{parent_id}'"})["runs"][0]["data"]["metrics"]}
-    assert {"wd.grid_mean", "lpwd.grid_mean", "lpwd.near_optimal_2pt", "lpwd.worst"} <= parent_metrics
+    assert {f"{arm}.{claim}" for arm in ("wd", "lpwd") for claim in CLAIMS} <= parent_metrics
+    assert {f"lpwd.diff_{claim}" for claim in CLAIMS} <= parent_metrics
 
 
 def test_report_files(study):
     d = study["dir"]
     summary = json.loads((d / "robustness.json").read_text())
     assert {s["arm"] for s in summary["arms"]} == {"wd", "lpwd"}
-    assert summary["verdict"].startswith("lpwd vs wd:") and summary["settings"]["selected_by"] == "best_val_acc"
+    assert summary["verdict"].startswith("LPWD vs AdamW (wd):") and summary["settings"]["selected_by"] == "best_val_acc"
+    (comparison,) = summary["comparisons"]
+    assert comparison["arm"] == "lpwd" and comparison["answers"] == {"better": "cannot be shown",
+                                                                      "more_robust": "cannot be shown"}
+    # the report's λ_eff comes from the plan recorded when the study was created
+    plan = json.loads((d / "plan.json").read_text())
+    assert {a["arm"]: a["effective_decay"] for a in plan["arms"]} == {a["arm"]: a["effective_decay"] for a in summary["arms"]}
     page = (d / "report.html").read_text()
     assert all(f"run {r['mlflow_run_id']}" in page for r in study["rows"])  # each heatmap cell names its runs
     for name in ["heatmaps", "difference", "tuning_curves", "cell_distribution", "effective_decay", "training_curves"]:
