@@ -7,10 +7,31 @@ works in any plain ``zero_grad -> forward -> backward -> step`` loop with any
 ``torch.optim.lr_scheduler``. Decay per step is ``lr * weight_decay``
 (PyTorch's AdamW convention). Pure PyTorch; timm is used only when the model
 is a timm model.
+
+``import lpwd`` itself is cheap: torch is imported when one of the names below
+that needs it is first used, so tools that only validate a schedule name (a study
+config) or read results do not pay for it.
 """
 
-from .layers import SCHEDULE_NAMES, SCHEDULES, decay_scales, effective_decay, layer_indices, no_decay_names
-from .optim import BASES, VARIANTS, DecayedAdam, DecayedSGD, build_optimizer
+from importlib import import_module
+
+from .schedules import SCHEDULE_NAMES, SCHEDULES
+
+_LAZY = {**dict.fromkeys(("decay_scales", "effective_decay", "layer_indices", "no_decay_names"), ".layers"),
+         **dict.fromkeys(("BASES", "VARIANTS", "DecayedAdam", "DecayedSGD", "build_optimizer"), ".optim")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # once: later lookups never come here
+        return value
+    raise AttributeError(f"module 'lpwd' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "BASES",

@@ -16,19 +16,9 @@ from typing import Callable, Union
 
 from torch import nn
 
+from .schedules import NORMALIZED, SCHEDULE_NAMES, SCHEDULES
+
 LayerSchedule = Union[str, Callable[[int, int], float]]
-
-SCHEDULES: dict[str, Callable[[int, int], float]] = {
-    # the paper: shallow layers decay less, linearly growing with depth
-    "linear": lambda l, L: l / L,
-    # plain PWD: every layer gets the full rate
-    "constant": lambda l, L: 1.0,
-    # ablation: deep layers decay less (1 at the input, 1/L at the output)
-    "inverse": lambda l, L: (L - l + 1) / L,
-    # ablation: grows with depth but front-loaded
-    "sqrt": lambda l, L: math.sqrt(l / L),
-}
-
 
 def unwrap(model: nn.Module) -> tuple[nn.Module, str]:
     """The model inside ``torch.compile``'s ``OptimizedModule`` and DDP / DataParallel, with the
@@ -124,12 +114,6 @@ def _registration_order_layers(model: nn.Module) -> dict[str, tuple[int, int]]:
     L = max(current, 1)
     layer_of.update({n: 1 for n in pending})
     return {name: (layer_of[name], L) for name, _ in model.named_parameters()}
-
-
-# "<shape>_normalized": the shape rescaled to a parameter-weighted mean of 1 over the
-# decayed tensors, so the layer-wise variant applies the same total decay as plain pwd
-NORMALIZED = "_normalized"
-SCHEDULE_NAMES: tuple[str, ...] = (*SCHEDULES, *(f"{s}{NORMALIZED}" for s in SCHEDULES if s != "constant"))
 
 
 def resolve_schedule(layer_schedule: LayerSchedule) -> tuple[Callable[[int, int], float], bool]:

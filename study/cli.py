@@ -74,7 +74,7 @@ def invocation() -> str:
 def local_study_dir(given: str) -> Path:
     """The folder a command works in: the study dir itself, or an object-store study's mirror, pulled now."""
     from .objectstore import is_remote, pull
-    from .sweep import STUDY_FILE
+    from .studydir import STUDY_FILE
 
     if not is_remote(given):
         return Path(given)
@@ -202,7 +202,8 @@ def cmd_trial(args) -> int:
         except ImportError:
             print("MLflow is not installed: tracking is off for this trial", file=sys.stderr)
         else:
-            from .sweep import STUDY_FILE, prepare_study_dir
+            from .studydir import STUDY_FILE
+            from .sweep import prepare_study_dir
             from .tracking import start_study
 
             study_dir = prepare_study_dir(cfg)
@@ -235,13 +236,13 @@ def main(argv: list[str] | None = None) -> int:
 
             return cmd_run(load_config(args.config, args.overrides), not args.no_report, args.yes)
         if args.command == "resume":
-            from .sweep import load_study
+            from .studydir import load_study
 
             return cmd_run(load_study(local_study_dir(args.study_dir)), True)
         if args.command == "status":
             return cmd_status(args.study_dir)
         if args.command == "report":
-            from .sweep import load_study
+            from .studydir import load_study
 
             from .report import write_report
 

@@ -21,7 +21,6 @@ from .analysis import ALPHA, CONFIDENCE, SELECTED_BY, arm_of, best_cells, cells,
 from .claims import CLAIMS, QUESTIONS
 from .errors import UserError
 from .paired import CORRECTIONS, TESTS, seeds_needed, smallest_p
-from .plots import cell_distribution, difference_heatmaps, effective_decay_curves, heatmaps, training_curves, tuning_curves
 from .table import fixed_columns, read_table, reports_in
 from .verdict import markdown, verdict_parts
 
@@ -219,7 +218,7 @@ def answers_json(summary: pd.DataFrame, parts: list[str]) -> dict:
     return _clean({"headline": parts[0] if parts else "", "verdict": " ".join(parts), "parts": parts,
                    "settings": settings, "claims": claims, "comparisons": comparisons,
                    "decomposition": attrs.get("decomposition"),
-                   "arms": json.loads(summary.drop(columns=["dropped_seeds"], errors="ignore").to_json(orient="records"))})
+                   "arms": summary.drop(columns=["dropped_seeds"], errors="ignore").to_dict("records")})
 
 
 def analyse(study_dir: Path, cfg, metric: str, baseline: str, test: str, correction: str, write_back: bool):
@@ -258,11 +257,12 @@ def report_json(study_dir: Path, cfg, metric: str = "test_acc_at_best_val", base
 def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline: str = "wd", test: str = "t",
                  correction: str = "holm", out_dir: Path | None = None, cfg=None, attach_to_mlflow: bool = True) -> Path:
     from .config import planned_trials
+    from .plots import cell_distribution, difference_heatmaps, effective_decay_curves, heatmaps, training_curves, tuning_curves
 
     study_dir = Path(study_dir)
     out = Path(out_dir) if out_dir else study_dir
     if cfg is None:
-        from .sweep import load_study
+        from .studydir import load_study
 
         cfg = load_study(study_dir)
     table, df, order, summary, parts, effective = analyse(study_dir, cfg, metric, baseline, test, correction,

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .analysis import arm_of, best_cells, cells, scored
 from .config import planned_trials
-from .sweep import load_study
+from .studydir import load_study
 from .table import fixed_columns, read_table
 
 STATES = {"TERMINATED": "done", "RUNNING": "running", "PENDING": "pending", "PAUSED": "pending",

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .errors import UserError
 
+STUDY_FILE = "study.yaml"
 LOCK_FILE = ".study.lock"
 DEFINITION_FILE = ".study-definition.json"
 # config sections that define which trials exist and what they compute
@@ -95,3 +96,26 @@ def check_definition(study_dir: Path, cfg, source: str) -> None:
     if changed:
         raise UserError(f"{source} differs from the config {study_dir} was started with ({', '.join(changed[:4])}); "
                         "restore it, or start a new study with --set name=NEW (a study's trials cannot change)")
+
+
+def load_study(study_dir: str | os.PathLike):
+    """The study's config (a ``StudyConfig``), refused in one line when the dir is not a study or its
+    ``study.yaml`` no longer matches what the study started with; located where the dir is now."""
+    path = Path(study_dir)
+    if not (path / STUDY_FILE).is_file():
+        raise UserError(f"{path} is not a study dir (no {STUDY_FILE}); pass storage/NAME of a study started with study run")
+    source = path / STUDY_FILE
+    try:
+        text = source.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{source} is unreadable ({type(e).__name__}); restore it from a copy of the study dir") from None
+    from . import objectstore
+    from .config import parse_yaml, validate
+
+    cfg = validate(parse_yaml(text, str(source)) or {}, str(source))
+    check_definition(path, cfg, str(source))
+    # the study dir may have moved (copied from a cluster): keep using where it is now;
+    # a mirror stands for its object-store study, wherever this machine keeps it
+    remote = objectstore.mirrored_uri(path)
+    where = remote.rsplit("/", 1) if remote else (str(path.resolve().parent), path.resolve().name)
+    return cfg.model_copy(update={"storage": where[0], "name": where[1]})

@@ -23,19 +23,18 @@ from pyarrow.fs import FileType
 
 from . import localray, objectstore
 from .atomicfs import atomic_local_filesystem, remove_partial_writes
-from .config import (StudyConfig, arms, dump, parse_yaml, planned_trials, sign_flipping_cells, trained_grid,
-                     trained_trials, validate)
+from .config import StudyConfig, arms, dump, planned_trials, sign_flipping_cells, trained_grid, trained_trials, validate
 from .data import check_available
 from .errors import UserError
 from .models import check_pretrained_path
 from .plan import record_plan
 from .progress import ProgressLine
 from .restart_point import NewestCheckpoint, checkpoint_folders
-from .studydir import check_definition, definition, differences, owned, record_definition
-from .table import TidyTable, fixed_columns
+from .studydir import STUDY_FILE, definition, differences, load_study, owned, record_definition  # noqa: F401
+from .table import fixed_columns
+from .table_callback import TidyTable
 from .trial import run_trial, trial_name
 
-STUDY_FILE = "study.yaml"
 
 
 # what run_trial writes into every checkpoint and reads back on restore
@@ -453,21 +452,3 @@ def check_sweep_state(study_dir: Path) -> None:
                                 f"cannot resume that sweep: its finished trials stay in trials.csv (study report "
                                 f"{study_dir} reports them); start a new study with --set name=NEW to train the rest") \
                     from None
-
-
-def load_study(study_dir: str | os.PathLike) -> StudyConfig:
-    path = Path(study_dir)
-    if not (path / STUDY_FILE).is_file():
-        raise UserError(f"{path} is not a study dir (no {STUDY_FILE}); pass storage/NAME of a study started with study run")
-    source = path / STUDY_FILE
-    try:
-        text = source.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{source} is unreadable ({type(e).__name__}); restore it from a copy of the study dir") from None
-    cfg = validate(parse_yaml(text, str(source)) or {}, str(source))
-    check_definition(path, cfg, str(source))
-    # the study dir may have moved (copied from a cluster): keep using where it is now;
-    # a mirror stands for its object-store study, wherever this machine keeps it
-    remote = objectstore.mirrored_uri(path)
-    where = remote.rsplit("/", 1) if remote else (str(path.resolve().parent), path.resolve().name)
-    return cfg.model_copy(update={"storage": where[0], "name": where[1]})

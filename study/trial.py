@@ -19,17 +19,9 @@ import torch.nn.functional as F
 import lpwd
 
 from .config import StudyConfig
+from .metrics import EPOCH_METRICS, TRIAL_PARAMS, trial_name  # noqa: F401 (re-exported)
 from .data import augment_batch, load_dataset
 from .models import build_model
-
-# every metric a trial reports, named the same in Ray, MLflow and trials.csv
-EPOCH_METRICS = [
-    "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "best_val_acc",
-    "test_acc_at_best_val", "r_op", "weight_norm", "lr_now", "diverged",
-    "final_test_acc", "paper_top10_test_acc", "images_per_s",
-]
-TRIAL_PARAMS = ["arm", "variant", "layer_schedule", "lr", "weight_decay", "seed"]
-
 
 class Reporter(Protocol):
     def restore(self) -> dict | None: ...
@@ -47,12 +39,6 @@ class PrintReporter:
     def report(self, metrics: dict, state: dict | None) -> None:
         shown = {k: metrics[k] for k in ("epoch", "train_loss", "val_acc", "test_acc", "r_op", "images_per_s")}
         print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()), flush=True)
-
-
-def trial_name(params: dict) -> str:
-    """``lpwd η=0.003 λ=0.5 seed 0``: the arm, then the cell, unambiguous."""
-    arm = params.get("arm", params["variant"])
-    return f"{arm} η={params['lr']:.3g} λ={params['weight_decay']:.3g} seed {params['seed']}"
 
 
 def with_defaults(cfg: StudyConfig, params: dict) -> dict:
