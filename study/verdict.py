@@ -109,7 +109,8 @@ def headline(summary: pd.DataFrame, base_optimizer: str | None = None) -> str | 
         claim = attrs["primary"][question]
         ans = row[f"answer_{question}"]
         if ans == "cannot be shown":
-            words.append(f"{QUESTIONS[question]}? {ans}")
+            n = int(row[f"n_{claim}"]) if _finite(row.get(f"n_{claim}")) else 0
+            words.append(f"{QUESTIONS[question]}? {_seeds_needed(n)}")
             continue
         d = difference(claim, row[f"{claim}_paired"], row[f"{claim}_baseline_paired"],
                        row[f"diff_{claim}_lo"], row[f"diff_{claim}_hi"])
