@@ -104,7 +104,7 @@ def step_fn(model, opt):
 def separate_pass(variant, base, momentum) -> bool:
     """Whether the variant's shrink is a pass of its own (its floor is the floor row) or rides in
     torch's kernel (its floor is the baseline itself)."""
-    return variant in ("pwd", "lpwd") or (variant in ("wd", "rwd") and base == "sgd" and momentum > 0)
+    return variant in ("pwd", "lpwd", "cwd") or (variant in ("wd", "rwd") and base == "sgd" and momentum > 0)
 
 
 def timed(fn, device):

@@ -1,15 +1,15 @@
-"""A whole training step (forward, backward, optimizer step) with lpwd against torch's AdamW, eager and compiled.
+"""A whole training step (forward, backward, optimizer step) with lpwd or cwd against torch's AdamW, eager and compiled.
 
-The optimizer's extra pass is invisible end to end, or it is not: this
-measures it where users feel it. For each model, two identical copies train
-on the same batches, one with ``lpwd.build_optimizer(..., "lpwd")`` and one
-with ``torch.optim.AdamW`` (fused where the device has it), in alternating
-rounds of ``--steps`` steps; the ratio of each pair of rounds is taken and
-the median and range over ``--rounds`` pairs printed. ``--compile`` adds the
-same with ``torch.compile`` (default inductor backend) of both models; the
-first round of each (compilation) is left out.
+The optimizer's extra passes are invisible end to end, or they are not: this
+measures them where users feel them. For each model and variant, two identical
+copies train on the same batches, one with ``lpwd.build_optimizer(..., variant)``
+and one with ``torch.optim.AdamW`` (fused where the device has it), in
+alternating rounds of ``--steps`` steps; the ratio of each pair of rounds is
+taken and the median and range over ``--rounds`` pairs printed. ``--compile``
+adds the same with ``torch.compile`` (default inductor backend) of both models;
+the first round of each (compilation) is left out.
 
-    python benchmarks/train_step.py [--models resnet18 convnext_atto] [--batch 32] [--compile]
+    python benchmarks/train_step.py [--models resnet18 convnext_atto] [--variants lpwd cwd] [--batch 32] [--compile]
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ def step_time(model, forward, opt, batches, device) -> float:
     return (time.perf_counter() - start) / len(batches)
 
 
-def measure(name: str, compiled: bool, args, device) -> tuple[list[float], float, float]:
+def measure(name: str, variant: str, compiled: bool, args, device) -> tuple[list[float], float, float]:
     def build(seed=0):
         torch.manual_seed(seed)
         return timm.create_model(name, num_classes=10).to(device)
 
     ours_model, theirs_model = build(), build()
-    ours = lpwd.build_optimizer(ours_model, "lpwd", 1e-3, 0.05, diagnostics_every=0)
+    ours = lpwd.build_optimizer(ours_model, variant, 1e-3, 0.05, diagnostics_every=0)
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     theirs = torch.optim.AdamW(theirs_model.parameters(), lr=1e-3, weight_decay=0.05, **fused)
     run_ours = torch.compile(ours_model) if compiled else ours_model
@@ -68,6 +68,7 @@ def measure(name: str, compiled: bool, args, device) -> tuple[list[float], float
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet18", "convnext_atto"])
+    parser.add_argument("--variants", nargs="+", default=["lpwd", "cwd"], choices=lpwd.VARIANTS)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5, help="steps per round")
@@ -79,13 +80,15 @@ def main():
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# training step (forward, backward, step), torch {torch.__version__}, {where}; batch {args.batch} x "
           f"3x{args.size}x{args.size}; {args.rounds} alternating rounds x {args.steps} steps, median (range)")
-    print("| model | mode | AdamW ms | lpwd ms | lpwd / AdamW |")
-    print("|---|---|---|---|---|")
+    print("| model | mode | variant | AdamW ms | variant ms | variant / AdamW |")
+    print("|---|---|---|---|---|---|")
     for name in args.models:
         for compiled in ([False, True] if args.compile else [False]):
-            ratios, ours, theirs = measure(name, compiled, args, device)
-            print(f"| {name} | {'compiled' if compiled else 'eager'} | {1000 * theirs:.1f} | {1000 * ours:.1f} | "
-                  f"{statistics.median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f}) |", flush=True)
+            for variant in args.variants:
+                ratios, ours, theirs = measure(name, variant, compiled, args, device)
+                print(f"| {name} | {'compiled' if compiled else 'eager'} | {variant} | {1000 * theirs:.1f} | "
+                      f"{1000 * ours:.1f} | {statistics.median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f}) |",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,20 @@ variant    where the shrink happens            resulting update
            same kernels, lr and lambda rescaled)
 ``pwd``    before the next forward pass        see below
 ``lpwd``   ``pwd`` with lambda_l = lambda f(l, L)
+``cwd``    after the base update, only where   theta - lr (u + lambda 1[u theta >= 0] theta)
+           the update and the weight agree
+           in sign (cautious weight decay)
 =========  ==================================  ===============================
 
 The per-step shrink is ``lr * weight_decay`` with the group's *current* lr
 (PyTorch's AdamW convention), so any lr scheduler scales decay with lr.
+
+Cautious weight decay (Chen et al., "Cautious Weight Decay", ICLR 2026) needs the
+base optimizer's update direction u, which torch's fused kernels do not expose: the
+decayed tensors are copied before the base step, and ``theta_t - theta'`` (= lr u)
+gives u's sign per coordinate. The decay then never opposes the update, the
+"opposing penalty" R_op measures; the fraction of coordinates it decays is its
+decay mass, reported as ``decay_fraction`` by ``diagnostics()``.
 
 Pre-weight decay and the forward pre-hook
 -----------------------------------------
@@ -49,7 +59,7 @@ from torch import nn
 from .diagnostics import OpposingPenaltyProbe, layer_weight_norms
 from .layers import LayerSchedule, decay_scales, layer_indices, unwrap
 
-VARIANTS = ("none", "l2", "wd", "rwd", "pwd", "lpwd")
+VARIANTS = ("none", "l2", "wd", "rwd", "pwd", "lpwd", "cwd")
 
 # where each variant's decoupled shrink happens (None: no decoupled shrink)
 PLACEMENT = {
@@ -59,6 +69,7 @@ PLACEMENT = {
     "rwd": "after_update",
     "pwd": "before_forward",
     "lpwd": "before_forward",
+    "cwd": "cautious",
 }
 
 BASES: dict[str, tuple[type[torch.optim.Optimizer], set[str]]] = {
@@ -90,6 +101,7 @@ class DecayMixin:
         self._pending = self.placement == "before_forward"
         self._hook = None
         self._plan, self._plan_key = [], None
+        self._cautious_count, self._cautious_total = None, 0  # coordinates cwd decayed, and considered
         if self.placement == "before_forward":
             _claim(self)
             # on the wrapped model, so DDP and torch.compile wrappers built before or after both call it
@@ -131,6 +143,38 @@ class DecayMixin:
                     p.mul_(factors if shared is not None else factors[i])
         self._pending = False
 
+    def _snapshot(self) -> list[torch.Tensor]:
+        """Copies of the decayed tensors before the base step (cwd reads u's sign from the difference)."""
+        params = [p for _, group_params, _, _ in self._decay_plan() for p in group_params]
+        if self._fast:
+            return torch._foreach_mul(params, 1.0) if params else []
+        return [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def _apply_cautious_decay(self, before: list[torch.Tensor]) -> None:
+        """theta <- theta' - lr lambda_p 1[u theta_t >= 0] theta_t, with lr u = theta_t - theta'."""
+        i, counts = 0, []
+        for group, params, scales, shared in self._decay_plan():
+            k = float(group["lr"]) * group["decay_rate"]
+            olds = before[i:i + len(params)]
+            i += len(params)
+            if self._fast and shared is not None:
+                agree = torch._foreach_sub(olds, params)  # lr u
+                torch._foreach_mul_(agree, olds)
+                agree = [a.ge_(0) for a in agree]  # 1.0 where u theta_t >= 0, in the weights' dtype
+                counts.extend(torch._foreach_norm(agree, 1))
+                torch._foreach_mul_(agree, olds)
+                torch._foreach_add_(params, agree, alpha=-k * shared)
+            else:
+                for p, old, scale in zip(params, olds, scales):
+                    agree = (old - p).mul_(old).ge_(0)
+                    counts.append(agree.sum())
+                    p.sub_(agree.mul_(old), alpha=k * scale)
+        if counts:
+            total = torch.stack([c.float() for c in counts]).sum()
+            self._cautious_count = total if self._cautious_count is None else self._cautious_count + total
+            self._cautious_total += sum(o.numel() for o in before)
+
     def _eligible(self):
         """Decay-eligible parameters (not excluded as bias/norm/no_weight_decay)."""
         params, layers = [], []
@@ -169,11 +213,14 @@ class DecayMixin:
             before = self._probe.snapshot(eligible)
         if self.placement == "before_update":
             self._apply_decay()
+        before_update = self._snapshot() if self.placement == "cautious" else None
         shrunk = self._base_step()
         if probing:
             self._probe.record(before, self._shrink_already_taken())
         if self.placement == "after_update" and not shrunk:
             self._apply_decay()
+        if before_update:
+            self._apply_cautious_decay(before_update)
         self._pending = self.placement == "before_forward"
         self._steps += 1
         return loss
@@ -231,14 +278,22 @@ class DecayMixin:
         """R_op since the last call and the current per-layer weight norms.
 
         Returns ``r_op`` (mean over probed steps; NaN when none was probed),
-        ``r_op_steps`` (how many), ``weight_norm`` (all decay-eligible weights)
-        and ``layer_weight_norms`` ({l: norm}). ``reset=False`` keeps
-        accumulating R_op.
+        ``r_op_steps`` (how many), ``weight_norm`` (all decay-eligible weights),
+        ``layer_weight_norms`` ({l: norm}) and, for ``cwd``, ``decay_fraction``:
+        the fraction of decayed-tensor coordinates its decay touched since the
+        last call (its decay mass relative to ``wd``; NaN before any step).
+        ``reset=False`` keeps accumulating.
         """
         r_op, n = self._probe.read(reset) if self._probe is not None else (math.nan, 0)
         norms = layer_weight_norms(*self._eligible())
         total = math.sqrt(sum(v * v for v in norms.values()))
-        return {"r_op": r_op, "r_op_steps": n, "weight_norm": total, "layer_weight_norms": norms}
+        out = {"r_op": r_op, "r_op_steps": n, "weight_norm": total, "layer_weight_norms": norms}
+        if self.placement == "cautious":
+            count = self._cautious_count
+            out["decay_fraction"] = float(count) / self._cautious_total if count is not None else math.nan
+            if reset:
+                self._cautious_count, self._cautious_total = None, 0
+        return out
 
     def remove_hook(self) -> None:
         """Detach the pre-forward hook (pwd/lpwd), e.g. before building a new optimizer on the same model."""
@@ -363,7 +418,7 @@ def build_optimizer(
             the wrapping). For ``pwd``/``lpwd`` the optimizer registers a forward
             pre-hook on the wrapped model (see the module docstring); one such
             optimizer per parameter at a time.
-        variant: one of ``none``, ``l2``, ``wd``, ``rwd``, ``pwd``, ``lpwd``.
+        variant: one of ``none``, ``l2``, ``wd``, ``rwd``, ``pwd``, ``lpwd``, ``cwd``.
         lr: learning rate (> 0).
         weight_decay: lambda >= 0; the per-step shrink is ``lr * weight_decay``.
         base: ``adam`` (kwargs ``betas``, ``eps``, ``amsgrad``) or ``sgd``

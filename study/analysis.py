@@ -123,13 +123,14 @@ def seed_grids(g: Grid, chance: float = 0.0) -> SeedGrids:
     return SeedGrids(np.moveaxis(g.val, 3, 1), np.moveaxis(g.test, 3, 1), np.asarray(g.wds, float), chance)
 
 
-def answer(claim: Claim, diff: Difference, p_adj: float, alpha: float) -> str:
-    """One of ``ANSWERS`` for arm − baseline on a primary claim."""
-    if diff.n < MIN_SEEDS or not math.isfinite(p_adj):
+def answer(claim: Claim, diff: float, pairs: int, p_adj: float, alpha: float) -> str:
+    """One of ``ANSWERS`` for arm − baseline on a primary claim, from its mean paired difference,
+    the number of pairs and its corrected p-value."""
+    if pairs < MIN_SEEDS or not math.isfinite(p_adj):
         return "cannot be shown"
     if p_adj >= alpha:
         return "not shown"
-    return "shown" if diff.diff * claim.better_sign() > 0 else "shown worse"
+    return "shown" if diff * claim.better_sign() > 0 else "shown worse"
 
 
 def paired_seeds(stat: np.ndarray, arms: list[int]) -> np.ndarray:
@@ -137,25 +138,28 @@ def paired_seeds(stat: np.ndarray, arms: list[int]) -> np.ndarray:
     return np.flatnonzero(np.isfinite(stat[arms]).all(axis=0))
 
 
+def paired(diffs: np.ndarray, confidence: float = CONFIDENCE) -> Difference:
+    """``paired_difference``; below ``MIN_SEEDS`` pairs the mean difference only, no interval or p-value."""
+    d = paired_difference(diffs, confidence)
+    return d if d.n >= MIN_SEEDS else replace(d, lo=math.nan, hi=math.nan, p=math.nan, se=math.nan)
+
+
 def compare(stat: np.ndarray, a: int, b: int, confidence: float = CONFIDENCE) -> tuple[Difference, np.ndarray]:
-    """Arm a − arm b on one claim's per-seed statistic ``[arm, seed]``; also the seeds used.
-    Below ``MIN_SEEDS`` pairs: the mean difference only, no interval and no p-value."""
+    """Arm a − arm b on one claim's per-seed statistic ``[arm, seed]``; also the seeds used."""
     both = paired_seeds(stat, [a, b])
-    d = paired_difference(stat[a, both] - stat[b, both], confidence)
-    if d.n < MIN_SEEDS:
-        d = replace(d, lo=math.nan, hi=math.nan, p=math.nan, se=math.nan)
-    return d, both
+    return paired(stat[a, both] - stat[b, both], confidence), both
 
 
 def own_interval(x: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
     """Mean of an arm's per-seed statistic and its t-interval (NaN interval below ``MIN_SEEDS``)."""
     x = x[np.isfinite(x)]
-    if not len(x):
-        return math.nan, math.nan, math.nan
-    if len(x) < MIN_SEEDS or np.ptp(x) <= TIE:
-        return float(x.mean()), *((math.nan, math.nan) if len(x) < MIN_SEEDS else (float(x.mean()),) * 2)
-    lo, hi = stats.t.interval(confidence, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
-    return float(x.mean()), float(lo), float(hi)
+    mean = float(x.mean()) if len(x) else math.nan
+    if len(x) < MIN_SEEDS:
+        return mean, math.nan, math.nan
+    if np.ptp(x) <= TIE:
+        return mean, mean, mean
+    lo, hi = stats.t.interval(confidence, len(x) - 1, loc=mean, scale=stats.sem(x))
+    return mean, float(lo), float(hi)
 
 
 def decompose(per_seed_stats: dict[str, np.ndarray], arms: list[str], primary: dict[str, str],
@@ -172,12 +176,11 @@ def decompose(per_seed_stats: dict[str, np.ndarray], arms: list[str], primary: d
         seeds = paired_seeds(stat, list(idx.values()))
 
         def diff(x, y):
-            return paired_difference(stat[idx[x], seeds] - stat[idx[y], seeds])
+            return paired(stat[idx[x], seeds] - stat[idx[y], seeds])
 
         parts = {part: diff(*pair) for part, pair in DECOMPOSITION.items()}
         edge = diff("lpwd", "pwd")
-        share = parts["decay mass"].diff / edge.diff if (
-            len(seeds) >= MIN_SEEDS and edge.p < alpha and abs(edge.diff) > TIE) else None
+        share = parts["decay mass"].diff / edge.diff if edge.p < alpha and abs(edge.diff) > TIE else None
         out[question] = {"claim": name, "seeds": len(seeds), "total": asdict(diff("lpwd", "wd")),
                          "parts": {k: asdict(v) for k, v in parts.items()}, "edge_over_pwd": asdict(edge),
                          "mass_share_of_edge_over_pwd": share}
@@ -311,10 +314,8 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
             p = out.loc[others, f"p_{name}"].to_numpy(dtype=float)
             out.loc[others, f"p_adj_{question}"] = adjust(p, "holm")
             out[f"answer_{question}"] = [
-                answer(CLAIMS[name], Difference(r[f"diff_{name}"], r[f"diff_{name}_lo"], r[f"diff_{name}_hi"],
-                                                r[f"p_{name}"], int(r[f"n_{name}"]), r[f"se_{name}"]),
-                       r[f"p_adj_{question}"], alpha) if r["arm"] != baseline else ""
-                for _, r in out.iterrows()]
+                answer(CLAIMS[name], r[f"diff_{name}"], int(r[f"n_{name}"]), r[f"p_adj_{question}"], alpha)
+                if r["arm"] != baseline else "" for _, r in out.iterrows()]
     out.attrs.update({"metric": metric, "selected_by": SELECTED_BY[metric], "baseline": baseline, "test": test,
                       "correction": correction, "alpha": alpha, "confidence": CONFIDENCE, "min_seeds": MIN_SEEDS,
                       "seeds": len(g.seeds), "primary": primary, "cells_per_arm": g.shape[1] * g.shape[2],

@@ -20,7 +20,7 @@ from .claims import PRIMARY_DEFAULT, claims_for
 from .errors import UserError
 from .objectstore import SCHEMES, is_remote, mirror_dir
 
-Variant = Literal["none", "l2", "wd", "rwd", "pwd", "lpwd"]
+Variant = Literal["none", "l2", "wd", "rwd", "pwd", "lpwd", "cwd"]
 
 
 class Strict(BaseModel):

@@ -7,7 +7,7 @@ Kept apart from ``study.trial`` (which needs torch) so that reading a study's ta
 # every metric a trial reports, named the same in Ray, MLflow and trials.csv
 EPOCH_METRICS = [
     "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "best_val_acc",
-    "test_acc_at_best_val", "r_op", "weight_norm", "lr_now", "diverged",
+    "test_acc_at_best_val", "r_op", "decay_fraction", "weight_norm", "lr_now", "diverged",
     "final_test_acc", "paper_top10_test_acc", "images_per_s",
 ]
 TRIAL_PARAMS = ["arm", "variant", "layer_schedule", "lr", "weight_decay", "seed"]

@@ -16,6 +16,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .analysis import Grid, _nanmean, best_cells, best_of_k_band, cells
+from .claims import TIE
 from .paired import compare_cells
 
 CLIP = 10.0  # heatmap colours resolve the top CLIP points; everything further below is one colour
@@ -148,16 +149,17 @@ def effective_decay_curves(g: Grid, effective: dict[str, float], label: str) -> 
             val = _nanmean(g.val[a, :, j], axis=-1)
             if not np.isfinite(val).any():
                 continue
-            i = int(np.nanargmax(val))
-            seeds = g.test[a, i, j][np.isfinite(g.test[a, i, j])]
+            tied = np.flatnonzero(val >= np.nanmax(val) - TIE)  # η tied on validation share the pick
+            per_seed = _nanmean(g.test[a, tied, j], axis=0)
+            seeds = per_seed[np.isfinite(per_seed)]
             xs.append(wd * effective[arm])
             ys.append(seeds.mean())
-            etas.append(g.lrs[i])
+            etas.append(", ".join(f"{g.lrs[i]:g}" for i in tied))
             half.append(float(stats.t.ppf(0.975, len(seeds) - 1) * stats.sem(seeds)) if len(seeds) >= 3 else np.nan)
         if xs:
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"{arm} (λ_eff = {effective[arm]:.2f} λ)",
                                      error_y={"type": "data", "array": half, "visible": True}, customdata=etas,
-                                     hovertemplate="λ_eff=%{x:.3g}<br>best η on validation %{customdata:g}"
+                                     hovertemplate="λ_eff=%{x:.3g}<br>best η on validation %{customdata}"
                                                    "<br>%{y:.1f} pt<extra></extra>",
                                      line={"color": colour[arm]}))
     fig.update_layout(title="accuracy against effective decay (at each λ, the η best on validation; 95% t-intervals "

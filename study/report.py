@@ -63,12 +63,15 @@ def extreme_cell_histories(study_dir: Path, df: pd.DataFrame) -> dict:
     out = {}
     c = cells(df)
     for arm, mine in c.groupby("arm", sort=False):
-        picks = {"best": best_cells(mine).iloc[0], "worst": mine.loc[mine["mean"].idxmin()]}
-        for which, cell in picks.items():
+        top = best_cells(mine)
+        picks = {"best": (top.iloc[0], len(top) - 1), "worst": (mine.loc[mine["mean"].idxmin()], 0)}
+        for which, (cell, tied) in picks.items():
             rows = df[(df["arm"] == arm) & (df["lr"] == cell["lr"]) & (df["weight_decay"] == cell["weight_decay"])]
             h = trial_history(study_dir, rows.iloc[0].to_dict())
             if h is not None and {"val_acc", "r_op", "weight_norm"} <= set(h):
-                out[(arm, which)] = (f"η={cell['lr']:g} λ={cell['weight_decay']:g}", h)
+                # a curve is one trial's: of cells tied on validation, the first is drawn and the others counted
+                more = f" (+{tied} tied on validation)" if tied else ""
+                out[(arm, which)] = (f"η={cell['lr']:g} λ={cell['weight_decay']:g}{more}", h)
     return out
 
 
@@ -326,7 +329,7 @@ def page(name: str, verdict: list[str], shown: pd.DataFrame, figures: dict, attr
     head, rest = (verdict[0], verdict[1:]) if len(verdict) > 1 else ("", verdict)
     items = "".join(f"<li>{escape(v)}</li>" for v in rest)
     parts = [f"<h1>Is it robust? {escape(name)}</h1>",
-             f"<div class='verdict'>" + (f"<p class='headline'>{escape(head)}</p>" if head else "")
+             "<div class='verdict'>" + (f"<p class='headline'>{escape(head)}</p>" if head else "")
              + f"<b>Verdict.</b><ul>{items}</ul></div>",
              f"<p>Reported: {escape(label)}, in points. Every choice is made on validation "
              f"(<code>{attrs['selected_by']}</code>) and reported on test. Each seed's grid is one replicate of "

@@ -110,6 +110,7 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
         model = model.to(memory_format=torch.channels_last)
     extra = {"momentum": cfg.train.momentum} if cfg.train.base == "sgd" else {}
     scale = decay_scale(model, cfg, params)
+    decays = params["variant"] not in ("none", "l2") and float(params["weight_decay"]) > 0
     opt = lpwd.build_optimizer(
         model, params["variant"], float(params["lr"]), float(params["weight_decay"]) * scale, cfg.train.base,
         layer_schedule=params["layer_schedule"], decay_bias_and_norm=cfg.train.decay_bias_and_norm,
@@ -209,6 +210,7 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
             "best_val_acc": best["val_acc"],
             "test_acc_at_best_val": best["test_acc"],
             "r_op": diag["r_op"],
+            "decay_fraction": diag.get("decay_fraction", 1.0 if decays else 0.0),
             "weight_norm": diag["weight_norm"],
             "lr_now": lr_now,
             "diverged": int(diverged),

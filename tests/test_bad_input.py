@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import yaml
 
 from study.cli import main
 from study.config import dump, load_config

@@ -1,6 +1,7 @@
 """The decay variants against the update equations of method.md, step by step."""
 
 import copy
+import math
 import io
 import warnings
 
@@ -79,6 +80,8 @@ def reference(variant, base, steps, scales, betas=(0.9, 0.999), eps=1e-8, moment
                     p.copy_(landed - lr * lam * p)
                 elif variant == "rwd" and n in eligible:
                     p.copy_((1 - lr * lam) * landed)
+                elif variant == "cwd" and n in eligible:  # decay only where update and weight agree in sign
+                    p.copy_(landed - lr * lam * (u * p >= 0) * p)
                 else:
                     p.copy_(landed)
     return model
@@ -458,3 +461,31 @@ def test_step_hooks_run_once_per_step_beside_torchs_own_optimizers(variant, base
         model(torch.randn(2, 3)).sum().backward()
         opt.step()
     assert calls == ["pre", "post"] * 3
+
+
+@pytest.mark.parametrize("foreach", [None, False], ids=["fast", "single-tensor"])
+def test_cautious_decay_touches_only_coordinates_whose_update_agrees_and_reports_its_mass(foreach):
+    """cwd decays a coordinate only where the update and the weight agree in sign (never an opposing
+    penalty), so it decays a fraction of the coordinates wd decays: that fraction is reported."""
+    model = make_model()
+    eligible = [p for p in model.parameters() if p.ndim >= 2]
+    opt = lpwd.build_optimizer(model, "cwd", LR0, LAM, "adam", foreach=foreach, diagnostics_every=1,
+                               diagnostics_sample=None)
+    plain = copy.deepcopy(model)
+    none = lpwd.build_optimizer(plain, "none", LR0, 0.0, "adam", foreach=foreach)
+    before = [p.detach().clone() for p in eligible]
+    for m, o in ((model, opt), (plain, none)):
+        o.zero_grad()
+        loss_of(m, 0).backward()
+        o.step()
+    landed = [p for p in plain.parameters() if p.ndim >= 2]  # where the update alone lands
+    decayed = total = 0
+    for theta, after, land in zip(before, eligible, landed):
+        u = theta - land  # lr u
+        agree = u * theta >= 0
+        torch.testing.assert_close(after, land - LR0 * LAM * agree * theta, atol=1e-7, rtol=1e-6)
+        decayed, total = decayed + int(agree.sum()), total + theta.numel()
+    fraction = opt.diagnostics()["decay_fraction"]
+    assert 0.1 < fraction < 0.9 and fraction == pytest.approx(decayed / total)
+    assert math.isnan(opt.diagnostics()["decay_fraction"])  # reset by the previous call: no step since
+    assert "decay_fraction" not in none.diagnostics()

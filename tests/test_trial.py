@@ -32,6 +32,15 @@ def test_same_seed_same_numbers_different_seed_different():
     assert [a[k] for k in keys] != [c[k] for k in keys]
 
 
+def test_cautious_weight_decay_trains_as_a_study_arm_and_reports_its_decay_mass():
+    cfg = config()
+    cwd = run_trial(cfg, {"variant": "cwd", "lr": 3e-3, "weight_decay": 0.5, "seed": 0}, PrintReporter())
+    wd = run_trial(cfg, {"variant": "wd", "lr": 3e-3, "weight_decay": 0.5, "seed": 0}, PrintReporter())
+    assert 0 < cwd["decay_fraction"] < 1 and wd["decay_fraction"] == 1.0
+    assert cwd["weight_norm"] > wd["weight_norm"]  # it decays a fraction of what wd decays
+    assert cwd["val_acc"] > 0.5
+
+
 def test_cifar_format_archive_loads_and_trains(tmp_path):
     write_cifar10_archive(tmp_path, n_train=60, n_test=20)
     load_raw.cache_clear()
