@@ -102,6 +102,7 @@ class DecayMixin:
         self._hook = None
         self._plan, self._plan_key = [], None
         self._cautious_count, self._cautious_total = None, 0  # coordinates cwd decayed, and considered
+        self._buffers: dict = {}
         if self.placement == "before_forward":
             _claim(self)
             # on the wrapped model, so DDP and torch.compile wrappers built before or after both call it
@@ -143,35 +144,41 @@ class DecayMixin:
                     p.mul_(factors if shared is not None else factors[i])
         self._pending = False
 
+    def _scratch(self, p: torch.Tensor, which: int) -> torch.Tensor:
+        """A buffer shaped like ``p`` kept between steps (cwd's copy of the weights and its mask):
+        allocating 2 x the model every step cost more than the arithmetic on a CPU. Not state:
+        nothing in it outlives a step, so it is not saved."""
+        key = (id(p), which)
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
+            buf = self._buffers[key] = torch.empty_like(p, memory_format=torch.preserve_format)
+        return buf
+
+    @torch.no_grad()
     def _snapshot(self) -> list[torch.Tensor]:
-        """Copies of the decayed tensors before the base step (cwd reads u's sign from the difference)."""
+        """The decayed tensors before the base step (cwd reads u's sign from how far they move)."""
         params = [p for _, group_params, _, _ in self._decay_plan() for p in group_params]
-        if self._fast:
-            return torch._foreach_mul(params, 1.0) if params else []
-        return [p.detach().clone() for p in params]
+        olds = [self._scratch(p, 0) for p in params]
+        if params:
+            torch._foreach_copy_(olds, params) if self._fast else [o.copy_(p) for o, p in zip(olds, params)]
+        return olds
 
     @torch.no_grad()
     def _apply_cautious_decay(self, before: list[torch.Tensor]) -> None:
-        """theta <- theta' - lr lambda_p 1[u theta_t >= 0] theta_t, with lr u = theta_t - theta'."""
+        """theta <- theta' - lr lambda_p 1[u theta_t >= 0] theta_t, with lr u = theta_t - theta'.
+
+        One tensor at a time: on a CPU, torch's list-by-list ``_foreach`` ops were slower than
+        these per-tensor ones, which run multi-threaded."""
         i, counts = 0, []
-        for group, params, scales, shared in self._decay_plan():
+        for group, params, scales, _ in self._decay_plan():
             k = float(group["lr"]) * group["decay_rate"]
-            olds = before[i:i + len(params)]
+            for p, old, scale in zip(params, before[i:i + len(params)], scales):
+                agree = torch.sub(old, p, out=self._scratch(p, 1)).mul_(old).ge_(0)  # 1 where u theta_t >= 0
+                counts.append(agree.sum(dtype=torch.float32))
+                p.addcmul_(old, agree, value=-k * scale)
             i += len(params)
-            if self._fast and shared is not None:
-                agree = torch._foreach_sub(olds, params)  # lr u
-                torch._foreach_mul_(agree, olds)
-                agree = [a.ge_(0) for a in agree]  # 1.0 where u theta_t >= 0, in the weights' dtype
-                counts.extend(torch._foreach_norm(agree, 1))
-                torch._foreach_mul_(agree, olds)
-                torch._foreach_add_(params, agree, alpha=-k * shared)
-            else:
-                for p, old, scale in zip(params, olds, scales):
-                    agree = (old - p).mul_(old).ge_(0)
-                    counts.append(agree.sum())
-                    p.sub_(agree.mul_(old), alpha=k * scale)
         if counts:
-            total = torch.stack([c.float() for c in counts]).sum()
+            total = torch.stack(counts).sum()
             self._cautious_count = total if self._cautious_count is None else self._cautious_count + total
             self._cautious_total += sum(o.numel() for o in before)
 
