@@ -18,6 +18,7 @@ sampling error, or a primary claim's coverage is below 93%.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,7 +66,8 @@ def true_differences(scenario: Scenario, shape: Shape = Shape()) -> dict[str, fl
 
 def measure(scenario: Scenario, seeds: int, replicates: int, seed: int = 0, shape: Shape = Shape(),
             alpha: float = ALPHA) -> Rates:
-    rng = np.random.default_rng([seed, seeds, hash(scenario.name) % 2**31])
+    # crc32, not hash(): Python salts str hashes per process, and a seeded run must repeat exactly
+    rng = np.random.default_rng([seed, seeds, zlib.crc32(scenario.name.encode())])
     truth = true_differences(scenario, shape)
     arm = scenario.arms[1]
     called = {k: 0 for k in CLAIMS}
