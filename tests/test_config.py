@@ -19,13 +19,13 @@ def test_identical_trials_are_trained_once_and_stand_for_every_planned_row():
     cfg = load_config(QUICK)
     planned, trained = trial_grid(cfg), trained_grid(cfg)
     s = cfg.search
-    assert len(planned) == planned_trials(cfg) == 5 * len(s.lr) * len(s.weight_decay) * len(s.seeds)
-    # lambda = 0 is one trial per (lr, seed) for all five arms
-    assert len(trained) == len(planned) - 4 * len(s.lr) * len(s.seeds)
+    assert len(planned) == planned_trials(cfg) == 6 * len(s.lr) * len(s.weight_decay) * len(s.seeds)
+    # lambda = 0 is one trial per (lr, seed) for all six arms
+    assert len(trained) == len(planned) - 5 * len(s.lr) * len(s.seeds)
     covered = [(row["arm"], t["lr"], row["weight_decay"], t["seed"]) for t in trained for row in t["stands_for"]]
     assert sorted(covered) == sorted((p["arm"], p["lr"], p["weight_decay"], p["seed"]) for p in planned)
     zero = [t for t in trained if t["weight_decay"] == 0]
-    assert all(t["variant"] == "none" and len(t["stands_for"]) == 5 for t in zero)
+    assert all(t["variant"] == "none" and len(t["stands_for"]) == 6 for t in zero)
     assert all(len(t["stands_for"]) == 1 for t in trained if t["weight_decay"] > 0)
 
 
