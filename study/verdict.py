@@ -73,7 +73,11 @@ def _p(p: float) -> str:
     return "-" if not _finite(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
 
 
-def _seeds_needed(n: int) -> str:
+def _seeds_needed(n: int, seeds: int) -> str:
+    """Why an answer cannot be given: too few seeds, or too few with a complete grid for both arms."""
+    if seeds >= MIN_SEEDS:
+        return (f"cannot be shown: {n} of {seeds} seeds have a complete grid for both arms, and the paired test "
+                f"needs {MIN_SEEDS} (finish or resume the missing trials; an Optuna search never fills a grid)")
     more = MIN_SEEDS - n
     return f"cannot be shown with {n} seed{'s' if n != 1 else ''}: the paired test needs {MIN_SEEDS} " \
            f"(run {more} more seed{'s' if more != 1 else ''})"
@@ -86,7 +90,7 @@ def answer_text(row: pd.Series, question: str, attrs: dict, base_optimizer: str 
     ans = row[f"answer_{question}"]
     n = int(row[f"n_{claim}"]) if _finite(row.get(f"n_{claim}")) else 0
     if ans == "cannot be shown":
-        return f"{QUESTIONS[question]}? {_seeds_needed(n)}"
+        return f"{QUESTIONS[question]}? {_seeds_needed(n, attrs['seeds'])}"
     a, b = row[f"{claim}_paired"], row[f"{claim}_baseline_paired"]
     numbers = (f"{c.label}: {value(claim, a)} vs {value(claim, b)}, "
                f"{difference(claim, a, b, row[f'diff_{claim}_lo'], row[f'diff_{claim}_hi'])}, "
@@ -110,7 +114,7 @@ def headline(summary: pd.DataFrame, base_optimizer: str | None = None) -> str | 
         ans = row[f"answer_{question}"]
         if ans == "cannot be shown":
             n = int(row[f"n_{claim}"]) if _finite(row.get(f"n_{claim}")) else 0
-            words.append(f"{QUESTIONS[question]}? {_seeds_needed(n)}")
+            words.append(f"{QUESTIONS[question]}? {_seeds_needed(n, attrs['seeds'])}")
             continue
         d = difference(claim, row[f"{claim}_paired"], row[f"{claim}_baseline_paired"],
                        row[f"diff_{claim}_lo"], row[f"diff_{claim}_hi"])
@@ -154,7 +158,8 @@ def arm_sentences(row: pd.Series, attrs: dict, per_cell_family: int, base_optimi
     dropped = row.get("dropped_seeds")
     if isinstance(dropped, list) and dropped:
         out.append(f"Seed{'s' if len(dropped) > 1 else ''} {', '.join(map(str, dropped))} dropped from this "
-                   "comparison: an errored or unfinished trial left its grid incomplete for one of the two arms.")
+                   "comparison: its grid is incomplete for one of the two arms (an errored, unfinished or "
+                   "never-sampled cell).")
     if _finite(row.get("cells_tested")) and row["cells_tested"] > 0:
         out.append(f"Per cell (exploratory): {int(row['sig_better'])} of {int(row['cells_tested'])} λ > 0 cells "
                    f"significantly better, {int(row['sig_worse'])} worse ({TEST_NAMES[attrs['test']]} over seeds, "

@@ -309,3 +309,13 @@ def test_a_report_cut_short_by_a_hard_kill_is_skipped_by_every_reader(tmp_path):
     assert trial_history(tmp_path, row).to_dict("records") == complete
     rebuilt = rebuilt_rows(folder, {})
     assert rebuilt and all(r["epochs_done"] == 3 and r["status"] == "INTERRUPTED" for r in rebuilt)
+
+
+def test_seeds_without_a_complete_grid_are_named_as_the_reason_nothing_can_be_shown():
+    """Enough seeds, but too few of them complete for both arms (errored trials, or an Optuna search)."""
+    t = robust_study(np.random.default_rng(6), 4, recover=0.5)
+    gaps = (t["arm"] == "lpwd") & (t["lr"] == t["lr"].max()) & (t["weight_decay"] == 1.0) & (t["seed"] >= 2)
+    t.loc[gaps, "status"] = "ERROR"
+    s = summarize(t)
+    assert by_arm(s)["lpwd"]["answer_more_robust"] == "cannot be shown"
+    assert "cannot be shown: 2 of 4 seeds have a complete grid for both arms, and the paired test needs 3" in verdict(s)
