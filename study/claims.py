@@ -67,6 +67,11 @@ class Claim:
     def better_sign(self) -> int:
         return 1 if self.higher_is_better else -1
 
+    @property
+    def reading(self) -> str:
+        """How to read the number: "higher is better", "lower is more robust"."""
+        return f"{'higher' if self.higher_is_better else 'lower'} is {QUESTIONS[self.question].removesuffix(' to λ')}"
+
 
 def _mean(x: np.ndarray, axis) -> np.ndarray:
     with warnings.catch_warnings():

@@ -110,14 +110,11 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
             "-" if pd.isna(r.get("cells_tested")) or not r.get("cells_tested")
             else f"+{int(r['sig_better'])} / −{int(r['sig_worse'])} of {int(r['cells_tested'])}")
         col = {f"{QUESTIONS[q]}? (vs {base})": _answer_cell(r, q, base) for q in QUESTIONS}
-        for q in QUESTIONS:
-            name = primary[q]
-            arrow = "higher" if CLAIMS[name].higher_is_better else "lower"
-            col[f"▸ {CLAIMS[name].short} ({arrow} is {QUESTIONS[q].removesuffix(' to λ')})"] = _claim_cell(r, name)
+        for name in primary.values():
+            col[f"▸ {CLAIMS[name].short} ({CLAIMS[name].reading})"] = _claim_cell(r, name)
         for name, c in CLAIMS.items():
             if name not in primary.values():
-                arrow = "higher" if c.higher_is_better else "lower"
-                col[f"{c.short} ({arrow}: {QUESTIONS[c.question].removesuffix(' to λ')})"] = _claim_cell(r, name)
+                col[f"{c.short} ({c.reading})"] = _claim_cell(r, name)
         col.update({
             "best cell η, λ (seed-mean validation)": f"{r['best_lr']:g}, {r['best_weight_decay']:g}"
                                                       + (f" +{int(r['best_tied_cells']) - 1} tied" if r["best_tied_cells"] > 1 else ""),

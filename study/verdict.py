@@ -118,9 +118,7 @@ def headline(summary: pd.DataFrame, base_optimizer: str | None = None) -> str | 
             continue
         d = difference(claim, row[f"{claim}_paired"], row[f"{claim}_baseline_paired"],
                        row[f"diff_{claim}_lo"], row[f"diff_{claim}_hi"])
-        direction = "higher" if CLAIMS[claim].higher_is_better else "lower"
-        words.append(f"{QUESTIONS[question]}? {ans} ({CLAIMS[claim].short} {d}; {direction} is "
-                     f"{QUESTIONS[question].removesuffix(' to λ')})")
+        words.append(f"{QUESTIONS[question]}? {ans} ({CLAIMS[claim].short} {d}; {CLAIMS[claim].reading})")
     text = f"{arm.upper() if arm == 'lpwd' else arm} vs {display_name(baseline, base_optimizer)}: " + "; ".join(words)
     mass = mass_sentence(attrs.get("decomposition"), short=True)
     return text + (f"; how much is decay mass? {mass}" if mass else "") + "."
