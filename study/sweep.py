@@ -34,6 +34,7 @@ from .studydir import STUDY_FILE, definition, differences, load_study, owned, re
 from .table import fixed_columns
 from .table_callback import TidyTable
 from .trial import run_trial, trial_name
+from .worker_setup import quiet_worker_stop
 
 
 
@@ -116,26 +117,6 @@ class RayReporter:
 
 
 _config_cache: dict = {}
-
-
-def quiet_worker_stop() -> None:
-    """A trial worker that Tune stops (SIGTERM, at the sweep's end) goes without printing a traceback.
-
-    Ray's SIGTERM handler raises SystemExit. When the signal lands while a weakref callback runs,
-    Python cannot raise it there: it prints it ("Exception ignored in ... SystemExit: 1", nine
-    lines of Ray's shutdown in the user's terminal) and drops it. Only that print is dropped
-    here: every other unraisable error still prints.
-    """
-    previous = sys.unraisablehook
-    if getattr(previous, "drops_system_exit", False):
-        return
-
-    def hook(unraisable) -> None:
-        if not issubclass(unraisable.exc_type, SystemExit):
-            previous(unraisable)
-
-    hook.drops_system_exit = True
-    sys.unraisablehook = hook
 
 
 def trainable(config: dict, study: dict, tracking: dict | None):
@@ -342,13 +323,17 @@ def init_ray() -> None:
     # "token authentication is enabled (by default)" on every local run: it is, and nothing needs doing
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     env = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+    # every worker drops the SystemExit print from its first moment, not only once a trial has started
+    # in it: Tune can stop a worker that is still importing (a full disk ends the sweep early)
+    setup = "study.worker_setup.quiet_worker_stop"
     # per-epoch checkpoints of second-long trials snapshot often by design; the warning is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     address = os.environ.get("RAY_ADDRESS")
     if not address and localray.available():  # loopback only, and stopped with this driver
         address = localray.start_head()
     ray.init(address=address, include_dashboard=False if not address else None,
-             runtime_env={"env_vars": env}, logging_level="WARNING", log_to_driver=True)
+             runtime_env={"env_vars": env, "worker_process_setup_hook": setup}, logging_level="WARNING",
+             log_to_driver=True)
 
 
 def announce(cfg: StudyConfig) -> None:

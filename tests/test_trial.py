@@ -99,7 +99,7 @@ def test_cosine_schedule_decays_to_zero():
 
 UNRAISABLES = """
 import weakref
-from study.sweep import quiet_worker_stop
+from study.worker_setup import quiet_worker_stop
 if {quiet}:
     quiet_worker_stop(); quiet_worker_stop()
 
@@ -121,3 +121,30 @@ def test_a_stopped_trial_worker_prints_no_systemexit_traceback_but_real_errors_s
     assert "ValueError: a real bug" in proc.stderr
     assert ("SystemExit" in proc.stderr) is not quiet  # without the hook Python prints it: the test can fail
     assert proc.stderr.count("Exception ignored in") == (1 if quiet else 2)  # installed once, however often called
+
+
+WORKER_PROBE = """
+import ray
+from study.sweep import init_ray
+init_ray()
+
+@ray.remote
+def hook_installed():
+    import sys
+    return getattr(sys.unraisablehook, "drops_system_exit", False)
+
+print("hook in a fresh worker:", ray.get(hook_installed.remote()))
+"""
+
+
+@pytest.mark.slow
+def test_every_ray_worker_drops_the_systemexit_print_from_its_start():
+    """Tune may stop a worker before any trial ran in it (a full disk ends the sweep early): the hook is Ray's
+    worker_process_setup_hook, so a task that is not a trial already finds it installed."""
+    from .conftest import ROOT, no_ray_left, short_tmpdir, study_env
+
+    ray_tmp = short_tmpdir("w")
+    proc = subprocess.run([sys.executable, "-c", WORKER_PROBE], cwd=ROOT, env=study_env(RAY_TMPDIR=ray_tmp),
+                          capture_output=True, text=True, timeout=300)
+    no_ray_left(ray_tmp)
+    assert proc.returncode == 0 and "hook in a fresh worker: True" in proc.stdout, proc.stderr[-3000:]
