@@ -118,9 +118,9 @@ def _nanmean(x: np.ndarray, axis) -> np.ndarray:
         return np.nanmean(x, axis=axis)
 
 
-def seed_grids(g: Grid, chance: float = 0.0) -> SeedGrids:
+def seed_grids(g: Grid) -> SeedGrids:
     """The grid as ``claims`` reads it: ``[arm, seed, lr, λ]``."""
-    return SeedGrids(np.moveaxis(g.val, 3, 1), np.moveaxis(g.test, 3, 1), np.asarray(g.wds, float), chance)
+    return SeedGrids(np.moveaxis(g.val, 3, 1), np.moveaxis(g.test, 3, 1), np.asarray(g.wds, float))
 
 
 def answer(claim: Claim, diff: float, pairs: int, p_adj: float, alpha: float) -> str:
@@ -262,8 +262,7 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
     primary = {**PRIMARY_DEFAULT, **(primary or {})}
     df = scored(table, metric)
     g = grid(df, arms)
-    chance = 100.0 * float(df["dataset"].map(CHANCE).fillna(0.0).max()) if "dataset" in df and len(df) else 0.0
-    stat = per_seed(seed_grids(g, chance))
+    stat = per_seed(seed_grids(g))
     books = bookkeeping(table)
     c = cells(df)
     b = g.arms.index(baseline) if baseline in g.arms else None

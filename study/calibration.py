@@ -59,7 +59,7 @@ def true_differences(scenario: Scenario, shape: Shape = Shape()) -> dict[str, fl
     if key not in _truths:
         val, test = simulate_arrays(scenario, TRUTH_SEEDS, np.random.default_rng(12345), shape)
         as_claims = [np.moveaxis(100 * x, 3, 1) for x in (val, test)]  # [arm, seed, lr, λ], points
-        stat = per_seed(SeedGrids(*as_claims, np.asarray(shape.wds, float), 10.0))
+        stat = per_seed(SeedGrids(*as_claims, np.asarray(shape.wds, float)))
         _truths[key] = {k: float(np.nanmean(v[1] - v[0])) for k, v in stat.items()} | shape_claims
     return _truths[key]
 

@@ -45,7 +45,6 @@ class SeedGrids:
     val: np.ndarray
     test: np.ndarray
     wds: np.ndarray  # the λ axis
-    chance: float = 0.0
 
     @property
     def decaying(self) -> np.ndarray:
