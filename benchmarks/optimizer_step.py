@@ -34,7 +34,7 @@ import timm
 import torch
 
 import lpwd
-from lpwd.optim import _fused_supported
+from lpwd.optim import fastest_kernel
 
 LR, WD = 1e-3, 0.05
 
@@ -57,7 +57,7 @@ def decayed_and_rest(model):
 
 def fastest(model):
     """torch's fastest implementation on the model's device: fused where supported, foreach otherwise."""
-    return {"fused": True} if _fused_supported(list(model.parameters())) else {"foreach": True}
+    return fastest_kernel(model.parameters())
 
 
 def baseline(model, base, momentum):
@@ -87,15 +87,15 @@ def floor(model, base, momentum):
 
 
 def step_fn(model, opt):
-    # pwd/lpwd: this optimizer's own pre-forward hook, the real decay path
-    handle = getattr(opt, "_hook", None)
-    hooks = [model._forward_pre_hooks[handle.id]] if handle is not None else []
-    if handle is not None:
-        opt.remove_hook()  # the benchmark calls the hook itself; the next optimizer may claim the model
+    """One step as a training loop takes it: pwd/lpwd's pending decay (what their forward hook
+    applies, called directly since no forward runs here), then ``step()``."""
+    decay = getattr(opt, "pre_forward", None)  # None for torch's own baseline
+    if decay is not None:
+        opt.detach()  # no hooks left on the model: the next optimizer built on it starts clean
 
     def run():
-        for hook in hooks:
-            hook(model, ())
+        if decay is not None:
+            decay()
         opt.step()
 
     return run
@@ -127,7 +127,8 @@ def bench_model(name, device, rounds, warmup):
         contenders = {"baseline": step_fn(model, ref_opt), "floor": floor(model, base, momentum)}
         for variant in lpwd.VARIANTS:
             for diag in (0, 1):
-                opt = lpwd.build_optimizer(model, variant, LR, WD, base, diagnostics_every=diag, **kwargs)
+                opt = lpwd.build_optimizer(model, variant, LR, WD, base, diagnostics_every=diag, **fastest(model),
+                                           **kwargs)
                 contenders[(variant, diag)] = step_fn(model, opt)
         times = {k: [] for k in contenders}
         for r in range(warmup + rounds):

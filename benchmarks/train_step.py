@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import lpwd
+from lpwd.optim import fastest_kernel
 
 
 def step_time(model, forward, opt, batches, device) -> float:
@@ -42,7 +43,8 @@ def measure(name: str, variant: str, compiled: bool, args, device) -> tuple[list
         return timm.create_model(name, num_classes=10).to(device)
 
     ours_model, theirs_model = build(), build()
-    ours = lpwd.build_optimizer(ours_model, variant, 1e-3, 0.05, diagnostics_every=0)
+    ours = lpwd.build_optimizer(ours_model, variant, 1e-3, 0.05, diagnostics_every=0,
+                                **fastest_kernel(ours_model.parameters()))
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     theirs = torch.optim.AdamW(theirs_model.parameters(), lr=1e-3, weight_decay=0.05, **fused)
     run_ours = torch.compile(ours_model) if compiled else ours_model

@@ -18,7 +18,7 @@ from importlib import import_module
 from .schedules import SCHEDULE_NAMES, SCHEDULES
 
 _LAZY = {**dict.fromkeys(("decay_scales", "effective_decay", "layer_indices", "no_decay_names"), ".layers"),
-         **dict.fromkeys(("BASES", "VARIANTS", "DecayedAdam", "DecayedSGD", "build_optimizer"), ".optim")}
+         **dict.fromkeys(("BASES", "VARIANTS", "DecayedAdam", "DecayedSGD", "build_optimizer", "fastest_kernel"), ".optim")}
 
 
 def __getattr__(name: str):
@@ -43,6 +43,7 @@ __all__ = [
     "build_optimizer",
     "decay_scales",
     "effective_decay",
+    "fastest_kernel",
     "layer_indices",
     "no_decay_names",
 ]

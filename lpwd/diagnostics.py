@@ -96,10 +96,17 @@ class OpposingPenaltyProbe:
         self._sum, self.count = state["sum"], state["count"]
 
 
+def is_dtensor(p: torch.Tensor) -> bool:
+    """A sharded tensor of FSDP2/tensor parallelism (torch.distributed.tensor.DTensor)."""
+    return type(p).__name__ == "DTensor" and hasattr(p, "full_tensor")
+
+
 def layer_weight_norms(params: list[torch.Tensor], layers: list[int]) -> dict[int, float]:
-    """L2 norm of the weights of each layer (one foreach kernel, one sync)."""
+    """L2 norm of the weights of each layer (one foreach kernel, one sync). Sharded tensors are
+    gathered first (every rank calls this alike, as it calls ``step``)."""
     if not params:
         return {}
+    params = [p.full_tensor() if is_dtensor(p) else p for p in params]
     norms = torch.stack(torch._foreach_norm([p.detach() for p in params])).double().pow(2).cpu()
     out: dict[int, float] = {}
     for layer, sq in zip(layers, norms.tolist()):

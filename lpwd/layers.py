@@ -55,6 +55,14 @@ def layer_indices(model: nn.Module) -> dict[str, tuple[int, int]]:
     outside it count as its first layer if registered before it, and as its
     last (the head) if after.
 
+    Models built of repeated blocks (a Hugging Face BERT's ``encoder.layer``, a GPT-2's
+    ``h``, a Llama's ``layers``: an ``nn.ModuleList`` of two or more modules of one class,
+    each owning a weight matrix): each block is one layer, and the parameters before,
+    between and after the stacks form one layer per run (the embeddings first, the head
+    last), a run of only 1-D parameters (a final norm) joining the layer before it. A
+    tied output projection is the input embedding and stays at layer 1. A 12-layer BERT
+    has L = 14, as a 12-block ViT has.
+
     Other modules: every module that directly owns a parameter with two or more
     dimensions (a weight matrix or kernel) opens a new layer, in registration
     order; modules owning only 1-D parameters (norms, standalone biases) belong
@@ -67,7 +75,10 @@ def layer_indices(model: nn.Module) -> dict[str, tuple[int, int]]:
     if not names:
         return {}
     found = timm_part(inner)
-    if found is None:
+    stacks = _block_stacks(inner) if found is None else []
+    if stacks:
+        layers = _block_layers(inner, stacks)
+    elif found is None:
         layers = _registration_order_layers(inner)
     else:
         timm_model, sub = found
@@ -91,6 +102,45 @@ def _timm_layers(model: nn.Module) -> dict[str, tuple[int, int]]:
     rank = {g: i + 1 for i, g in enumerate(ordered)}
     L = len(ordered)
     return {name: (rank[group_of[name]], L) for name, _ in model.named_parameters()}
+
+
+def _block_stacks(model: nn.Module) -> list[str]:
+    """Name prefixes (``"encoder.layer."``) of the outermost ModuleLists of repeated blocks."""
+    stacks: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) < 2 or any(name.startswith(s) for s in stacks):
+            continue
+        kinds = {type(block) for block in module}
+        if len(kinds) == 1 and all(any(p.ndim >= 2 for p in block.parameters()) for block in module):
+            stacks.append(f"{name}." if name else "")
+    return stacks
+
+
+def _block_layers(model: nn.Module, stacks: list[str]) -> dict[str, tuple[int, int]]:
+    """One layer per block of each stack and per run of parameters outside them (see layer_indices)."""
+    layer_of: dict[str, int] = {}
+    current, unit, run_has_weight, run = 0, None, False, []
+    for name, p in model.named_parameters():  # registration order; a tied tensor appears once, at its first use
+        stack = next((s for s in stacks if name.startswith(s)), None)
+        this = f"{stack}{name[len(stack):].split('.')[0]}" if stack is not None else None
+        if stack is None and unit is None and run:
+            run.append(name)  # the run outside the blocks goes on
+            run_has_weight |= p.ndim >= 2
+            continue
+        if run:  # a run outside the blocks ends: a layer of its own if it has a weight, else the one before
+            current += run_has_weight or current == 0
+            layer_of.update({n: current for n in run})
+            run, run_has_weight = [], False
+        if stack is None:
+            unit, run, run_has_weight = None, [name], p.ndim >= 2
+            continue
+        if this != unit:
+            current, unit = current + 1, this
+        layer_of[name] = current
+    if run:
+        current += run_has_weight or current == 0
+        layer_of.update({n: current for n in run})
+    return {n: (l, current) for n, l in layer_of.items()}
 
 
 def _registration_order_layers(model: nn.Module) -> dict[str, tuple[int, int]]:
@@ -142,11 +192,17 @@ def decay_scales(model: nn.Module, layer_schedule: LayerSchedule = "linear",
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     scales = {n: (0.0 if n in skip else layer_scale(schedule, *layers[n])) for n, _ in named}
     if normalise:
-        mass = sum(p.numel() * scales[n] for n, p in named if n not in skip)
-        count = sum(p.numel() for n, p in named if n not in skip)
-        if mass > 0:
-            scales = {n: s * count / mass for n, s in scales.items()}
+        decayed = [n for n, _ in named if n not in skip]
+        factor = normalise_mass([scales[n] for n in decayed], [dict(named)[n].numel() for n in decayed])
+        scales = {n: s * factor for n, s in scales.items()}
     return scales
+
+
+def normalise_mass(scales: list[float], sizes: list[int]) -> float:
+    """The factor that gives ``scales`` a mean of 1 weighted by tensor size: a ``*_normalized``
+    schedule decays as much in total as plain pwd. 1 when nothing is decayed."""
+    mass = sum(n * s for n, s in zip(sizes, scales))
+    return sum(sizes) / mass if mass > 0 else 1.0
 
 
 def effective_decay(model: nn.Module, variant: str = "lpwd", layer_schedule: LayerSchedule = "linear",

@@ -32,32 +32,49 @@ gives u's sign per coordinate. The decay then never opposes the update, the
 "opposing penalty" R_op measures; the fraction of coordinates it decays is its
 decay mass, reported as ``decay_fraction`` by ``diagnostics()``.
 
-Pre-weight decay and the forward pre-hook
------------------------------------------
+Pre-weight decay and the forward pre-hooks
+------------------------------------------
 ``pwd``/``lpwd`` decay step t's weights *before* step t's forward pass, with
 step t's learning rate, so the gradient is taken at the decayed weights. The
-optimizer owns a forward pre-hook on the model it was built for: the first
-forward pass after each ``step()`` (and the very first forward pass) that runs
-with gradients enabled applies the pending decay, using the lr the group holds
-at that moment (after ``scheduler.step()``). Forward passes under
-``torch.no_grad()``/``inference_mode`` never decay, so evaluation is safe;
-extra forward passes before the next ``step()`` (gradient accumulation) do not
-decay twice. If ``step()`` is reached while a decay is still pending (no
-forward pass with gradients ran through the model since the last step), the
-decay is applied there, before the update. The pending flag is part of
-``state_dict()``, so a resumed run continues bit-identically.
+optimizer is attached to the model it is built for (``model=``, or
+:meth:`DecayMixin.attach`): a forward pre-hook sits on the model and on every
+submodule that owns one of its parameters, so any forward that can use a
+parameter passes a hook first: ``model(x)``, ``model.forward(x)``,
+``self.net(x)`` inside a LightningModule, ``checkpoint_sequential``. The first
+such forward after each ``step()`` (and the very first) that runs with
+gradients applies the pending decay, with the lr the group holds at that
+moment (after ``scheduler.step()``). Forward passes under ``torch.no_grad()``
+or ``inference_mode`` never decay, so evaluation is safe; extra forward passes
+before the next ``step()`` (gradient accumulation) do not decay twice. The
+hooks run before any other forward pre-hook (FSDP2's all-gather included), and
+a deep copy of the model (an EMA or teacher) does not decay the original.
+
+Loops no hook can see call :meth:`DecayMixin.pre_forward` before the forward.
+If ``step()`` still finds the decay pending, the decay is applied there,
+before the update, which is ``wd``'s update, not ``pwd``'s: the optimizer
+warns once, naming the fix (``strict=True`` raises instead). It warns as well
+when the lr changed between the decay and the step (a gradient-enabled
+evaluation between ``step()`` and ``scheduler.step()``), and it refuses to
+decay inside a backward pass (a reentrant ``checkpoint`` around the whole
+model recomputing its forward). The pending flag is part of ``state_dict()``,
+so a resumed run continues bit-identically.
+
+A parameter's pre-forward decay belongs to the newest pwd/lpwd optimizer
+built over it: building another (a second ``fit``, ``lr_find`` then ``fit``)
+detaches the older one's hooks.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 
 import torch
 from torch import nn
 
-from .diagnostics import OpposingPenaltyProbe, layer_weight_norms
-from .layers import LayerSchedule, decay_scales, layer_indices, unwrap
+from .diagnostics import OpposingPenaltyProbe, is_dtensor, layer_weight_norms
+from .layers import LayerSchedule, layer_indices, layer_scale, normalise_mass, no_decay_names, resolve_schedule, unwrap
 
 VARIANTS = ("none", "l2", "wd", "rwd", "pwd", "lpwd", "cwd")
 
@@ -73,40 +90,194 @@ PLACEMENT = {
 }
 
 BASES: dict[str, tuple[type[torch.optim.Optimizer], set[str]]] = {
-    "adam": (torch.optim.Adam, {"betas", "eps", "amsgrad"}),
-    "sgd": (torch.optim.SGD, {"momentum", "nesterov", "dampening"}),
+    "adam": (torch.optim.Adam, {"betas", "eps", "amsgrad", "maximize", "foreach", "fused"}),
+    "sgd": (torch.optim.SGD, {"momentum", "nesterov", "dampening", "maximize", "foreach", "fused"}),
 }
 
 
-class DecayMixin:
-    """Adds a placed decoupled decay and R_op diagnostics to a torch optimizer.
+def _check_rate(name: str, value, low_open: bool) -> None:
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > 0 if low_open else value >= 0)
+    if not ok:
+        raise ValueError(f"{name}={value!r} must be a finite number {'> 0' if low_open else '>= 0'}")
 
-    Param groups carry three extra keys: ``decay_rate`` (lambda, the
-    decoupled rate), ``layer_scales`` (f(l, L) per parameter; all 1 except for
-    ``lpwd``) and ``layers`` (l per parameter, for per-layer norms). The base
-    optimizer's own ``weight_decay`` is lambda only for ``l2`` and 0 otherwise.
+
+class DecayMixin:
+    """A torch optimizer whose weight decay is placed by a variant, with R_op diagnostics.
+
+    ``DecayedAdam(params, lr, weight_decay, variant="lpwd", model=model)`` reads like
+    ``torch.optim.AdamW``: ``params`` is an iterable of tensors or of param groups (or the
+    model itself, grouped as :func:`build_optimizer` groups it), and
+    each group's ``lr`` and ``weight_decay`` (lambda) are honoured, so timm's
+    ``param_groups_layer_decay``, Hugging Face's decay/no-decay groups or a lower backbone
+    lr all work. The base kernel's own weight decay is swapped in only for the duration
+    of its step (lambda for ``l2`` and the in-kernel ``wd``, 0 otherwise), so a group's
+    ``weight_decay`` always reads as lambda.
+
+    Args beyond torch's:
+        variant: one of :data:`VARIANTS`.
+        model: the model the parameters belong to: it gives each parameter its depth
+            (:func:`lpwd.layer_indices`, needed by ``lpwd``) and, for ``pwd``/``lpwd``, the
+            modules the pre-forward decay is attached to. Without it, call
+            :meth:`attach` or :meth:`pre_forward` yourself.
+        layer_schedule: ``lpwd``'s f(l, L) (see :func:`lpwd.build_optimizer`).
+        strict: raise instead of warning when ``step()`` finds the pre-forward decay pending.
+        diagnostics_every, diagnostics_sample, diagnostics_seed: the R_op probe.
+
+    Groups carry three extra keys: ``layer_scales`` (f(l, L) per parameter; all 1 except
+    for ``lpwd``), ``layers`` (l per parameter, for per-layer norms) and
+    ``decay_eligible`` (whether the diagnostics count the group as decayed weights).
     """
 
     variant: str
     placement: str | None
     _torch_class: type[torch.optim.Optimizer]
 
-    def _init_decay(self, variant, placement, model, fast, probe, rwd_in_kernel=False):
+    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.0, *, variant: str,
+                 model: nn.Module | None = None, layer_schedule: LayerSchedule = "linear", strict: bool = False,
+                 diagnostics_every: int = 10, diagnostics_sample: int | None = 4096, diagnostics_seed: int = 0,
+                 **base_kwargs):
+        if variant not in VARIANTS:
+            raise ValueError(f"variant={variant!r} is unknown; use one of {list(VARIANTS)}")
+        _check_rate("lr", lr, low_open=True)
+        _check_rate("weight_decay", weight_decay, low_open=False)
+        if isinstance(params, nn.Module):  # a model: grouped as build_optimizer groups it
+            model = params if model is None else model
+            params = decay_groups(params, weight_decay)
+        items = [params] if isinstance(params, torch.Tensor) else list(params)
+        groups = [dict(g) for g in items] if items and isinstance(items[0], dict) else [{"params": items}]
+        for g in groups:
+            g["params"] = [g["params"]] if isinstance(g["params"], torch.Tensor) else list(g["params"])
+            g.setdefault("weight_decay", weight_decay)
+            _check_rate("weight_decay", g["weight_decay"], low_open=False)
+        if not any(g["params"] for g in groups):
+            raise ValueError("params is empty; pass the model's parameters or a list of param groups")
+        self._set_layers(groups, variant, model, layer_schedule)
         self.variant = variant
-        self.placement = placement
-        self._rwd_in_kernel = rwd_in_kernel
-        self._fast = fast
-        self._probe = probe
+        self.placement = PLACEMENT[variant]
+        self._strict = strict
+        momentum = [g.get("momentum", base_kwargs.get("momentum", 0)) for g in groups]
+        # Where torch's own kernel can express the shrink, it rides there and saves a
+        # pass over the weights: Adam's decoupled kernel, and SGD's coupled one when
+        # there is no momentum (theta - lr (g + lambda theta) is then SGDW exactly).
+        in_kernel = variant in ("wd", "rwd") and (self._torch_class is torch.optim.Adam or not any(momentum))
+        if in_kernel and self._torch_class is torch.optim.Adam:
+            base_kwargs["decoupled_weight_decay"] = True
+        if in_kernel and variant == "wd":
+            self.placement = "in_update"
+        self._rwd_in_kernel = in_kernel and variant == "rwd"
+        self._fast = base_kwargs.get("foreach") is not False
+        self._torch_class.__init__(self, groups, lr=lr, weight_decay=weight_decay, **base_kwargs)
+        self._probe = OpposingPenaltyProbe(diagnostics_every, diagnostics_sample, diagnostics_seed) \
+            if diagnostics_every else None
         self._steps = 0
         self._pending = self.placement == "before_forward"
-        self._hook = None
+        self._decay_lrs: list[float] | None = None
+        self._hooks: list = []
+        self._attached: weakref.WeakSet = weakref.WeakSet()
+        self._warned: set[str] = set()
         self._plan, self._plan_key = [], None
         self._cautious_count, self._cautious_total = None, 0  # coordinates cwd decayed, and considered
         self._buffers: dict = {}
-        if self.placement == "before_forward":
-            _claim(self)
-            # on the wrapped model, so DDP and torch.compile wrappers built before or after both call it
-            self._hook = unwrap(model)[0].register_forward_pre_hook(_pre_forward_decay(weakref.ref(self)))
+        if model is not None and self.placement == "before_forward":
+            self.attach(model)
+
+    @staticmethod
+    def _set_layers(groups: list[dict], variant: str, model: nn.Module | None, layer_schedule) -> None:
+        """Each parameter's depth l and decay scale f(l, L) (1 unless lpwd), from the model."""
+        schedule, normalise = resolve_schedule(layer_schedule)
+        if model is None:
+            if variant == "lpwd":
+                raise ValueError("variant='lpwd' needs each parameter's depth: pass model=<the model> "
+                                 "(or use lpwd.build_optimizer(model, ...))")
+            depth_of = {}
+        else:
+            depths = layer_indices(model)
+            depth_of = {id(p): depths[n] for n, p in model.named_parameters()}
+            missing = [p for g in groups for p in g["params"] if id(p) not in depth_of]
+            if missing:
+                raise ValueError(f"{len(missing)} parameter(s) passed to the optimizer are not in model=; "
+                                 "pass the model whose parameters are optimised")
+        for g in groups:
+            lL = [depth_of.get(id(p), (1, 1)) for p in g["params"]]
+            g["layers"] = [l for l, _ in lL]
+            g["layer_scales"] = [layer_scale(schedule, l, L) if variant == "lpwd" else 1.0 for l, L in lL]
+            g.setdefault("decay_eligible", g["weight_decay"] > 0 or all(h["weight_decay"] == 0 for h in groups))
+        if normalise and variant == "lpwd":
+            decayed = [(g, i, p.numel()) for g in groups if g["weight_decay"] > 0 for i, p in enumerate(g["params"])]
+            factor = normalise_mass([g["layer_scales"][i] for g, i, _ in decayed], [n for _, _, n in decayed])
+            for g in groups:
+                g["layer_scales"] = [s * factor for s in g["layer_scales"]]
+
+    # -- where the pre-forward decay runs -----------------------------------
+    def attach(self, *modules: nn.Module) -> "DecayMixin":
+        """Hook the pending pre-forward decay onto ``modules`` (pwd/lpwd; a no-op otherwise).
+
+        Each module (seen through ``torch.compile``/DDP wrappers) and every submodule of it
+        that owns one of this optimizer's parameters gets a forward pre-hook, placed first.
+        This optimizer takes the parameters' pre-forward decay over from any older pwd/lpwd
+        optimizer: that one's hooks are removed.
+        """
+        if self.placement != "before_forward":
+            return self
+        params = {id(p) for g in self.param_groups for p in g["params"]}
+        for p in (p for g in self.param_groups for p in g["params"]):
+            old = _owner(p)
+            if old is not None and old is not self:
+                old.detach()
+            p._lpwd_pre_decay_owner = weakref.ref(self)
+        ref = weakref.ref(self)
+        for module in modules:
+            root = unwrap(module)[0]
+            for sub in root.modules():
+                if sub in self._attached:
+                    continue
+                owns = any(id(p) in params for p in sub.parameters(recurse=False))
+                if sub is root or owns:
+                    hook = _root_hook(ref) if sub is root else _inner_hook(ref)
+                    self._hooks.append(sub.register_forward_pre_hook(hook, prepend=True))
+                    self._attached.add(sub)
+        return self
+
+    def detach(self) -> None:
+        """Remove the pre-forward hooks; the decay then runs only via :meth:`pre_forward` (or, warned, in ``step``)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks, self._attached = [], weakref.WeakSet()
+
+    remove_hook = detach  # the name earlier releases used
+
+    def pre_forward(self) -> None:
+        """Apply the pending pre-weight decay now (pwd/lpwd): for loops no hook sees. Idempotent until ``step()``."""
+        if self._pending:
+            self._apply_decay()
+            self._decay_lrs = [float(g["lr"]) for g in self.param_groups]
+
+    def _forward_reached(self, module: nn.Module) -> None:
+        if module not in self._attached:  # a deep copy of an attached module carries the hook, not the model
+            return
+        if torch._C._current_graph_task_id() != -1:
+            # recomputing a forward inside backward (reentrant checkpoint): the loss was taken already
+            self._warn("backward", "a forward pass recomputed inside backward (torch.utils.checkpoint with "
+                       "use_reentrant=True around the model) reached the pending pre-forward decay, after the "
+                       "loss was computed; it is not applied there. Use use_reentrant=False, or call "
+                       "optimizer.pre_forward() before the forward pass")
+            return
+        self.pre_forward()
+
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"lpwd ({self.variant}): {message}", RuntimeWarning, stacklevel=5)
+
+    def _missed_forward(self) -> None:
+        message = ("step() found the pre-forward decay still pending: no forward pass with gradients went "
+                   "through a module this optimizer is attached to since the last step, so it is applied now, "
+                   f"after the gradient was taken ({'wd' if self.variant == 'pwd' else 'a layer-wise wd'}'s "
+                   f"update, not {self.variant}'s). Pass model= (or call optimizer.attach(module)) for the module "
+                   "your loop calls, or call optimizer.pre_forward() before each forward pass")
+        if self._strict:
+            raise RuntimeError(f"lpwd ({self.variant}): {message}")
+        self._warn("pending", message + "; strict=True makes this an error")
 
     # -- the decay itself -------------------------------------------------
     def _decay_plan(self) -> list[tuple[dict, list, list, float | None]]:
@@ -115,11 +286,11 @@ class DecayMixin:
         Rebuilt only when the groups change (``add_param_group``, a rate set to or from 0):
         on small models the per-step Python of regrouping showed next to the kernels.
         """
-        key = [(id(g["params"]), len(g["params"]), g["decay_rate"] != 0) for g in self.param_groups]
+        key = [(id(g["params"]), len(g["params"]), g["weight_decay"] != 0) for g in self.param_groups]
         if key != self._plan_key:
             plan = []
             for g in self.param_groups:
-                if g["decay_rate"] != 0 and self.placement is not None and g["params"]:
+                if g["weight_decay"] != 0 and self.placement is not None and g["params"]:
                     scales = [float(s) for s in g["layer_scales"]]
                     shared = scales[0] if all(s == scales[0] for s in scales) else None
                     plan.append((g, list(g["params"]), scales, shared))
@@ -128,13 +299,13 @@ class DecayMixin:
 
     def _decayed(self):
         """(param, lr * lambda_p) for every tensor the shrink touches."""
-        return [(p, float(g["lr"]) * g["decay_rate"] * s)
+        return [(p, float(g["lr"]) * g["weight_decay"] * s)
                 for g, params, scales, _ in self._decay_plan() for p, s in zip(params, scales)]
 
     @torch.no_grad()
     def _apply_decay(self) -> None:
         for group, params, scales, shared in self._decay_plan():
-            k = float(group["lr"]) * group["decay_rate"]
+            k = float(group["lr"]) * group["weight_decay"]
             # one scalar for a group whose tensors share a scale (all but lpwd's), else one per tensor
             factors = 1.0 - k * shared if shared is not None else [1.0 - k * s for s in scales]
             if self._fast:
@@ -168,10 +339,11 @@ class DecayMixin:
         """theta <- theta' - lr lambda_p 1[u theta_t >= 0] theta_t, with lr u = theta_t - theta'.
 
         One tensor at a time: on a CPU, torch's list-by-list ``_foreach`` ops were slower than
-        these per-tensor ones, which run multi-threaded."""
+        these per-tensor ones, which run multi-threaded. With ``maximize`` the kernel moves
+        along -u, and theta_t - theta' is still the descent direction the mask needs."""
         i, counts = 0, []
         for group, params, scales, _ in self._decay_plan():
-            k = float(group["lr"]) * group["decay_rate"]
+            k = float(group["lr"]) * group["weight_decay"]
             for p, old, scale in zip(params, before[i:i + len(params)], scales):
                 agree = torch.sub(old, p, out=self._scratch(p, 1)).mul_(old).ge_(0)  # 1 where u theta_t >= 0
                 counts.append(agree.sum(dtype=torch.float32))
@@ -198,6 +370,19 @@ class DecayMixin:
         found_inf = getattr(self, "found_inf", None)
         return found_inf is not None and bool(found_inf.item())
 
+    def _probe_due(self) -> list[torch.Tensor] | None:
+        """The tensors R_op samples this step, or None. FSDP2's sharded DTensors are not sampled
+        (a coordinate index means nothing on a shard): R_op is then off, said once."""
+        if self._probe is None or not self._probe.due(self._steps):
+            return None
+        eligible, _ = self._eligible()
+        if any(is_dtensor(p) for p in eligible):
+            self._probe = None
+            self._warn("dtensor", "R_op is not measured on sharded (DTensor, FSDP2) parameters; "
+                       "diagnostics() reports it as NaN")
+            return None
+        return eligible or None
+
     # -- the step ---------------------------------------------------------
     def step(self, closure=None):
         loss = None
@@ -211,18 +396,24 @@ class DecayMixin:
             self._torch_step()
             return loss
         if self._pending:
+            self._missed_forward()
             self._apply_decay()
-        probing = self._probe is not None and self._probe.due(self._steps)
-        if probing:
-            eligible, _ = self._eligible()
-            probing = bool(eligible)
-        if probing:
+        elif self._decay_lrs is not None:
+            lrs = [float(g["lr"]) for g in self.param_groups]
+            if lrs != self._decay_lrs:
+                self._warn("lr", f"the pre-forward decay ran with lr={self._decay_lrs[0]:g} but this step uses "
+                           f"lr={lrs[0]:g}: a forward pass with gradients ran between step() and "
+                           "scheduler.step() (an evaluation without torch.no_grad()?). Evaluate under "
+                           "torch.no_grad(), or call scheduler.step() right after optimizer.step()")
+        self._decay_lrs = None
+        eligible = self._probe_due()
+        if eligible is not None:
             before = self._probe.snapshot(eligible)
         if self.placement == "before_update":
             self._apply_decay()
         before_update = self._snapshot() if self.placement == "cautious" else None
         shrunk = self._base_step()
-        if probing:
+        if eligible is not None:
             self._probe.record(before, self._shrink_already_taken())
         if self.placement == "after_update" and not shrunk:
             self._apply_decay()
@@ -246,28 +437,30 @@ class DecayMixin:
     def _base_step(self) -> bool:
         """torch's own update; True if it also applied rwd's after-update shrink.
 
-        Adam's decoupled kernel computes theta (1 - lr' wd') - lr' u, and so
-        does SGD's coupled kernel without momentum (u = g). With
-        lr' = lr (1 - s) and wd' = lambda / (1 - s), s = lr lambda, that is
-        (1 - s)(theta - lr u): rwd in one fused pass instead of two. Only for
-        0 <= s < 1; a shrink of 1 or more (a collapsing or sign-flipping
+        The kernel sees, for its step only, its own weight decay: lambda for ``l2``
+        (coupled) and the in-kernel ``wd`` (Adam's decoupled kernel, or SGD's coupled
+        one without momentum), 0 for the rest. For ``rwd``: Adam's decoupled kernel
+        computes theta (1 - lr' wd') - lr' u, and so does SGD's coupled kernel without
+        momentum (u = g). With lr' = lr (1 - s) and wd' = lambda / (1 - s),
+        s = lr lambda, that is (1 - s)(theta - lr u): rwd in one fused pass instead of
+        two. Only for 0 <= s < 1; a shrink of 1 or more (a collapsing or sign-flipping
         setting) takes the separate pass.
         """
-        # only rwd rides in the kernel: every other variant skips the bookkeeping
-        shrinks = [float(g["lr"]) * g["decay_rate"] for g in self.param_groups] if self._rwd_in_kernel else []
-        if not shrinks or any(s >= 1 for s in shrinks):
-            self._torch_step()
-            return False
         saved = [(g["lr"], g["weight_decay"]) for g in self.param_groups]
-        for g, s in zip(self.param_groups, shrinks):
-            if s > 0:
-                g["lr"], g["weight_decay"] = float(g["lr"]) * (1 - s), g["decay_rate"] / (1 - s)
+        keep = self.variant == "l2" or self.placement == "in_update"
+        in_kernel = self._rwd_in_kernel and all(float(lr) * wd < 1 for lr, wd in saved)
+        for g, (lr, wd) in zip(self.param_groups, saved):
+            if in_kernel and wd > 0:
+                s = float(lr) * wd
+                g["lr"], g["weight_decay"] = float(lr) * (1 - s), wd / (1 - s)
+            elif not keep:
+                g["weight_decay"] = 0.0
         try:
             self._torch_step()
         finally:
             for g, (lr, wd) in zip(self.param_groups, saved):
                 g["lr"], g["weight_decay"] = lr, wd
-        return True
+        return in_kernel
 
     def _shrink_already_taken(self):
         """Per sampled coordinate, lr * lambda_p taken off before the update (wd only)."""
@@ -302,12 +495,6 @@ class DecayMixin:
                 self._cautious_count, self._cautious_total = None, 0
         return out
 
-    def remove_hook(self) -> None:
-        """Detach the pre-forward hook (pwd/lpwd), e.g. before building a new optimizer on the same model."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-
     # -- state ----------------------------------------------------------------
     def state_dict(self):
         state = super().state_dict()
@@ -336,30 +523,17 @@ class DecayMixin:
 
 
 def _owner(p: torch.Tensor):
-    """The live pwd/lpwd optimizer whose forward hook decays ``p``, if any."""
+    """The pwd/lpwd optimizer whose forward hooks decay ``p`` now, if any."""
     ref = getattr(p, "_lpwd_pre_decay_owner", None)
     opt = ref() if ref is not None else None
-    if opt is None or opt._hook is None:
+    if opt is None or not opt._hooks:
         return None
     # a deep-copied model carries the attribute but not the parameter the owner holds
     return opt if any(q is p for g in opt.param_groups for q in g["params"]) else None
 
 
-def _claim(optimizer) -> None:
-    """Refuse a second live pre-weight-decay optimizer over the same parameters: both hooks
-    would decay them in every forward pass."""
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    if any(_owner(p) is not None for p in params):
-        raise ValueError(
-            "these parameters already have a live pwd/lpwd optimizer, whose forward hook decays them; "
-            "call old_optimizer.remove_hook() (or drop every reference to it) before building another, "
-            "or put several parameter subsets in one optimizer's param groups")
-    for p in params:
-        p._lpwd_pre_decay_owner = weakref.ref(optimizer)
-
-
-def _pre_forward_decay(optimizer_ref):
-    """A forward pre-hook that applies a pending pre-weight decay.
+def _root_hook(optimizer_ref):
+    """The attached model's own forward pre-hook: applies a pending pre-weight decay.
 
     Holds only a weak reference, so a discarded optimizer never decays again.
     ``torch.compiler.disable``: under ``torch.compile`` the hook runs eagerly
@@ -372,19 +546,34 @@ def _pre_forward_decay(optimizer_ref):
     def hook(module, args):
         optimizer = optimizer_ref()
         if optimizer is not None and optimizer._pending and torch.is_grad_enabled():
-            optimizer._apply_decay()
+            optimizer._forward_reached(module)
+
+    return hook
+
+
+def _inner_hook(optimizer_ref):
+    """A parameter-owning submodule's pre-hook: the same, for forwards that skip the model's own
+    ``__call__`` (``self.net(x)``, ``model.forward(x)``). Inside a compiled graph it traces to
+    nothing (the model's own hook ran eagerly just before), so it adds no graph break."""
+
+    def hook(module, args):
+        if torch.compiler.is_compiling():
+            return
+        optimizer = optimizer_ref()
+        if optimizer is not None and optimizer._pending and torch.is_grad_enabled():
+            optimizer._forward_reached(module)
 
     return hook
 
 
 class DecayedAdam(DecayMixin, torch.optim.Adam):
-    """torch.optim.Adam (no own weight decay unless ``l2``) plus a placed decay."""
+    """torch.optim.Adam with its weight decay placed by ``variant`` (see :class:`DecayMixin`)."""
 
     _torch_class = torch.optim.Adam
 
 
 class DecayedSGD(DecayMixin, torch.optim.SGD):
-    """torch.optim.SGD (no own weight decay unless ``l2``) plus a placed decay."""
+    """torch.optim.SGD with its weight decay placed by ``variant`` (see :class:`DecayMixin`)."""
 
     _torch_class = torch.optim.SGD
 
@@ -402,6 +591,28 @@ def _fused_supported(params: list[torch.Tensor]) -> bool:
     return all(p.device.type in devices and torch.is_floating_point(p) for p in params)
 
 
+def fastest_kernel(params) -> dict:
+    """``{"fused": True}`` where torch has fused Adam/SGD kernels for these tensors (CUDA, CPU,
+    MPS...), else ``{"foreach": True}``: torch's own default on a CPU is the slower single-tensor
+    loop, so a sweep that wants speed asks for this explicitly."""
+    return {"fused": True} if _fused_supported(list(params)) else {"foreach": True}
+
+
+def decay_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: bool = False) -> list[dict]:
+    """The model's trainable parameters in a decayed and an undecayed group (timm's rule: no decay
+    for 1-D tensors and ``no_weight_decay()`` names, unless ``decay_bias_and_norm``)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("model has no trainable parameters; pass a model with requires_grad parameters")
+    skip = no_decay_names(model, decay_bias_and_norm)
+    groups: dict[bool, dict] = {}
+    for name, p in named:
+        eligible = name not in skip
+        groups.setdefault(eligible, {"params": [], "decay_eligible": eligible,
+                                     "weight_decay": float(weight_decay) if eligible else 0.0})["params"].append(p)
+    return list(groups.values())
+
+
 def build_optimizer(
     model: nn.Module,
     variant: str = "lpwd",
@@ -411,33 +622,33 @@ def build_optimizer(
     *,
     layer_schedule: LayerSchedule = "linear",
     decay_bias_and_norm: bool = False,
-    foreach: bool | None = None,
+    strict: bool = False,
     diagnostics_every: int = 10,
     diagnostics_sample: int | None = 4096,
     diagnostics_seed: int = 0,
     **base_kwargs,
 ) -> DecayedAdam | DecayedSGD:
-    """Build the optimizer of one decay variant for ``model``.
+    """Build the optimizer of one decay variant for ``model``: the one-liner.
 
     Args:
         model: the module whose trainable parameters are optimised, plain or
             wrapped (``torch.compile``, DDP, DataParallel; built before or after
-            the wrapping). For ``pwd``/``lpwd`` the optimizer registers a forward
-            pre-hook on the wrapped model (see the module docstring); one such
-            optimizer per parameter at a time.
+            the wrapping). For ``pwd``/``lpwd`` the optimizer is attached to it
+            (see the module docstring).
         variant: one of ``none``, ``l2``, ``wd``, ``rwd``, ``pwd``, ``lpwd``, ``cwd``.
         lr: learning rate (> 0).
         weight_decay: lambda >= 0; the per-step shrink is ``lr * weight_decay``.
         base: ``adam`` (kwargs ``betas``, ``eps``, ``amsgrad``) or ``sgd``
-            (kwargs ``momentum``, ``nesterov``, ``dampening``).
+            (kwargs ``momentum``, ``nesterov``, ``dampening``); both take
+            ``maximize``, ``foreach`` and ``fused`` as torch does (default: torch's
+            choice; :func:`fastest_kernel` gives the fastest for a model's tensors).
         layer_schedule: for ``lpwd`` only: ``linear`` (lambda_l = lambda l/L,
             the paper), ``constant``, ``inverse``, ``sqrt`` or ``f(l, L) -> scale``;
             ``linear_normalized`` (and ``inverse_``/``sqrt_normalized``) rescale the
             shape to a parameter-weighted mean of 1, the same total decay as ``pwd``
             (see :func:`lpwd.effective_decay`). Layers come from :func:`lpwd.layer_indices`.
         decay_bias_and_norm: also decay 1-D tensors and ``no_weight_decay()`` names.
-        foreach: ``None``/``True`` use torch's fused kernels where the device
-            has them (foreach otherwise); ``False`` the single-tensor path.
+        strict: raise when ``step()`` finds the pre-forward decay pending (see the module docstring).
         diagnostics_every: probe R_op every k-th step (0: off).
         diagnostics_sample: coordinates in the seeded R_op sample (None: all).
         diagnostics_seed: seed of that sample.
@@ -446,58 +657,14 @@ def build_optimizer(
         raise ValueError(f"variant={variant!r} is unknown; use one of {list(VARIANTS)}")
     if base not in BASES:
         raise ValueError(f"base={base!r} is unknown; use one of {sorted(BASES)}")
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr={lr!r} must be a finite number > 0")
-    if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
-        raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
-    base_cls, allowed = BASES[base]
-    unknown = set(base_kwargs) - allowed
+    _check_rate("lr", lr, low_open=True)
+    _check_rate("weight_decay", weight_decay, low_open=False)
+    unknown = set(base_kwargs) - BASES[base][1]
     if unknown:
         raise ValueError(
-            f"{sorted(unknown)} not accepted for base={base!r}; accepted keyword arguments: {sorted(allowed)}"
+            f"{sorted(unknown)} not accepted for base={base!r}; accepted keyword arguments: {sorted(BASES[base][1])}"
         )
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise ValueError("model has no trainable parameters; pass a model with requires_grad parameters")
-
-    layers = layer_indices(model)
-    # every eligible tensor has a scale > 0 under "constant"; 0 marks the excluded ones
-    eligible_of = decay_scales(model, "constant", decay_bias_and_norm)
-    scales = decay_scales(model, layer_schedule if variant == "lpwd" else "constant", decay_bias_and_norm)
-    groups: dict[bool, dict] = {}
-    for name, p in named:
-        eligible = eligible_of[name] > 0
-        l, L = layers[name]
-        group = groups.setdefault(eligible, {
-            "params": [], "layer_scales": [], "layers": [],
-            "decay_eligible": eligible,
-            "decay_rate": float(weight_decay) if eligible and variant != "l2" else 0.0,
-            # what torch's base applies itself: coupled L2 for l2 only
-            "weight_decay": float(weight_decay) if eligible and variant == "l2" else 0.0,
-        })
-        group["params"].append(p)
-        group["layer_scales"].append(scales[name] if eligible else 1.0)
-        group["layers"].append(l)
-
-    params = [p for _, p in named]
-    placement = PLACEMENT[variant]
-    # Where torch's own kernel can express the shrink, it rides there and saves a
-    # pass over the weights: Adam's decoupled kernel, and SGD's coupled one when
-    # there is no momentum (theta - lr (g + lambda theta) is then SGDW exactly).
-    shrink_in_kernel = variant in ("wd", "rwd") and (base == "adam" or not base_kwargs.get("momentum", 0))
-    if shrink_in_kernel and base == "adam":
-        base_kwargs["decoupled_weight_decay"] = True
-    if shrink_in_kernel and variant == "wd":
-        placement = "in_update"
-        for group in groups.values():
-            group["weight_decay"] = group["decay_rate"]
-    fast = foreach is not False
-    speed = {"foreach": False}
-    if fast:
-        speed = {"fused": True} if _fused_supported(params) else {"foreach": True}
-    optimizer = _CLASSES[base](list(groups.values()), lr=lr, **speed, **base_kwargs)
-    probe = None
-    if diagnostics_every:
-        probe = OpposingPenaltyProbe(diagnostics_every, diagnostics_sample, diagnostics_seed)
-    optimizer._init_decay(variant, placement, model, fast, probe, rwd_in_kernel=shrink_in_kernel and variant == "rwd")
-    return optimizer
+    return _CLASSES[base](
+        decay_groups(model, weight_decay, decay_bias_and_norm), lr, float(weight_decay), variant=variant, model=model, layer_schedule=layer_schedule,
+        strict=strict, diagnostics_every=diagnostics_every, diagnostics_sample=diagnostics_sample,
+        diagnostics_seed=diagnostics_seed, **base_kwargs)

@@ -115,6 +115,7 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
         model, params["variant"], float(params["lr"]), float(params["weight_decay"]) * scale, cfg.train.base,
         layer_schedule=params["layer_schedule"], decay_bias_and_norm=cfg.train.decay_bias_and_norm,
         diagnostics_every=cfg.train.diagnostics_every, diagnostics_seed=seed, **extra,
+        **lpwd.fastest_kernel(model.parameters()),  # torch's own CPU default is the slow single-tensor loop
     )
     forward = torch.compile(model) if cfg.model.compile else model
     steps = math.ceil(len(data.train) / cfg.train.batch_size)

@@ -1,6 +1,10 @@
-"""One rank of the DDP test (tests/test_training_setups.py): gloo on CPU, half the global batch each.
+"""One rank of the DDP and FSDP2 tests (tests/test_training_setups.py): gloo on CPU, half the global
+batch each.
 
-    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python tests/ddp_worker.py VARIANT OUT_DIR
+    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python tests/ddp_worker.py VARIANT OUT_DIR [WRAP]
+
+WRAP: ``ddp`` (default); ``fsdp-root``, FSDP2's ``fully_shard`` on the whole model only; ``fsdp-blocks``,
+the usual recipe: each hidden layer sharded on its own, the input and output layers in the root group.
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ def batch(t):
     return torch.randn(BATCH, 8, generator=g, dtype=torch.float64), torch.randint(4, (BATCH,), generator=g)
 
 
-def train(net, params_of, variant, part=slice(None)):
+def train(net, params_of, variant, part=slice(None), decays=None):
     opt = lpwd.build_optimizer(net, variant, LR, LAM)
+    if decays is not None:  # count the pre-forward decays, as the in-process tests do
+        apply = opt._apply_decay
+        opt._apply_decay = lambda: (decays.append(opt._steps), apply())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: FACTORS[t % len(FACTORS)])
     for t in range(STEPS):
         x, y = batch(t)
@@ -38,6 +45,8 @@ def train(net, params_of, variant, part=slice(None)):
         nn.functional.cross_entropy(net(x[part]), y[part]).backward()
         opt.step()
         sched.step()
+    if decays is not None:
+        decays.append(opt.diagnostics())  # the per-layer norms gather sharded weights on every rank
     return [p.detach().clone() for p in params_of.parameters()]
 
 
@@ -51,11 +60,23 @@ def main():
     variant, out = sys.argv[1], Path(sys.argv[2])
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    wrap = sys.argv[3] if len(sys.argv) > 3 else "ddp"
     inner = model()
-    ddp = nn.parallel.DistributedDataParallel(inner)
     share = BATCH // world
-    weights = train(ddp, inner, variant, slice(rank * share, (rank + 1) * share))
-    (out / f"rank{rank}.pkl").write_bytes(pickle.dumps(weights))
+    part = slice(rank * share, (rank + 1) * share)
+    decays = []
+    if wrap == "ddp":
+        weights = train(nn.parallel.DistributedDataParallel(inner), inner, variant, part, decays)
+    else:
+        from torch.distributed.fsdp import fully_shard
+
+        if wrap == "fsdp-blocks":
+            fully_shard(inner[2])
+        fully_shard(inner)
+        sharded = train(inner, inner, variant, part, decays)
+        weights = [p.full_tensor() for p in sharded]
+    (out / f"rank{rank}.pkl").write_bytes(pickle.dumps({"weights": weights, "decays": decays[:-1],
+                                                          "diagnostics": decays[-1]}))
     # both ranks leave together, and skip the interpreter's teardown: once in a full suite run a rank
     # aborted there, after its result was written ("terminate called without an active exception",
     # a gloo thread still joinable at exit), a known torch/gloo shutdown race that is not what this tests

@@ -65,3 +65,32 @@ def test_plain_sequential_one_layer_per_weight_owning_module():
 def test_leading_norm_joins_first_layer():
     model = nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 4))
     assert lpwd.layer_indices(model) == {n: (1, 1) for n in ["0.weight", "0.bias", "1.weight", "1.bias"]}
+
+
+def tiny_hf(kind):
+    transformers = pytest.importorskip("transformers")
+    if kind == "bert":
+        return transformers.BertForSequenceClassification(transformers.BertConfig(
+            vocab_size=50, hidden_size=16, num_hidden_layers=12, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=16, num_labels=2))
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=12, n_head=2,
+                                                                n_positions=16, bos_token_id=0, eos_token_id=0))
+
+
+def test_hugging_face_bert_embeddings_first_each_block_one_layer_head_last():
+    model = tiny_hf("bert")
+    layers = lpwd.layer_indices(model)
+    assert set(layers) == {n for n, _ in model.named_parameters()}
+    assert depth_of(model, "bert.embeddings.") == {(1, 14)}  # word, position and token-type: one layer
+    assert [depth_of(model, f"bert.encoder.layer.{i}.") for i in range(12)] == [{(i, 14)} for i in range(2, 14)]
+    assert depth_of(model, "bert.pooler.") == depth_of(model, "classifier.") == {(14, 14)}
+
+
+def test_gpt2_tied_head_stays_with_the_input_embedding_and_the_final_norm_joins_the_last_block():
+    model = tiny_hf("gpt2")
+    assert model.lm_head.weight is model.transformer.wte.weight
+    layers = lpwd.layer_indices(model)
+    assert "lm_head.weight" not in layers  # the tied tensor appears once, at its first use
+    assert layers["transformer.wte.weight"] == layers["transformer.wpe.weight"] == (1, 13)
+    assert [depth_of(model, f"transformer.h.{i}.") for i in range(12)] == [{(i, 13)} for i in range(2, 14)]
+    assert depth_of(model, "transformer.ln_f.") == {(13, 13)}

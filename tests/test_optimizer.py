@@ -14,6 +14,9 @@ import lpwd
 LR0, LAM = 0.05, 0.7
 # a changing learning rate: the variants must use each step's own lr
 LR_FACTORS = [1.0, 0.8, 1.3, 0.5, 0.9, 0.3, 1.1]
+# torch's three implementations, as ``fused``/``foreach`` select them in torch.optim
+KERNELS = [{"fused": True}, {"foreach": True}, {"foreach": False}]
+KERNEL_IDS = ["fused", "foreach", "single-tensor"]
 
 
 def make_model(seed=0, dtype=torch.float32):
@@ -91,13 +94,13 @@ def linear_scales(model):
     return {n: l / L for n, (l, L) in lpwd.layer_indices(model).items()}
 
 
-@pytest.mark.parametrize("foreach", [None, False], ids=["fast", "single-tensor"])
+@pytest.mark.parametrize("kernel", KERNELS, ids=KERNEL_IDS)
 @pytest.mark.parametrize("base", ["adam", "sgd"])
 @pytest.mark.parametrize("variant", lpwd.VARIANTS)
-def test_variant_matches_method_equations(variant, base, foreach):
+def test_variant_matches_method_equations(variant, base, kernel):
     model = make_model()
     kwargs = {"momentum": 0.9} if base == "sgd" else {}
-    opt = lpwd.build_optimizer(model, variant, LR0, LAM, base, foreach=foreach, **kwargs)
+    opt = lpwd.build_optimizer(model, variant, LR0, LAM, base, **kernel, **kwargs)
     train(model, opt, 6)
     scales = linear_scales(model) if variant == "lpwd" else {n: 1.0 for n, _ in model.named_parameters()}
     ref = reference(variant, base, 6, scales)
@@ -116,12 +119,12 @@ def test_rwd_in_kernel_with_shrinks_above_and_below_one(base, kwargs):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("foreach", [None, False], ids=["fast", "single-tensor"])
+@pytest.mark.parametrize("kernel", KERNELS, ids=KERNEL_IDS)
 @pytest.mark.parametrize("variant", lpwd.VARIANTS)
-def test_sgd_without_momentum_matches_method_equations(variant, foreach):
+def test_sgd_without_momentum_matches_method_equations(variant, kernel):
     """Without momentum, wd and rwd ride in SGD's coupled kernel; every variant still follows method.md."""
     model = make_model()
-    opt = lpwd.build_optimizer(model, variant, LR0, LAM, "sgd", foreach=foreach, momentum=0.0)
+    opt = lpwd.build_optimizer(model, variant, LR0, LAM, "sgd", **kernel, momentum=0.0)
     assert (opt.placement == "in_update") == (variant == "wd") and opt._rwd_in_kernel == (variant == "rwd")
     train(model, opt, 6)
     scales = linear_scales(model) if variant == "lpwd" else {n: 1.0 for n, _ in model.named_parameters()}
@@ -319,8 +322,12 @@ def test_pending_decay_applies_at_step_without_forward():
     w = model[0].weight.detach().clone()
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
-    opt.step()  # no forward ran: the pending decay still happens, before the update
+    with pytest.warns(RuntimeWarning, match="pre_forward"):  # no forward ran: said, and applied before the update
+        opt.step()
     torch.testing.assert_close(model[0].weight.detach(), (1 - LR0 * LAM) * w)
+    strict = lpwd.build_optimizer(make_model(), "pwd", LR0, LAM, "sgd", strict=True)
+    with pytest.raises(RuntimeError, match="pre_forward"):
+        strict.step()
 
 
 def test_discarded_optimizer_hook_never_decays():
@@ -376,12 +383,12 @@ def test_no_decay_for_bias_norm_and_timm_no_weight_decay():
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, patch_size=4)
     opt = lpwd.build_optimizer(model, "wd", 1e-3, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
-    decayed = {names[id(p)] for g in opt.param_groups if g["decay_rate"] > 0 for p in g["params"]}
+    decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert "pos_embed" not in decayed and "cls_token" not in decayed
     assert not any(n.endswith("bias") or "norm" in n for n in decayed)
     assert "blocks.0.attn.qkv.weight" in decayed
     everything = lpwd.build_optimizer(model, "wd", 1e-3, 0.1, decay_bias_and_norm=True)
-    assert sum(len(g["params"]) for g in everything.param_groups if g["decay_rate"] > 0) == len(names)
+    assert sum(len(g["params"]) for g in everything.param_groups if g["weight_decay"] > 0) == len(names)
 
 
 @pytest.mark.parametrize(
@@ -415,14 +422,14 @@ def test_loading_another_variants_state_is_refused():
         lpwd.build_optimizer(model, "rwd", LR0, LAM).load_state_dict(state)
 
 
-@pytest.mark.parametrize("foreach", [None, False], ids=["fast", "single-tensor"])
+@pytest.mark.parametrize("kernel", KERNELS, ids=KERNEL_IDS)
 @pytest.mark.parametrize("base,kwargs", [("adam", {}), ("sgd", {"momentum": 0.9}), ("sgd", {"momentum": 0.0})],
                          ids=["adam", "sgd", "sgd-no-momentum"])
-def test_every_variant_at_zero_decay_is_bit_identical_to_none(base, kwargs, foreach):
+def test_every_variant_at_zero_decay_is_bit_identical_to_none(base, kwargs, kernel):
     """Why a study trains lambda = 0 once for all variants: the updates are the same to the bit."""
     def weights(variant):
         model = make_model()
-        opt = lpwd.build_optimizer(model, variant, LR0, 0.0, base, foreach=foreach, **kwargs)
+        opt = lpwd.build_optimizer(model, variant, LR0, 0.0, base, **kernel, **kwargs)
         train(model, opt, 6)
         return [p.detach().clone() for p in model.parameters()], opt.diagnostics()
 
@@ -463,16 +470,16 @@ def test_step_hooks_run_once_per_step_beside_torchs_own_optimizers(variant, base
     assert calls == ["pre", "post"] * 3
 
 
-@pytest.mark.parametrize("foreach", [None, False], ids=["fast", "single-tensor"])
-def test_cautious_decay_touches_only_coordinates_whose_update_agrees_and_reports_its_mass(foreach):
+@pytest.mark.parametrize("kernel", KERNELS, ids=KERNEL_IDS)
+def test_cautious_decay_touches_only_coordinates_whose_update_agrees_and_reports_its_mass(kernel):
     """cwd decays a coordinate only where the update and the weight agree in sign (never an opposing
     penalty), so it decays a fraction of the coordinates wd decays: that fraction is reported."""
     model = make_model()
     eligible = [p for p in model.parameters() if p.ndim >= 2]
-    opt = lpwd.build_optimizer(model, "cwd", LR0, LAM, "adam", foreach=foreach, diagnostics_every=1,
+    opt = lpwd.build_optimizer(model, "cwd", LR0, LAM, "adam", **kernel, diagnostics_every=1,
                                diagnostics_sample=None)
     plain = copy.deepcopy(model)
-    none = lpwd.build_optimizer(plain, "none", LR0, 0.0, "adam", foreach=foreach)
+    none = lpwd.build_optimizer(plain, "none", LR0, 0.0, "adam", **kernel)
     before = [p.detach().clone() for p in eligible]
     for m, o in ((model, opt), (plain, none)):
         o.zero_grad()
