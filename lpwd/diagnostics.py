@@ -1,6 +1,6 @@
 """The opposing penalty rate R_op, measured cheaply, and per-layer weight norms.
 
-R_op (method.md, "the delay defect") is the fraction of decayed weights whose
+R_op (the "delay defect" of the LPWD paper) is the fraction of decayed weights whose
 gradient step crosses zero, theta_t * (theta_t - lr * u_t) < 0: exactly where
 decoupled decay (``wd``) pushes a weight *away* from zero. ``rwd``, ``pwd`` and
 ``lpwd`` never apply an opposing penalty (their decay acts on the weight after

@@ -1,7 +1,6 @@
 """Decay variants as *where* and *how much* decay meets torch's own optimizers.
 
-Every variant is torch's Adam or SGD (fused where the device supports it,
-foreach otherwise, single-tensor with ``foreach=False``) with its own weight
+Every variant is torch's Adam or SGD (with torch's own ``foreach``/``fused`` choice) with its own weight
 decay switched off, plus one multiplicative shrink of the decayed tensors,
 ``theta <- (1 - lr_t * lambda_p) * theta``, placed at one of three moments:
 

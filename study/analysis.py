@@ -1,4 +1,4 @@
-"""Selection and robustness metrics, from the tidy table alone (method.md, "How robustness is quantified").
+"""Selection and robustness metrics, from the tidy table alone (docs/report.md).
 
 The rules every number here follows, so that the report, ``study status``, the
 plots and the verdict can never disagree:

@@ -1,4 +1,4 @@
-"""The decay variants against the update equations of method.md, step by step."""
+"""The decay variants against their update equations (docs/library.md), step by step."""
 
 import copy
 import math
@@ -52,7 +52,7 @@ def train(model, opt, steps, start=0):
 
 
 def reference(variant, base, steps, scales, betas=(0.9, 0.999), eps=1e-8, momentum=0.9, nesterov=False, lam=LAM):
-    """method.md written out literally, one tensor at a time."""
+    """The update equations written out literally, one tensor at a time."""
     model = make_model()
     params = dict(model.named_parameters())
     eligible = {n for n, p in params.items() if p.ndim >= 2}
@@ -122,7 +122,7 @@ def test_rwd_in_kernel_with_shrinks_above_and_below_one(base, kwargs):
 @pytest.mark.parametrize("kernel", KERNELS, ids=KERNEL_IDS)
 @pytest.mark.parametrize("variant", lpwd.VARIANTS)
 def test_sgd_without_momentum_matches_method_equations(variant, kernel):
-    """Without momentum, wd and rwd ride in SGD's coupled kernel; every variant still follows method.md."""
+    """Without momentum, wd and rwd ride in SGD's coupled kernel; every variant still follows its equation."""
     model = make_model()
     opt = lpwd.build_optimizer(model, variant, LR0, LAM, "sgd", **kernel, momentum=0.0)
     assert (opt.placement == "in_update") == (variant == "wd") and opt._rwd_in_kernel == (variant == "rwd")
