@@ -9,7 +9,10 @@ warden runs ``ray start --head --block`` on 127.0.0.1 inside that session,
 prints the address, and waits on the driver's pidfd. When the driver ends, by
 any means, the warden kills its own process group at once (every result is
 already checkpointed, so there is nothing to drain): everything Ray started for
-this study, and nothing else on the machine.
+this study, and nothing else on the machine. It does so whatever goes wrong in
+between (a driver killed before the address could be printed to it); if the
+warden itself is killed, ``ray start`` dies with it (a parent-death signal)
+and the driver's exit kills the group.
 
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is Ray's own switch (the default on
 macOS and Windows) that makes a node use the loopback address for all of its
@@ -20,6 +23,7 @@ work to it either.
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import select
@@ -62,14 +66,35 @@ def available() -> bool:
 def start_head() -> str:
     """Start a warden-owned local Ray head for this process; returns its GCS address."""
     warden = subprocess.Popen([sys.executable, "-m", "study.localray", str(os.getpid())],
-                              stdout=subprocess.PIPE, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                               start_new_session=True, env={**os.environ, **LOOPBACK_ENV})
     _wardens.append(warden)
+    atexit.register(_kill_orphaned_head, warden)
     line = warden.stdout.readline().strip()
     if not line.startswith(LOOPBACK):
         raise UserError(f"local Ray did not start ({line[:300] or 'no output'}); "
                         "or run on a cluster with RAY_ADDRESS")
     return line
+
+
+def _kill_orphaned_head(warden: subprocess.Popen) -> None:
+    """At the driver's exit: if the warden was killed, take its group (the head) down here instead.
+    A live warden does it itself once the driver is gone, after Ray's own shutdown has run."""
+    if warden.poll() is not None:
+        try:
+            os.killpg(warden.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _die_with_parent() -> None:
+    """In the ``ray start`` child: SIGKILL when the warden dies, however it dies (Linux's parent-death signal)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _free_port() -> int:
@@ -83,7 +108,17 @@ def _ray_cli() -> str:
 
 
 def warden(driver_pid: int) -> int:
-    """Run the head until the driver exits, then take every process of this session down with it."""
+    """Run the head until the driver exits, then take every process of this session down with it,
+    whatever happens in between (the driver gone before the address could be printed included)."""
+    try:
+        return _run_head(driver_pid)
+    except BaseException:  # a closed pipe, a signal, a bug: never leave the head behind
+        return 1
+    finally:
+        os.killpg(0, signal.SIGKILL)
+
+
+def _run_head(driver_pid: int) -> int:
     driver = os.pidfd_open(driver_pid)  # before anything slow: the driver may already be gone
     gcs, client, agent = _free_port(), _free_port(), _free_port()
     # its own temp dir: a user's `ray status` or ray.init("auto") keeps finding their own cluster, not ours
@@ -93,7 +128,7 @@ def warden(driver_pid: int) -> int:
                              f"--dashboard-agent-listen-port={agent}", "--include-dashboard=false",
                              "--disable-usage-stats"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent)
     last = ""
     for line in head.stdout:  # ray start prints its banner, then READY, then blocks
         last = line.strip() or last
@@ -102,13 +137,12 @@ def warden(driver_pid: int) -> int:
     if head.poll() is not None:
         print(f"failed: {last} (Ray's logs: {temp}/session_latest/logs)", flush=True)
         return 1
-    print(f"{LOOPBACK}:{gcs}", flush=True)
+    print(f"{LOOPBACK}:{gcs}", flush=True)  # raises if the driver is gone already: the group dies all the same
     # keep draining ray start's output, so that it never blocks on a full pipe
     threading.Thread(target=lambda: [None for _ in head.stdout], daemon=True).start()
     select.select([driver, os.pidfd_open(head.pid)], [], [])
     # the driver is gone: its trials are lost with it and every result is already checkpointed, so
-    # there is nothing to drain; kill this session's group at once, this warden last
-    os.killpg(0, signal.SIGKILL)
+    # there is nothing to drain; the caller kills this session's group at once, this warden last
     return 0
 
 

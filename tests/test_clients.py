@@ -56,7 +56,7 @@ L = pytest.importorskip("lightning")
 
 
 class Classifier(L.LightningModule):
-    """The README's recipe: build_optimizer(self, ...) in configure_optimizers. ``style="net"``
+    """docs/library.md's recipe: build_optimizer(self, ...) in configure_optimizers. ``style="net"``
     calls ``self.net(x)`` in training_step, as Lightning's own examples do."""
 
     def __init__(self, variant="lpwd", style="self"):

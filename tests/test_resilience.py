@@ -376,3 +376,18 @@ def test_a_disk_that_fills_mid_sweep_ends_in_one_line_with_the_resume_command(tm
     last = [line for line in proc.stderr.strip().splitlines() if "pid=" not in line][-1]
     assert last.startswith(f"error: {study_dir}: No space left on device"), proc.stderr[-3000:]
     assert last.endswith(f"; fix it, then resume with: {PYTHON} -m study resume {study_dir}")
+
+
+def test_a_driver_killed_as_its_ray_starts_leaves_no_process(tmp_path):
+    """The earliest moment: the warden exists and Ray is starting, the address not yet printed to the
+    driver. Wherever the kill lands in that start-up, every process of the study's group goes."""
+    driver, _, ray_tmp = start_driver("early", tmp_path)
+    deadline = time.time() + 300
+    while not ray_processes(ray_tmp, title=b"ray") and time.time() < deadline:  # `ray start` is running
+        assert driver.poll() is None, driver_output(driver, 10)
+        time.sleep(0.05)
+    assert ray_processes(ray_tmp, title=b"ray"), "Ray never started"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    no_ray_left(ray_tmp, timeout=120)
+    assert not shows_a_traceback(Path(f"{driver.output}.err").read_text())  # the warden prints nothing on its way
