@@ -86,15 +86,12 @@ def local_study_dir(given: str) -> Path:
 
 
 def _next_steps(cfg) -> str:
-    import json
-
-    from .tracking import PARENT_FILE, StudyRun, experiment_url
+    from .tracking import experiment_url, parent_of
 
     me, shown = invocation(), cfg.remote or cfg.study_dir
     lines = [f"results: {shown}", f"  {me} status {shown}", f"  {me} report {shown}"]
-    saved = cfg.study_dir / PARENT_FILE
-    if saved.exists():
-        run = StudyRun(**json.loads(saved.read_text()))
+    run = parent_of(cfg.study_dir)
+    if run is not None:
         url = experiment_url(run)
         if run.uri.startswith(("http://", "https://")):
             lines.append(f"  MLflow: {url}")
@@ -105,8 +102,8 @@ def _next_steps(cfg) -> str:
 
 def cmd_run(cfg, report: bool, yes: bool = False) -> int:
     from . import sweep
-
     from .studydir import owned
+    from .tracking_watch import TrackingLost
 
     study_dir, shown = cfg.study_dir, cfg.remote or cfg.study_dir
     sweep.preflight(cfg, yes)
@@ -126,6 +123,9 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
             print(f"\ninterrupted; nothing finished is lost. Resume with: {invocation()} resume {shown}",
                   file=sys.stderr)
             return 130
+        except TrackingLost as e:  # the server is gone: nothing more can be written to it
+            sweep.abandon_trials()
+            raise UserError(f"{e}. Once it answers, resume with: {invocation()} resume {shown}") from None
         except UserError:
             raise  # found before any trial ran (a copied study, a changed store), or a report option
         except OSError as e:  # the study dir became unwritable, the disk filled, ...
@@ -183,33 +183,44 @@ def cmd_status(study_dir: str) -> int:
 
 
 def cmd_trial(args) -> int:
+    """One cell in this process: no Ray, no study dir, nothing of the study's records touched."""
+    from lpwd import SCHEDULE_NAMES
+
     from .config import load_config
     from .trial import PrintReporter, run_trial
 
     cfg = load_config(args.config, args.overrides)
-    params = {"variant": args.variant, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed}
+    variant, _, schedule = args.variant.partition(":")
+    if schedule and (variant != "lpwd" or schedule not in SCHEDULE_NAMES):
+        raise UserError(f"--variant {args.variant}: only lpwd takes a layer schedule (lpwd:SCHEDULE, one of "
+                        f"{list(SCHEDULE_NAMES)})")
+    if not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed {args.seed}: use a seed from 0 to 2**32 - 1")
+    params = {"variant": variant, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
+              **({"layer_schedule": schedule} if schedule else {})}
     try:  # the optimizer's own argument checks, before any data is loaded
         import lpwd
         import torch
 
-        lpwd.build_optimizer(torch.nn.Linear(1, 1), args.variant, args.lr, args.weight_decay)
+        lpwd.build_optimizer(torch.nn.Linear(1, 1), variant, args.lr, args.weight_decay,
+                             layer_schedule=schedule or "linear")
     except ValueError as e:
         raise UserError(f"trial: {e}") from None
     tracking = None
     if cfg.tracking.enabled:
-        try:
-            import mlflow  # noqa: F401
-        except ImportError:
-            print("MLflow is not installed: tracking is off for this trial", file=sys.stderr)
-        else:
-            from .studydir import STUDY_FILE
-            from .sweep import prepare_study_dir
-            from .tracking import start_study
+        from .tracking import single_trials
 
-            study_dir = prepare_study_dir(cfg)
-            tracking = start_study(cfg, study_dir, (study_dir / STUDY_FILE).read_text())
-    metrics = run_trial(cfg, params, PrintReporter(), tracking)
-    print({k: metrics[k] for k in ("best_val_acc", "test_acc_at_best_val", "final_test_acc", "diverged")})
+        tracking = single_trials(cfg)
+    reporter = PrintReporter()
+    metrics = run_trial(cfg, params, reporter, tracking)
+    print(f"best val {100 * metrics['best_val_acc']:.1f} (test there {100 * metrics['test_acc_at_best_val']:.1f}), "
+          f"final test {100 * metrics['final_test_acc']:.1f}" + (", diverged" if metrics["diverged"] else ""))
+    if tracking is not None and reporter.last.get("mlflow_run_id"):
+        from .tracking import run_url
+
+        where = run_url(tracking, reporter.last["mlflow_run_id"])
+        hint = "" if tracking.uri.startswith("http") else f"  (after: {invocation()} ui --uri {tracking.uri})"
+        print(f"MLflow: {where}{hint}")
     return 0
 
 
@@ -274,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if args.command not in ("report", "data"):
+            raise
+        # --out or --root a folder that cannot be written: the user's to change, not a bug
+        option = "--out" if args.command == "report" else "--root"
+        print(f"error: {e.filename or ''}: {e.strerror or e}; give {option} a folder you can write", file=sys.stderr)
+        return 2
     return 2
 
 

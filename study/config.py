@@ -107,6 +107,14 @@ class SearchConfig(Strict):
     def one_or_many(cls, v):
         return [v] if isinstance(v, str) else v
 
+    @field_validator("variants", "lr", "weight_decay", "seeds", "layer_schedule", "controls")
+    @classmethod
+    def no_repeats(cls, v: list) -> list:
+        repeated = sorted({x for x in v if v.count(x) > 1}, key=str)
+        if repeated:  # a repeated value is one cell planned twice: counts and the verdict would disagree
+            raise ValueError(f"{', '.join(map(str, repeated))} listed more than once; list each value once")
+        return v
+
     @field_validator("lr")
     @classmethod
     def positive_lr(cls, v: list[float]) -> list[float]:
@@ -129,7 +137,8 @@ class SearchConfig(Strict):
 
 
 class ResourcesConfig(Strict):
-    cpu: float = Field(1, gt=0)
+    # Ray counts resources in steps of 1e-4: less than that is no CPU at all to its scheduler
+    cpu: float = Field(1, ge=0.01)
     gpu: float = Field(0, ge=0)
     max_concurrent: Optional[int] = Field(None, ge=1)
 
@@ -168,6 +177,13 @@ class StudyConfig(Strict):
     @field_validator("storage")
     @classmethod
     def a_place_we_can_write(cls, storage: str) -> str:
+        if storage.startswith("file://"):  # a local folder written as a URI: the absolute path it names
+            from urllib.parse import unquote, urlparse
+
+            parsed = urlparse(storage)
+            if parsed.netloc not in ("", "localhost"):
+                raise ValueError(f"{storage} names another host; use a folder path, or s3://bucket[/prefix]")
+            return unquote(parsed.path)
         scheme = storage.split("://", 1)[0]
         if is_remote(storage) and (scheme not in SCHEMES or not storage.split("://", 1)[1].strip("/")):
             raise ValueError(f"{storage} is neither a folder nor s3://bucket[/prefix] or gs://bucket[/prefix]")
@@ -190,7 +206,19 @@ class StrictLoader(yaml.SafeLoader):
     """YAML for configs: no aliases (an alias bomb expands to gigabytes) and no duplicate keys
     (the second silently replaces the first, a whole section included)."""
 
+    MAX_DEPTH = 32  # a study config nests three deep; thousands of levels only exhaust the stack
+
     def compose_node(self, parent, index):
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > self.MAX_DEPTH:
+                raise yaml.constructor.ConstructorError(None, None, f"nested more than {self.MAX_DEPTH} levels deep",
+                                                        self.peek_event().start_mark)
+            return self._compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.constructor.ConstructorError(None, None, "aliases (*name) are not accepted in a study config",
@@ -200,6 +228,9 @@ class StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):  # a list or mapping as a key: no config has one
+                raise yaml.constructor.ConstructorError(None, None, "a key must be a plain name, not a list or "
+                                                        "mapping", key_node.start_mark)
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)

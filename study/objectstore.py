@@ -48,9 +48,15 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)[0], path
 
 
+def scheme_of(fs: pafs.FileSystem) -> str | None:
+    """The object store's URI scheme of a Ray storage filesystem (seen through the sealing wrapper), else None."""
+    base = getattr(getattr(fs, "handler", None), "base", fs)
+    return SCHEMES.get(base.type_name)
+
+
 def uri_of(fs: pafs.FileSystem, path: str) -> str:
     """The URI of a path on a Ray storage filesystem (the inverse of ``filesystem``)."""
-    return f"{SCHEMES[fs.type_name]}://{path}"
+    return f"{scheme_of(fs)}://{path}"
 
 
 def _mirrors() -> Path:
@@ -84,11 +90,20 @@ def check_writable(uri: str) -> None:
                         "AWS_ENDPOINT_URL and the AWS credentials") from None
 
 
+def _travels(name: str) -> bool:
+    """The study's own top-level files that go to and come from the bucket: all but the local-only
+    dotfiles (the lock, partial writes). The recorded definition travels, so every machine refuses
+    an edited ``study.yaml``."""
+    from .studydir import DEFINITION_FILE
+
+    return not name.startswith(".") or name == DEFINITION_FILE
+
+
 def push(mirror: Path, uri: str, names: list[str] | None = None) -> None:
     """Upload the study's own files (top level of the mirror; the lock stays local)."""
     fs, path = filesystem(uri)
     for file in sorted(mirror.iterdir()):
-        if file.is_file() and not file.name.startswith(".") and not file.suffix == ".tmp" and (
+        if file.is_file() and _travels(file.name) and not file.suffix == ".tmp" and (
                 names is None or file.name in names):
             with open(file, "rb") as source, fs.open_output_stream(f"{path}/{file.name}") as target:
                 target.write(source.read())  # an object appears only when complete: never half a table
@@ -111,7 +126,7 @@ def pull(uri: str, fresh: bool = False) -> Path:
     for info in found:
         relative = info.path[len(path) + 1:]
         parts = relative.split("/")
-        wanted = (len(parts) == 1 and not relative.startswith(".")) or (len(parts) == 3 and parts[2] in TRIAL_FILES)
+        wanted = (len(parts) == 1 and _travels(relative)) or (len(parts) == 3 and parts[2] in TRIAL_FILES)
         local = mirror / relative
         if info.type != pafs.FileType.File or not wanted or not local.resolve().is_relative_to(mirror.resolve()):
             continue  # a key such as grid/../../x is not a file of this study

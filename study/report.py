@@ -347,12 +347,15 @@ def page(name: str, verdict: list[str], shown: pd.DataFrame, figures: dict, attr
 def attach(study_dir: Path, artifacts: list[Path], text: str, summary: pd.DataFrame, status: str | None) -> None:
     """Attach the report to the study's MLflow parent run, with the verdict as its description;
     the run is ended (FINISHED) only when every planned trial has finished or errored."""
-    from .tracking import PARENT_FILE, StudyRun, finish_study
+    from .tracking import finish_study, parent_of
 
-    saved = study_dir / PARENT_FILE
-    if not saved.exists():
+    try:
+        run = parent_of(study_dir)
+    except UserError as e:  # the report itself is written; only the MLflow attachment is skipped
+        print(f"not attached to MLflow: {e}")
         return
-    run = StudyRun(**json.loads(saved.read_text()))
+    if run is None:
+        return
     if not run.belongs_to(study_dir):
         print(f"not attached to MLflow: this study dir is a copy of {run.study_dir}, whose parent run it would "
               "overwrite; the report is in this dir only")

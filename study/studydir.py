@@ -17,6 +17,7 @@ ran (more epochs, another lr list) describes trials that never existed. So:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -37,14 +38,33 @@ DEFINING = ("data", "model", "train", "search", "verdict")
 _held: set[Path] = set()  # dirs this process owns already: ``owned`` nests (a run, then its report)
 
 
+def refuse_links(study_dir: Path) -> None:
+    """A study dir holds no symbolic links: every write into it (the lock, the table, the report) would
+    follow one, and a study dir received as an archive could point them at any file of the user's."""
+    for root, dirs, files in os.walk(study_dir):  # does not follow links to folders
+        for name in dirs + files:
+            if os.path.islink(os.path.join(root, name)):
+                raise UserError(f"{os.path.join(root, name)} is a symbolic link; a study dir holds only its own "
+                                "files, so it is not used: remove the link (or copy the study with cp -rL)")
+
+
 @contextlib.contextmanager
 def owned(study_dir: Path, what: str):
     """Hold the study dir's exclusive lock for ``what`` (run, resume, report), or refuse in one line."""
-    path = (Path(study_dir) / LOCK_FILE).resolve()
+    if Path(study_dir).is_symlink():
+        raise UserError(f"{study_dir} is a symbolic link; pass the study dir it points to")
+    path = Path(study_dir).resolve() / LOCK_FILE
     if path in _held:
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    refuse_links(Path(study_dir))
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if what == "report" and e.errno in (errno.EROFS, errno.EACCES):
+            yield  # a study dir nobody may write to cannot change under a report written elsewhere
+            return
+        raise UserError(f"cannot write {path} ({e.strerror}); a study {what} needs a writable study dir") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -102,6 +122,8 @@ def load_study(study_dir: str | os.PathLike):
     """The study's config (a ``StudyConfig``), refused in one line when the dir is not a study or its
     ``study.yaml`` no longer matches what the study started with; located where the dir is now."""
     path = Path(study_dir)
+    if path.is_dir():
+        refuse_links(path)
     if not (path / STUDY_FILE).is_file():
         raise UserError(f"{path} is not a study dir (no {STUDY_FILE}); pass storage/NAME of a study started with study run")
     source = path / STUDY_FILE

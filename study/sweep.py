@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from pyarrow.fs import FileType
+from pyarrow.fs import FileSelector, FileType
 
 from . import localray, objectstore
 from .atomicfs import atomic_local_filesystem, remove_partial_writes
@@ -30,6 +30,7 @@ from .models import check_pretrained_path
 from .plan import record_plan
 from .progress import ProgressLine
 from .restart_point import NewestCheckpoint, checkpoint_folders
+from .seal import check_seals
 from .studydir import STUDY_FILE, definition, differences, load_study, owned, record_definition  # noqa: F401
 from .table import fixed_columns
 from .table_callback import TidyTable
@@ -212,10 +213,13 @@ def prepare_study_dir(cfg: StudyConfig) -> Path:
 
 def sweep_storage(cfg: StudyConfig) -> tuple:
     """(pyarrow filesystem, study path in it) where Ray Tune keeps the sweeps: the bucket, or the study dir."""
+    from .seal import sealing_filesystem
+
     if cfg.remote:
-        return objectstore.filesystem(cfg.remote)
+        fs, root = objectstore.filesystem(cfg.remote)
+        return sealing_filesystem(fs), root
     # local or shared disk: a kill mid-save never leaves a torn sweep state or checkpoint
-    return atomic_local_filesystem(), str(cfg.study_dir)
+    return sealing_filesystem(atomic_local_filesystem()), str(cfg.study_dir)
 
 
 # a grid this large is more often a typo (an extra digit in a list) than a plan: it needs --yes
@@ -322,7 +326,9 @@ def init_ray() -> None:
         return
     # "token authentication is enabled (by default)" on every local run: it is, and nothing needs doing
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    env = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+    from .tracking import HTTP_ENV
+
+    env = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", **HTTP_ENV}
     # every worker drops the SystemExit print from its first moment, not only once a trial has started
     # in it: Tune can stop a worker that is still importing (a full disk ends the sweep early)
     setup = "study.worker_setup.quiet_worker_stop"
@@ -362,13 +368,22 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
     from ray import tune
 
     from .shared import check_shared
-    from .tracking import resolve_uri, saved_run, start_study
+    from .tracking import DEADLINE_S, resolve_uri, saved_run, start_study
+    from .tracking_watch import TrackingWatch, raise_if_lost
 
     if cfg.tracking.enabled:
         saved_run(cfg, study_dir)  # another store, or a copied study: refused before Ray starts
     if not cfg.remote:  # an object store has no half-written objects
         check_sweep_state(study_dir)
         remove_partial_writes(study_dir)
+    sweeps = experiments(cfg)
+    for name, _, _ in sweeps:  # a sweep state not ours, or trained trials without one: refused before Ray
+        storage, root = sweep_storage(cfg)
+        path, where = f"{root}/{name}", f"{cfg.remote or study_dir}/{name}"
+        if tune.Tuner.can_restore(path, storage_filesystem=storage):
+            check_seals(storage, path, where)
+        elif storage.get_file_info(path).type != FileType.NotFound:
+            refuse_if_trained(storage, path, where)
     announce(cfg)
     init_ray()
     # several nodes: each must see the study dir and a file tracking store, before a trial or a run exists
@@ -382,17 +397,18 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
     # trials run in their own working dirs: a relative storage path must not be resolved there
     study = cfg.model_dump(mode="json") | ({} if cfg.remote else {"storage": str(study_dir.parent)})
     fn = tune.with_resources(tune.with_parameters(trainable, study=study, tracking=tracking), resources)
-    sweeps = experiments(cfg)
+    uri = tracking["uri"] if tracking else ""
+    watch = TrackingWatch(uri, DEADLINE_S) if uri.startswith(("http://", "https://")) else None
     for name, space, tune_kwargs in sweeps:
         total = trained_trials(cfg) // len(sweeps)
         storage, root = sweep_storage(cfg)
         path = f"{root}/{name}"
-        if tune.Tuner.can_restore(path, storage_filesystem=storage):
+        if tune.Tuner.can_restore(path, storage_filesystem=storage):  # sealed: checked above
             tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=True,
                                        storage_filesystem=storage)
         else:
             if storage.get_file_info(path).type != FileType.NotFound:  # killed before its first state save
-                storage.delete_dir(path)  # start it afresh
+                storage.delete_dir(path)  # nothing was trained in it (checked above): start it afresh
             tuner = tune.Tuner(
                 fn, param_space=space,
                 tune_config=tune.TuneConfig(**tune_kwargs),
@@ -401,14 +417,27 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                     callbacks=[TidyTable(name, fixed_columns(cfg)), ProgressLine(total), NewestCheckpoint()],
+                    stop=watch,
                 ),
             )
         results = tuner.fit()
+        raise_if_lost()
         finished = sum(bool(r.metrics) and r.metrics.get("finished") == 1 for r in results)
         if finished + results.num_errors < total:
             # Ctrl-C: Ray saved its state, then stopped every trial (marking them TERMINATED);
             # only a trial's own final report says it finished. The CLI says how to resume.
             raise KeyboardInterrupt
+
+
+def refuse_if_trained(storage, path: str, where: str) -> None:
+    """A sweep folder without its state (``tuner.pkl``) but with trained trials is never started over:
+    that would delete them. Killed before Ray's first state save, it holds no result and may go."""
+    selector = FileSelector(path, recursive=True, allow_not_found=True)
+    results = [i for i in storage.get_file_info(selector) if i.base_name == "result.json" and i.size]
+    if results:
+        raise UserError(f"{where} has {len(results)} trial(s) with results but no sweep state (tuner.pkl), so it "
+                        f"cannot be resumed and is left as it is: study report reads its finished trials; start a "
+                        f"new study with --set name=NEW to train the rest")
 
 
 def check_sweep_state(study_dir: Path) -> None:

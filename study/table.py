@@ -64,11 +64,13 @@ def reports_in(folder: Path) -> list[dict]:
     """
     results = folder / "result.json"
     reports = []
-    for line in results.read_text().splitlines() if results.exists() else []:
-        try:
-            reports.append(json.loads(line))
+    for line in results.read_bytes().splitlines() if results.exists() else []:
+        try:  # a line cut anywhere: mid-character, mid-value, or at a point that still parses as JSON
+            report = json.loads(line)
         except ValueError:
             continue
+        if isinstance(report, dict) and "epoch" in report:
+            reports.append(report)
     return reports
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ray import tune
 
-from .objectstore import SCHEMES, mirror_dir, push, uri_of
+from .objectstore import mirror_dir, push, scheme_of, uri_of
 from .table import SEE_ERROR_FILE, TABLE, _intact, read_rows, rows_of, write_rows
 
 
@@ -42,7 +42,7 @@ class TidyTable(tune.Callback):
             return
         storage = trials[0].storage
         parent = str(Path(storage.experiment_fs_path).parent)
-        remote = uri_of(storage.storage_filesystem, parent) if storage.storage_filesystem.type_name in SCHEMES else None
+        remote = uri_of(storage.storage_filesystem, parent) if scheme_of(storage.storage_filesystem) else None
         study_dir = mirror_dir(remote) if remote else Path(parent)
         try:  # this experiment's rows come from Ray; a damaged row of another one is rebuilt by report
             others = [r for r in read_rows(study_dir) if _intact([r]) and r["experiment"] != self.experiment]

@@ -32,6 +32,14 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 # nor is "View run ... at: http://..." for each of hundreds of child runs (the parent's link is printed once)
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
+# one retry layer, ours, with a total deadline: MLflow's HTTP client retries 7 times with a backoff factor
+# of 2 by default, which under our retries kept a sweep silent for minutes once its server was gone
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+for _key, _value in HTTP_ENV.items():
+    os.environ.setdefault(_key, _value)
+# how long one MLflow call is retried, and a server may stay silent, before the study gives up on it
+DEADLINE_S = float(os.environ.get("LPWD_TRACKING_DEADLINE_S", 60))
+
 T = TypeVar("T")
 PARENT_FILE = "mlflow_parent.json"
 
@@ -60,15 +68,18 @@ def check_uri(uri: str | None) -> None:
     check_reachable(resolved)
 
 
-def retry(call: Callable[[], T], what: str, attempts: int = 10) -> T:
-    """Run ``call``, retrying with jittered exponential backoff; raise after the last try."""
+def retry(call: Callable[[], T], what: str, attempts: int = 30, deadline_s: float = DEADLINE_S) -> T:
+    """Run ``call``, retrying with jittered exponential backoff for at most ``attempts`` tries and
+    ``deadline_s`` seconds (one HTTP request is cut at 10 s); raise after the last."""
+    end = time.monotonic() + deadline_s
     for attempt in range(attempts):
         try:
             return call()
         except Exception as e:  # MLflow wraps locks and HTTP errors in several types
-            if attempt == attempts - 1:
-                raise RuntimeError(f"MLflow {what} failed after {attempts} attempts: {e}") from e
-            time.sleep(min(5.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+            pause = min(5.0, 0.05 * 2**attempt) * (0.5 + random.random())
+            if attempt == attempts - 1 or time.monotonic() + pause > end:
+                raise RuntimeError(f"MLflow {what} failed after {attempt + 1} attempts: {e}") from e
+            time.sleep(pause)
     raise AssertionError("unreachable")
 
 
@@ -79,7 +90,16 @@ def client(uri: str):
 
 
 def check_reachable(uri: str) -> None:
-    """Fail before any trial if a tracking server does not answer."""
+    """Fail before any trial if a tracking server does not answer, or a database store's driver is missing."""
+    if uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "mysql", "mssql"):
+        import sqlalchemy
+
+        try:  # builds the engine without connecting: it imports the database's driver package
+            sqlalchemy.create_engine(uri)
+        except (ImportError, sqlalchemy.exc.ArgumentError) as e:
+            raise UserError(f"tracking.uri: {uri.split('://')[0]}:// needs its database driver ({e}); install it "
+                            "into .venv (psycopg2-binary for postgresql, pymysql for mysql+pymysql), or use "
+                            "another store") from None
     if uri.startswith(("http://", "https://")):
         import requests
 
@@ -142,15 +162,27 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def parent_of(study_dir: Path) -> StudyRun | None:
+    """The study's parent run as ``mlflow_parent.json`` records it; None if untracked. A damaged file
+    is one line: it is only a pointer, and MLflow still has the run."""
+    saved = Path(study_dir) / PARENT_FILE
+    if not saved.exists():
+        return None
+    try:
+        return StudyRun(**json.loads(saved.read_text()))
+    except (OSError, ValueError, TypeError):
+        raise UserError(f"{saved} is damaged, so the study's MLflow parent run is unknown; restore the file from a "
+                        "copy of the study dir, or set tracking.enabled=false to go on without MLflow") from None
+
+
 def saved_run(cfg, study_dir: Path) -> StudyRun | None:
     """The parent run a resumed study logs to, if it has one; refuses another store or a copied study.
 
     Reads only the study dir, so it runs before Ray starts and before MLflow is opened.
     """
-    saved = Path(study_dir) / PARENT_FILE
-    if not saved.exists():
+    run = parent_of(study_dir)
+    if run is None:
         return None
-    run = StudyRun(**json.loads(saved.read_text()))
     uri = resolve_uri(cfg.tracking.uri)
     if run.uri != uri:
         raise UserError(f"tracking.uri: {study_dir} logs to {run.uri}, not {uri}; resume with "
@@ -185,6 +217,9 @@ def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
     experiment = retry(lambda: c.get_experiment_by_name(cfg.name), "get experiment")
     exp_id = experiment.experiment_id if experiment else retry(
         lambda: c.create_experiment(cfg.name, tags=EXPERIMENT_TAGS), "create experiment")
+    if experiment is not None and experiment.lifecycle_stage == "deleted":  # its name is taken until restored
+        retry(lambda: c.restore_experiment(exp_id), "restore experiment")
+        print(f"MLflow: experiment {cfg.name!r} was deleted; restored it for this study")
     for key, value in EXPERIMENT_TAGS.items():  # an experiment made by hand or by an older version
         retry(lambda: c.set_experiment_tag(exp_id, key, value), "tag experiment")
     tags = {"study": cfg.name, "study_dir": place(study_dir), "mlflow.runName": f"study {cfg.name}", **source_tags()}
@@ -198,6 +233,23 @@ def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
     run = StudyRun(uri, exp_id, parent.info.run_id, place(study_dir))
     saved.write_text(json.dumps(asdict(run)))
     return run
+
+
+def single_trials(cfg) -> StudyRun:
+    """Where ``study trial`` logs: an experiment of its own, ``NAME trials``, with top-level runs.
+    Never the study's experiment or parent run, and no study dir: a trial tried by hand is not
+    one of the study's trials."""
+    uri = resolve_uri(cfg.tracking.uri)
+    check_reachable(uri)
+    c, name = client(uri), f"{cfg.name} trials"
+    experiment = retry(lambda: c.get_experiment_by_name(name), "get experiment")
+    exp_id = experiment.experiment_id if experiment else retry(
+        lambda: c.create_experiment(name, tags=EXPERIMENT_TAGS), "create experiment")
+    return StudyRun(uri, exp_id, parent_run_id="")
+
+
+def run_url(run: StudyRun, run_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    return experiment_url(run, ui).replace("?", f"/runs/{run_id}?", 1)
 
 
 def follow_move(run: StudyRun, study_dir: Path) -> StudyRun:
@@ -230,9 +282,11 @@ def experiment_url(run: StudyRun, ui: str = "http://127.0.0.1:5000") -> str:
 
 def end_study(study_dir: Path, status: str) -> None:
     """Mark the study's parent run (``FAILED`` after a crash, ``KILLED`` after Ctrl-C), if it is tracked."""
-    saved = Path(study_dir) / PARENT_FILE
-    if saved.exists():
-        run = StudyRun(**json.loads(saved.read_text()))
+    try:
+        run = parent_of(study_dir)
+    except UserError:
+        return  # nothing to end that can be named
+    if run is not None:
         if run.belongs_to(study_dir):  # a copy's failure is not the original's
             retry(lambda: client(run.uri).set_terminated(run.parent_run_id, status), "end parent run", attempts=3)
 
@@ -271,7 +325,8 @@ class TrialRun:
         self._pending: list = []
         self.run_id = run_id or self._existing(study, tags.get("ray_trial_id"))
         if self.run_id is None:
-            tags = {"mlflow.parentRunId": study.parent_run_id, "mlflow.runName": name, **source_tags(), **tags}
+            parent = {"mlflow.parentRunId": study.parent_run_id} if study.parent_run_id else {}
+            tags = {**parent, "mlflow.runName": name, **source_tags(), **tags}
             run = retry(lambda: self._c.create_run(study.experiment_id, tags=tags), "create child run")
             self.run_id = run.info.run_id
             retry(lambda: self._c.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()]),

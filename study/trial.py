@@ -31,14 +31,19 @@ class Reporter(Protocol):
 
 
 class PrintReporter:
-    """In-process runs: print each epoch, keep no checkpoint."""
+    """In-process runs (``study trial``): one line per epoch, accuracies in points; keeps no checkpoint."""
+
+    last: dict = {}
 
     def restore(self) -> dict | None:
         return None
 
     def report(self, metrics: dict, state: dict | None) -> None:
-        shown = {k: metrics[k] for k in ("epoch", "train_loss", "val_acc", "test_acc", "r_op", "images_per_s")}
-        print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()), flush=True)
+        self.last = metrics
+        r_op = metrics["r_op"]
+        print(f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.4f}  val {100 * metrics['val_acc']:5.1f}  "
+              f"test {100 * metrics['test_acc']:5.1f}  R_op {'-' if math.isnan(r_op) else f'{r_op:.4f}'}  "
+              f"{metrics['images_per_s']:,.0f} img/s", flush=True)
 
 
 def with_defaults(cfg: StudyConfig, params: dict) -> dict:

@@ -45,6 +45,8 @@ def short_tmpdir(tag: str) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def _remove_scratch_dirs():
+    # studies run in this process seal their sweep state with the suite's key, not the user's
+    os.environ["XDG_CONFIG_HOME"] = os.path.join(_shared_scratch(), "config")
     yield  # every test has stopped its processes by now
     for path in _SCRATCH:
         shutil.rmtree(path, ignore_errors=True)
@@ -56,6 +58,8 @@ def study_env(**extra) -> dict:
     env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}, **extra)
     env["RAY_TMPDIR"] = extra.get("RAY_TMPDIR") or _shared_scratch()
     env["TMPDIR"] = extra.get("TMPDIR", env["RAY_TMPDIR"])
+    # the seal key of a study's sweep state (study/seal.py): the suite's own, not the user's ~/.config
+    env["XDG_CONFIG_HOME"] = extra.get("XDG_CONFIG_HOME") or os.path.join(_shared_scratch(), "config")
     return env
 
 

@@ -67,6 +67,19 @@ CASES = [
     ("report of a non-study", ["report", "."], "not a study dir"),
     ("trial with unknown variant", ["trial", QUICK, "--variant", "adamw", "--lr", "1e-3", "--weight-decay", "0"],
      "variant"),
+    ("trial with a negative seed", ["trial", QUICK, "--variant", "wd", "--lr", "1e-3", "--weight-decay", "0",
+                                    "--seed", "-1"], "--seed -1: use a seed from 0"),
+    ("trial with a schedule on pwd", ["trial", QUICK, "--variant", "pwd:linear", "--lr", "1e-3", "--weight-decay",
+                                      "0"], "only lpwd takes a layer schedule"),
+    ("a repeated seed", ["run", QUICK, "--set", "search.seeds=[0,0,1]"], "search.seeds: 0 listed more than once"),
+    ("YAML nested thousands deep", ["run", QUICK, "--set", "name=" + "[" * 5000 + "]" * 5000],
+     "nested more than 32 levels deep"),
+    ("a list as a key", ["run", QUICK, "--set", "name={[1]: 2}"], "a key must be a plain name"),
+    ("data fetch into an unwritable folder", ["data", "fetch", "cifar10", "--root", "/proc/nope"],
+     "give --root a folder you can write"),
+    ("a database store without its driver", ["run", QUICK, "--set", "tracking.uri=postgresql://u@127.0.0.1/db"],
+     "needs its database driver"),
+    ("a CPU share Ray cannot count", ["run", QUICK, "--set", "resources.cpu=0.00001"], "resources.cpu"),
     ("infinite lr", ["run", QUICK, "--set", "search.lr=[.inf]"], "search.lr.0: Input should be a finite number"),
     ("infinite cpu", ["run", QUICK, "--set", "resources.cpu=.inf"], "resources.cpu: Input should be a finite number"),
     ("infinite warmup", ["run", QUICK, "--set", "train.warmup_epochs=.inf"], "train.warmup_epochs"),
@@ -162,6 +175,12 @@ def test_report_options_are_checked_against_the_study(workdir, capsys, option, v
     rc, err = run_cli(["report", str(d), option, value], capsys)
     assert rc == 2 and len(err.splitlines()) == 1 and expected in err
     assert not (d / "report.html").exists()
+
+
+def test_report_out_that_cannot_be_written_is_one_line(workdir, capsys):
+    d = finished_study(workdir)
+    rc, err = run_cli(["report", str(d), "--out", "/proc/nope"], capsys)
+    assert rc == 2 and "give --out a folder you can write" in err and len(err.splitlines()) == 1, err
 
 
 def test_report_accepts_adamw_for_wd_and_writes_where_asked(workdir, capsys):
@@ -293,3 +312,70 @@ def test_a_copied_study_reports_without_writing_into_the_originals_mlflow_run(wo
     out = capsys.readouterr().out
     assert f"this study dir is a copy of {d.resolve()}" in out and (copy / "report.html").exists()
     assert not (workdir / "never.db").exists()  # the original's store was never opened
+
+
+@pytest.mark.parametrize("link", ["robustness.json", ".study.lock", "trials.csv"])
+def test_a_study_dir_with_a_symbolic_link_is_refused_and_its_target_untouched(workdir, capsys, link):
+    """A study dir received as an archive: a link inside it must not make a write land in the user's files."""
+    d = finished_study(workdir)
+    victim = workdir / "precious.txt"
+    victim.write_text("keep me")
+    if (d / link).exists():
+        (d / link).rename(workdir / f"{link}.orig")
+    (d / link).symlink_to(victim)
+    for command in (["report", str(d)], ["resume", str(d)], ["status", str(d)]):
+        rc, err = run_cli(command, capsys)
+        assert rc == 2 and f"{link} is a symbolic link" in err and len(err.splitlines()) == 1, (command, err)
+    assert victim.read_text() == "keep me"
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="a read-only bind mount needs root (unshare)")
+def test_a_read_only_study_dir_reports_elsewhere(workdir):
+    """Read-only for everyone, root included: the study dir bind-mounted read-only in a private mount
+    namespace, and the report written to --out elsewhere."""
+    import subprocess
+    import sys
+
+    d = finished_study(workdir)
+    out = workdir / "elsewhere"
+    mount = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "$@"'
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(d),
+                           sys.executable, "-m", "study", "report", str(d), "--out", str(out)],
+                          capture_output=True, text=True, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "robustness.json").exists() and not (d / "robustness.json").exists()
+
+
+def test_study_trial_touches_no_study_and_logs_a_run_of_its_own(workdir, capsys):
+    """A cell tried by hand: no study dir, nothing in the study's experiment; its own run, linked."""
+    from mlflow.tracking import MlflowClient
+
+    rc = main(["trial", QUICK, "--variant", "lpwd:linear_normalized", "--lr", "3e-3", "--weight-decay", "0.5",
+               "--set", "train.epochs=1", "--set", "tracking.uri=sqlite:///mlflow.db"])
+    out = capsys.readouterr().out
+    assert rc == 0 and not (workdir / "studies").exists()
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    assert client.get_experiment_by_name("quick") is None
+    (run,) = client.search_runs([client.get_experiment_by_name("quick trials").experiment_id])
+    assert "mlflow.parentRunId" not in run.data.tags and run.data.params["layer_schedule"] == "linear_normalized"
+    assert f"/runs/{run.info.run_id}" in out and "epoch   0" in out and "best val" in out
+
+
+def test_damaged_small_files_degrade_instead_of_crashing(workdir, capsys):
+    from study.table import reports_in
+
+    trial = workdir / "trial"
+    trial.mkdir()
+    good = '{"epoch": 0, "val_acc": 0.5}\n{"epoch": 1, "val_acc": 0.6}\n'
+    for cut in ['{"epoch": 2, "val', "12", '{"val_acc": 0.7}']:  # cut mid-value, or where it still parses
+        (trial / "result.json").write_text(good + cut)
+        assert [r["epoch"] for r in reports_in(trial)] == [0, 1], cut
+    (trial / "result.json").write_bytes(good.encode() + '{"epoch": 2, "note": "é'.encode()[:-1])  # mid-character
+    assert [r["epoch"] for r in reports_in(trial)] == [0, 1]
+
+    d = finished_study(workdir)
+    (d / "mlflow_parent.json").write_text('{"uri": "sqlite:///x.db", "experi')
+    rc, err = run_cli(["resume", str(d)], capsys)
+    assert rc == 2 and "mlflow_parent.json is damaged" in err and len(err.splitlines()) == 1
+    assert main(["report", str(d)]) == 0  # the report is written; only MLflow is left out, said once
+    assert "not attached to MLflow" in capsys.readouterr().out and (d / "robustness.json").exists()

@@ -68,3 +68,8 @@ def test_the_mass_control_needs_lpwd():
 
     with pytest.raises(UserError, match="controls: pwd@lpwd-mass trains pwd at lpwd's decay mass"):
         load_config(QUICK, ["search.variants=[wd,pwd]"])
+
+
+def test_a_file_uri_storage_is_the_absolute_folder_it_names(tmp_path):
+    cfg = load_config(str(QUICK), [f"storage=file://{tmp_path}/my%20studies"])
+    assert cfg.study_dir == tmp_path / "my studies" / cfg.name and cfg.remote is None

@@ -71,7 +71,7 @@ def test_a_study_in_s3_killed_mid_sweep_resumes_and_reports_from_another_machine
     driver.wait()
     no_ray_left(ray_tmp)
     stored = objects(fs, f"{BUCKET}/studies/in-s3")
-    assert {"study.yaml", "trials.csv", "mlflow_parent.json"} <= stored
+    assert {"study.yaml", "trials.csv", "mlflow_parent.json", ".study-definition.json"} <= stored
     assert any(p.startswith("grid/") and "/checkpoint_" in p for p in stored)  # Ray's checkpoints: in the bucket
     finished_before = {r["trial_id"]: r for r in read_rows(mirror_a) if r["status"] == "TERMINATED"}
     assert len(finished_before) == 7 and frozen not in finished_before
@@ -95,6 +95,16 @@ def test_a_study_in_s3_killed_mid_sweep_resumes_and_reports_from_another_machine
     assert {"report.html", "heatmaps.png", "robustness.csv"} <= objects(fs, f"{BUCKET}/studies/in-s3")
     with fs.open_input_stream(f"{BUCKET}/studies/in-s3/trials.csv") as f:  # the bucket has the final table
         assert read_rows_from(f.read(), tmp_path) == rows
+
+    # the recorded definition travels with the study: an edited study.yaml is refused on a third machine too
+    with fs.open_input_stream(f"{BUCKET}/studies/in-s3/study.yaml") as f:
+        edited = f.read().replace(b"epochs: 4", b"epochs: 8")
+    with fs.open_output_stream(f"{BUCKET}/studies/in-s3/study.yaml") as f:
+        f.write(edited)
+    third = study_env(RAY_TMPDIR=ray_tmp, **machine(tmp_path, "c", aws))
+    refused = subprocess.run([PYTHON, "-m", "study", "resume", uri], cwd=tmp_path, env=third, capture_output=True,
+                             text=True)
+    assert refused.returncode == 2 and "train.epochs" in refused.stderr, refused.stderr
 
     client, runs = children(tmp_path / "mlflow.db", "in-s3")
     assert len(runs) == 8  # one child run per trial: the resume continued the runs it found

@@ -391,3 +391,67 @@ def test_a_driver_killed_as_its_ray_starts_leaves_no_process(tmp_path):
     driver.wait()
     no_ray_left(ray_tmp, timeout=120)
     assert not shows_a_traceback(Path(f"{driver.output}.err").read_text())  # the warden prints nothing on its way
+
+
+def test_resume_unpickles_nothing_unsealed_and_deletes_nothing(tmp_path):
+    """A study dir is data: a crafted tuner.pkl (or one written without this machine's key) is refused
+    before Ray starts and never runs; a sweep whose state is missing keeps every finished trial."""
+    import pickle
+
+    env = study_env(XDG_CONFIG_HOME=str(tmp_path / "config"))  # this test's own key
+    run_study_cli(tiny_args("sealed", "--set", "search.weight_decay=[0.1]", "--set", "tracking.enabled=false",
+                            "--no-report"), tmp_path, env)
+    sweep = tmp_path / "studies" / "sealed" / "grid"
+    genuine = (sweep / "tuner.pkl").read_bytes()
+    trials = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    marker = tmp_path / "pwned"
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    resume = ["resume", str(tmp_path / "studies" / "sealed")]
+    (sweep / "tuner.pkl").write_bytes(pickle.dumps(RunsCode()))
+    proc = subprocess.run([PYTHON, "-m", "study", *resume], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "tuner.pkl does not carry this machine's seal" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not marker.exists()
+    assert "planned" not in proc.stdout  # refused before the sweep was announced, before Ray
+
+    (sweep / "tuner.pkl").unlink()
+    proc = subprocess.run([PYTHON, "-m", "study", *resume], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "no sweep state (tuner.pkl)" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == trials  # nothing deleted
+
+    (sweep / "tuner.pkl").write_bytes(genuine)  # the genuine state, under another machine's key: refused too
+    other = study_env(XDG_CONFIG_HOME=str(tmp_path / "elsewhere"))
+    proc = subprocess.run([PYTHON, "-m", "study", *resume], cwd=tmp_path, env=other, capture_output=True, text=True)
+    assert proc.returncode == 2 and "give this one its key" in proc.stderr, proc.stderr
+    run_study_cli(resume, tmp_path, env)  # with its own key it resumes (nothing left to train)
+
+
+def test_a_tracking_server_gone_for_good_ends_the_sweep_in_one_line(tmp_path):
+    """No hang and no trial after trial failing on retries: the driver watches the server's health and,
+    after the deadline (8 s here, LPWD_TRACKING_DEADLINE_S), stops the sweep and says how to resume."""
+    from .conftest import free_port, wait_until_answers
+
+    port = free_port()
+    server = subprocess.Popen([PYTHON, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/m.db",
+                               "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"], cwd=tmp_path, env=study_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert wait_until_answers(f"http://127.0.0.1:{port}/health", server, 90)
+        driver, _, ray_tmp = start_driver("outage", tmp_path, "--set", f"tracking.uri=http://127.0.0.1:{port}",
+                                          "--set", "train.epochs=30", LPWD_TRACKING_DEADLINE_S="8")
+        deadline = time.time() + 300
+        while not trial_workers(ray_tmp) and time.time() < deadline:  # a trial is training, and logging
+            assert driver.poll() is None, driver_output(driver, 10)
+            time.sleep(0.2)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # gone for good
+        server.wait()
+    out, err = driver_output(driver, timeout=300)
+    assert driver.returncode == 2, (out[-2000:], err[-2000:])
+    last = err.strip().splitlines()[-1]
+    assert "has not answered for 8 s" in last and "resume" in last and not shows_a_traceback(err), err[-3000:]
+    no_ray_left(ray_tmp)
