@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import pickletools
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -340,6 +341,10 @@ def init_ray() -> None:
     ray.init(address=address, include_dashboard=False if not address else None,
              runtime_env={"env_vars": env, "worker_process_setup_hook": setup}, logging_level="WARNING",
              log_to_driver=True)
+    # SIGTERM (`ray job stop`, a scheduler's preemption) stops the study as Ctrl-C does: Tune saves its
+    # state, the parent run is marked KILLED, one line says how to resume. Installed after ray.init,
+    # whose core worker puts a stack-dumping handler on SIGTERM.
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.getsignal(signal.SIGINT)(signal.SIGINT, frame))
 
 
 def announce(cfg: StudyConfig) -> None:

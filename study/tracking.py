@@ -105,9 +105,18 @@ def check_reachable(uri: str) -> None:
 
         try:
             requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+            # /health is exempt from MLflow's Host-header check; the API a study uses is not
+            api = requests.get(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
         except requests.RequestException as e:
             raise UserError(f"tracking.uri: MLflow server {uri} is unreachable ({type(e).__name__}); "
                             "start it, fix tracking.uri, or set tracking.enabled=false") from None
+        if api.status_code == 403 and "Host" in api.text:
+            host = uri.split("://", 1)[1].split("/", 1)[0]
+            raise UserError(f"tracking.uri: MLflow server {uri} refuses the host name {host} (Invalid Host "
+                            f"header); start it with --allowed-hosts {host}, or use its IP address")
+        if api.status_code in (401, 403):
+            raise UserError(f"tracking.uri: MLflow server {uri} refused the study ({api.status_code}); "
+                            "set MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN")
 
 
 @dataclass

@@ -125,12 +125,14 @@ def listeners(pids) -> list[str]:
     return [line.split()[3] for line in out.splitlines() if any(f"pid={pid}," in line for pid in pids)]
 
 
-def wait_until_answers(url: str, proc: subprocess.Popen, timeout: float) -> bool:
-    """True once ``url`` answers 200; False if ``proc`` died or ``timeout`` seconds passed first."""
+def wait_until_answers(url: str, proc: subprocess.Popen, timeout: float, token: str | None = None) -> bool:
+    """True once ``url`` answers 200; False if ``proc`` died or ``timeout`` seconds passed first.
+    ``token``: a Ray cluster's authentication token, sent as its dashboard expects it."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     deadline = time.time() + timeout
     while proc.poll() is None and time.time() < deadline:
         try:
-            if requests.get(url, timeout=2).ok:
+            if requests.get(url, timeout=2, headers=headers).ok:
                 return True
         except requests.RequestException:
             pass

@@ -379,3 +379,20 @@ def test_damaged_small_files_degrade_instead_of_crashing(workdir, capsys):
     assert rc == 2 and "mlflow_parent.json is damaged" in err and len(err.splitlines()) == 1
     assert main(["report", str(d)]) == 0  # the report is written; only MLflow is left out, said once
     assert "not attached to MLflow" in capsys.readouterr().out and (d / "robustness.json").exists()
+
+
+def test_a_server_that_refuses_the_host_name_is_one_line_before_anything(workdir, capsys, mlflow_server):
+    """MLflow 3's server answers 403 "Invalid Host header" to a host name it was not told to allow
+    (its /health answers all the same): the study says which --allowed-hosts to start it with."""
+    import socket
+
+    host = socket.gethostname()
+    try:
+        if not socket.gethostbyname(host).startswith("127."):
+            pytest.skip(f"{host} does not resolve to this machine's loopback")
+    except OSError:
+        pytest.skip(f"{host} does not resolve")
+    uri = mlflow_server.replace("127.0.0.1", host)
+    rc, err = run_cli(["run", QUICK, "--set", f"tracking.uri={uri}"], capsys)
+    assert rc == 2 and f"start it with --allowed-hosts {host}:" in err and len(err.splitlines()) == 1, err
+    assert not (workdir / "studies").exists()

@@ -21,8 +21,12 @@ RAY = str(Path(PYTHON).parent / "ray")
 
 
 def test_ray_job_submit_runs_a_study(tmp_path):
+    """docs/cluster.md's recipe as written: token authentication on, the same token and mode given to
+    the head and to the machine that submits."""
+    import secrets
+
     temp = short_tmpdir("h")
-    env = study_env(RAY_AUTH_MODE="disabled", RAY_TMPDIR=temp)
+    env = study_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_TMPDIR=temp)
     dash = free_port()
     start = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
@@ -32,7 +36,8 @@ def test_ray_job_submit_runs_a_study(tmp_path):
     head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        assert wait_until_answers(f"http://127.0.0.1:{dash}/api/version", head, 120), "the Ray head did not start"
+        assert wait_until_answers(f"http://127.0.0.1:{dash}/api/version", head, 120, env["RAY_AUTH_TOKEN"]), \
+            "the Ray head did not start"
         args = tiny_args("job", "--set", f"storage={tmp_path}/studies", "--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
                          "--set", "search.weight_decay=[0.0,0.1]", "--set", "train.epochs=2", "--no-report")
         args[1] = "configs/quick.yaml"  # relative to the uploaded working dir

@@ -455,3 +455,21 @@ def test_a_tracking_server_gone_for_good_ends_the_sweep_in_one_line(tmp_path):
     last = err.strip().splitlines()[-1]
     assert "has not answered for 8 s" in last and "resume" in last and not shows_a_traceback(err), err[-3000:]
     no_ray_left(ray_tmp)
+
+
+def test_sigterm_stops_like_ctrl_c_with_the_parent_run_killed(tmp_path):
+    """`ray job stop` and schedulers send SIGTERM: one line with the resume command, no stack dump."""
+    driver, _, ray_tmp = start_driver("term", tmp_path)
+    deadline = time.time() + 300
+    while not trial_workers(ray_tmp) and time.time() < deadline:
+        assert driver.poll() is None, driver_output(driver, 10)
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGTERM)
+    out, err = driver_output(driver, timeout=120)
+    no_ray_left(ray_tmp)
+    assert driver.returncode == 130, (out[-2000:], err[-2000:])
+    assert "Resume with:" in err and not shows_a_traceback(err) and "SIGTERM" not in err, err[-3000:]
+    client, runs = children(tmp_path / "mlflow.db", "term")
+    exp = client.get_experiment_by_name("term")
+    (parent,) = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "KILLED"
