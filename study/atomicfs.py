@@ -71,11 +71,65 @@ class _ReplaceOnClose(io.BufferedWriter):
         super().__del__()
 
 
-class AtomicLocalHandler(pafs.FileSystemHandler):
+class DelegatingHandler(pafs.FileSystemHandler):
+    """A pyarrow filesystem handler that passes every call to ``base``: subclasses change one thing."""
+
+    def __init__(self, base: pafs.FileSystem):
+        self.base = base
+
+    def get_type_name(self) -> str:
+        return self.base.type_name
+
+    def normalize_path(self, path):
+        return self.base.normalize_path(path)
+
+    def get_file_info(self, paths):
+        return self.base.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.base.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        self.base.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self.base.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self.base.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise OSError("refusing to delete the contents of the filesystem root")
+
+    def delete_file(self, path):
+        self.base.delete_file(path)
+
+    def move(self, src, dest):
+        self.base.move(src, dest)
+
+    def copy_file(self, src, dest):  # through this handler's own output stream
+        with self.base.open_input_stream(src) as source, self.open_output_stream(dest, None) as target:
+            while chunk := source.read(1 << 24):
+                target.write(chunk)
+
+    def open_input_stream(self, path):
+        return self.base.open_input_stream(path)
+
+    def open_input_file(self, path):
+        return self.base.open_input_file(path)
+
+    def open_output_stream(self, path, metadata):
+        return self.base.open_output_stream(path)
+
+    def open_append_stream(self, path, metadata):
+        return self.base.open_append_stream(path)
+
+
+class AtomicLocalHandler(DelegatingHandler):
     """pyarrow's LocalFileSystem, except that output streams replace their file atomically."""
 
     def __init__(self):
-        self.local = pafs.LocalFileSystem()
+        super().__init__(pafs.LocalFileSystem())
 
     def __eq__(self, other) -> bool:
         return isinstance(other, AtomicLocalHandler)
@@ -89,49 +143,8 @@ class AtomicLocalHandler(pafs.FileSystemHandler):
     def get_type_name(self) -> str:
         return "local-atomic"
 
-    def normalize_path(self, path):
-        return self.local.normalize_path(path)
-
-    def get_file_info(self, paths):
-        return self.local.get_file_info(paths)
-
-    def get_file_info_selector(self, selector):
-        return self.local.get_file_info(selector)
-
-    def create_dir(self, path, recursive):
-        self.local.create_dir(path, recursive=recursive)
-
-    def delete_dir(self, path):
-        self.local.delete_dir(path)
-
-    def delete_dir_contents(self, path, missing_dir_ok=False):
-        self.local.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-    def delete_root_dir_contents(self):
-        raise OSError("refusing to delete the contents of the filesystem root")
-
-    def delete_file(self, path):
-        self.local.delete_file(path)
-
-    def move(self, src, dest):
-        self.local.move(src, dest)
-
-    def copy_file(self, src, dest):
-        with self.local.open_input_stream(src) as source, self.open_output_stream(dest, None) as target:
-            while chunk := source.read(1 << 24):
-                target.write(chunk)
-
-    def open_input_stream(self, path):
-        return self.local.open_input_stream(path)
-
-    def open_input_file(self, path):
-        return self.local.open_input_file(path)
-
     def open_output_stream(self, path, metadata):
         return pa.PythonFile(_ReplaceOnClose(path), mode="w")
-
-    def open_append_stream(self, path, metadata):
-        return self.local.open_append_stream(path)
 
 
 def atomic_local_filesystem() -> pafs.FileSystem:

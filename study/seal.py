@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from .atomicfs import DelegatingHandler
 from .errors import UserError
 
 KEY_ENV = "LPWD_STUDY_KEY"
@@ -103,11 +104,11 @@ class _SealingWriter:
         return False
 
 
-class SealingHandler(pafs.FileSystemHandler):
+class SealingHandler(DelegatingHandler):
     """Another pyarrow filesystem, with sweep-state files sealed as they are written."""
 
     def __init__(self, base: pafs.FileSystem):
-        self.base = base
+        super().__init__(base)
         self.secret = None
 
     def __eq__(self, other) -> bool:
@@ -122,52 +123,11 @@ class SealingHandler(pafs.FileSystemHandler):
     def get_type_name(self) -> str:
         return f"sealed-{self.base.type_name}"
 
-    def normalize_path(self, path):
-        return self.base.normalize_path(path)
-
-    def get_file_info(self, paths):
-        return self.base.get_file_info(paths)
-
-    def get_file_info_selector(self, selector):
-        return self.base.get_file_info(selector)
-
-    def create_dir(self, path, recursive):
-        self.base.create_dir(path, recursive=recursive)
-
-    def delete_dir(self, path):
-        self.base.delete_dir(path)
-
-    def delete_dir_contents(self, path, missing_dir_ok=False):
-        self.base.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-    def delete_root_dir_contents(self):
-        raise OSError("refusing to delete the contents of the filesystem root")
-
-    def delete_file(self, path):
-        self.base.delete_file(path)
-
-    def move(self, src, dest):
-        self.base.move(src, dest)
-
-    def copy_file(self, src, dest):
-        with self.base.open_input_stream(src) as source, self.open_output_stream(dest, None) as target:
-            while chunk := source.read(1 << 24):
-                target.write(chunk)
-
-    def open_input_stream(self, path):
-        return self.base.open_input_stream(path)
-
-    def open_input_file(self, path):
-        return self.base.open_input_file(path)
-
     def open_output_stream(self, path, metadata):
         if not is_sealed_name(path.rsplit("/", 1)[-1]):
             return self.base.open_output_stream(path)
         self.secret = self.secret or key()
         return pa.PythonFile(_SealingWriter(self.base, path, self.secret), mode="w")
-
-    def open_append_stream(self, path, metadata):
-        return self.base.open_append_stream(path)
 
 
 def sealing_filesystem(base: pafs.FileSystem) -> pafs.FileSystem:

@@ -9,6 +9,7 @@ last checkpoint); nothing finished is rerun.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
@@ -33,7 +34,7 @@ from .progress import ProgressLine
 from .restart_point import NewestCheckpoint, checkpoint_folders
 from .seal import check_seals
 from .studydir import STUDY_FILE, definition, differences, load_study, owned, record_definition  # noqa: F401
-from .table import fixed_columns
+from .table import _intact, fixed_columns, read_rows
 from .table_callback import TidyTable
 from .trial import run_trial, trial_name
 from .worker_setup import quiet_worker_stop
@@ -381,6 +382,9 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
     if not cfg.remote:  # an object store has no half-written objects
         check_sweep_state(study_dir)
         remove_partial_writes(study_dir)
+    if finished_already(cfg, study_dir):
+        print(f"{cfg.name}: every one of its {planned_trials(cfg)} planned trials has finished; nothing to train")
+        return
     sweeps = experiments(cfg)
     for name, _, _ in sweeps:  # a sweep state not ours, or trained trials without one: refused before Ray
         storage, root = sweep_storage(cfg)
@@ -432,6 +436,16 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
             # Ctrl-C: Ray saved its state, then stopped every trial (marking them TERMINATED);
             # only a trial's own final report says it finished. The CLI says how to resume.
             raise KeyboardInterrupt
+
+
+def finished_already(cfg: StudyConfig, study_dir: Path) -> bool:
+    """Every planned trial finished (its own final report says so): a resume has nothing for Ray to do,
+    so it starts none, and goes straight to the report."""
+    try:
+        rows = read_rows(study_dir) if (study_dir / "trials.csv").exists() else []
+    except (OSError, ValueError, csv.Error):
+        return False
+    return len(rows) == planned_trials(cfg) and _intact(rows) and all(r["status"] == "TERMINATED" for r in rows)
 
 
 def refuse_if_trained(storage, path: str, where: str) -> None:

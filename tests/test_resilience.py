@@ -22,14 +22,14 @@ from .conftest import (ARGS, PYTHON, children, final_metrics, listeners, no_ray_
 pytestmark = pytest.mark.slow
 
 def test_sqlite_store_keeps_every_metric_under_8_concurrent_trials(tmp_path):
-    run_study_cli(tiny_args("conc", *ARGS, "--set", "resources.cpu=0.25"), tmp_path)
+    run_study_cli(tiny_args("conc", *ARGS, "--set", "resources.cpu=0.25", "--set", "train.epochs=2"), tmp_path)
     rows = read_rows(tmp_path / "studies" / "conc")
     client, runs = children(tmp_path / "mlflow.db", "conc")
     assert len(runs) == len(rows) == 8
     for run in runs:
         for metric in EPOCH_METRICS:
             steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, metric))
-            assert steps == [0, 1, 2, 3], (run.info.run_name, metric, steps)
+            assert steps == [0, 1], (run.info.run_name, metric, steps)
 
 
 def start_driver(name, work, *extra, **env_extra):
@@ -287,10 +287,10 @@ def kill_a_running_trial(name, work, *extra):
     counted twice by Ray Tune (the reset task and the actor both fail), and a kill
     after the last report leaves nothing to retrain.
     """
-    driver, env, ray_tmp = start_driver(name, work, "--set", "train.epochs=12", *extra)
+    driver, env, ray_tmp = start_driver(name, work, "--set", "train.epochs=6", *extra)
     study_dir = work / "studies" / name
     trial, pid = freeze_a_trial_mid_training(lambda: trial_workers(ray_tmp), newest_checkpoint_in(study_dir),
-                                             epochs=12, recorded=recorded_epoch_in(study_dir))
+                                             epochs=6, recorded=recorded_epoch_in(study_dir))
     os.kill(pid, signal.SIGKILL)
     out, err = driver_output(driver, timeout=300)
     no_ray_left(ray_tmp)
@@ -307,7 +307,7 @@ def test_trial_killed_from_outside_is_retried_from_its_checkpoint(tmp_path):
     assert [d.name for d in failed] == [killed]  # the killed trial failed once, and was retried to completion
     results = trial_reports(study_dir, next(r for r in rows if r["trial_id"] == killed))
     # continued from its mid-training checkpoint: no epoch trained twice, none missing, nothing replayed
-    assert [r["epoch"] for r in results] == list(range(12)), [(r["epoch"], r["pid"], r.get("replayed")) for r in results]
+    assert [r["epoch"] for r in results] == list(range(6)), [(r["epoch"], r["pid"], r.get("replayed")) for r in results]
 
 
 def test_trial_that_keeps_failing_is_errored_and_the_others_complete(tmp_path):
@@ -329,10 +329,10 @@ def test_trial_that_keeps_failing_is_errored_and_the_others_complete(tmp_path):
     run_study_cli(["resume", str(study_dir)], tmp_path, study_env(RAY_TMPDIR=ray_tmp))
     no_ray_left(ray_tmp)
     rows = read_rows(study_dir)
-    assert all(r["status"] == "TERMINATED" and r["epochs_done"] == "12" for r in rows), rows
+    assert all(r["status"] == "TERMINATED" and r["epochs_done"] == "6" for r in rows), rows
     assert {r["trial_id"]: r for r in rows if r["trial_id"] != killed} == done
     results = trial_reports(study_dir, next(r for r in rows if r["trial_id"] == killed))
-    assert [r["epoch"] for r in results] == list(range(12))  # no epoch of the killed trial trained twice
+    assert [r["epoch"] for r in results] == list(range(6))  # no epoch of the killed trial trained twice
 
 
 def test_optuna_study_resumes_with_its_searcher_state(tmp_path):
@@ -399,9 +399,10 @@ def test_resume_unpickles_nothing_unsealed_and_deletes_nothing(tmp_path):
     import pickle
 
     env = study_env(XDG_CONFIG_HOME=str(tmp_path / "config"))  # this test's own key
-    run_study_cli(tiny_args("sealed", "--set", "search.weight_decay=[0.1]", "--set", "tracking.enabled=false",
-                            "--no-report"), tmp_path, env)
+    run_study_cli(tiny_args("sealed", "--set", "search.weight_decay=[0.1]", "--set", "search.lr=[3.0e-3]",
+                            "--set", "train.epochs=1", "--set", "tracking.enabled=false", "--no-report"), tmp_path, env)
     sweep = tmp_path / "studies" / "sealed" / "grid"
+    (sweep.parent / "trials.csv").unlink()  # unfinished as far as resume can tell, so it would restore the sweep
     genuine = (sweep / "tuner.pkl").read_bytes()
     trials = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     marker = tmp_path / "pwned"
@@ -422,11 +423,11 @@ def test_resume_unpickles_nothing_unsealed_and_deletes_nothing(tmp_path):
     assert proc.returncode == 2 and "no sweep state (tuner.pkl)" in proc.stderr, proc.stderr
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == trials  # nothing deleted
 
-    (sweep / "tuner.pkl").write_bytes(genuine)  # the genuine state, under another machine's key: refused too
+    # the genuine state, under another machine's key: refused too (with its own key, every resume test resumes)
+    (sweep / "tuner.pkl").write_bytes(genuine)
     other = study_env(XDG_CONFIG_HOME=str(tmp_path / "elsewhere"))
     proc = subprocess.run([PYTHON, "-m", "study", *resume], cwd=tmp_path, env=other, capture_output=True, text=True)
     assert proc.returncode == 2 and "give this one its key" in proc.stderr, proc.stderr
-    run_study_cli(resume, tmp_path, env)  # with its own key it resumes (nothing left to train)
 
 
 def test_a_tracking_server_gone_for_good_ends_the_sweep_in_one_line(tmp_path):

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
 import lpwd
 
-from .test_training_setups import counting_decays, data, mlp
+from .test_training_setups import counting_decays, data, mlp, train
 
 LR, LAM, STEPS = 0.05, 0.5, 4
 
@@ -32,14 +32,7 @@ class Holder(nn.Module):
 def run(model, opt, forward, steps=STEPS):
     """Train with an lr that changes every step; the weights after, and when the decay ran."""
     decays = counting_decays(opt) if isinstance(opt, lpwd.DecayedAdam) else None
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: [1.0, 0.5, 0.8, 0.3][t % 4])
-    for t in range(steps):
-        x, y = data(t)
-        opt.zero_grad()
-        nn.functional.cross_entropy(forward(x), y).backward()
-        opt.step()
-        sched.step()
-    return [p.detach().clone() for p in model.parameters()], decays
+    return train(model, opt, forward, steps), decays
 
 
 def eager(variant):
