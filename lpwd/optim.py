@@ -652,6 +652,9 @@ def build_optimizer(
         diagnostics_sample: coordinates in the seeded R_op sample (None: all).
         diagnostics_seed: seed of that sample.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError("build_optimizer takes the model; for parameters or param groups use "
+                        "lpwd.DecayedAdam(params, lr, weight_decay, variant=..., model=model) (or DecayedSGD)")
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is unknown; use one of {list(VARIANTS)}")
     if base not in BASES:

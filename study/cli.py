@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -118,6 +119,8 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
             else:  # every trial is done
                 _end_parent(study_dir, "FINISHED")
         except KeyboardInterrupt:
+            # a second Ctrl-C while Ray shuts down ends the process at once, without Ray's atexit traceback
+            signal.signal(signal.SIGINT, lambda *_: os._exit(130))
             sweep.abandon_trials()
             _end_parent(study_dir, "KILLED")
             print(f"\ninterrupted; nothing finished is lost. Resume with: {invocation()} resume {shown}",

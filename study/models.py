@@ -34,9 +34,25 @@ def small_cnn(in_chans: int, num_classes: int, width: int = 32) -> nn.Sequential
     )
 
 
-def check_pretrained_path(cfg: ModelConfig) -> None:
-    if cfg.pretrained and cfg.pretrained_path and not Path(cfg.pretrained_path).expanduser().is_file():
+def check_pretrained_path(cfg: ModelConfig, read: bool = False) -> None:
+    """The pretrained checkpoint exists; with ``read`` (once, before any trial), that it loads as weights:
+    a damaged file would otherwise fail every trial. Loaded as data only (``weights_only``)."""
+    if not (cfg.pretrained and cfg.pretrained_path):
+        return
+    path = Path(cfg.pretrained_path).expanduser()
+    if not path.is_file():
         raise UserError(f"model.pretrained_path: {cfg.pretrained_path} does not exist; point it at a timm checkpoint file")
+    if read:
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                load_file(str(path))
+            else:
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # a cut file, another format, a pickle that is more than weights
+            raise UserError(f"model.pretrained_path: {cfg.pretrained_path} does not load as a checkpoint "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); replace the file") from None
 
 
 def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, img_size: int, seed: int) -> nn.Module:

@@ -224,6 +224,20 @@ def sweep_storage(cfg: StudyConfig) -> tuple:
     return sealing_filesystem(atomic_local_filesystem()), str(cfg.study_dir)
 
 
+def check_ray_address(address: str) -> None:
+    """A cluster address must answer within seconds: Ray itself would retry it for minutes in silence."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
+        return  # Ray's own lookups, and addresses this check cannot read
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise UserError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({type(e).__name__}); start it, fix "
+                        "RAY_ADDRESS, or unset it to run the study on this machine") from None
+
+
 # a grid this large is more often a typo (an extra digit in a list) than a plan: it needs --yes
 LARGE_STUDY = 5000
 
@@ -235,6 +249,8 @@ def preflight(cfg: StudyConfig, yes: bool = False) -> None:
     from .tracking import check_uri
 
     local = not os.environ.get("RAY_ADDRESS")
+    if not local:
+        check_ray_address(os.environ["RAY_ADDRESS"])
     if cfg.resources.gpu > 0 and local and not torch.cuda.is_available():
         raise UserError(f"resources.gpu={cfg.resources.gpu} but this machine has no CUDA GPU; "
                         "set resources.gpu=0, or submit to a GPU cluster with ray job submit")
@@ -249,7 +265,7 @@ def preflight(cfg: StudyConfig, yes: bool = False) -> None:
     if cfg.tracking.enabled:
         check_uri(cfg.tracking.uri)
     check_available(cfg.data.name, cfg.data.root)
-    check_pretrained_path(cfg.model)
+    check_pretrained_path(cfg.model, read=True)
     check_dataset(cfg.data.name, cfg.data.root)
     check_model(cfg)
 

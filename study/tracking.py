@@ -333,6 +333,7 @@ class TrialRun:
         self._c = client(study.uri)
         self._pending: list = []
         self.run_id = run_id or self._existing(study, tags.get("ray_trial_id"))
+        reopened = self.run_id is not None
         if self.run_id is None:
             parent = {"mlflow.parentRunId": study.parent_run_id} if study.parent_run_id else {}
             tags = {**parent, "mlflow.runName": name, **source_tags(), **tags}
@@ -342,6 +343,11 @@ class TrialRun:
                   "log trial params")
         else:
             retry(lambda: self._c.update_run(self.run_id, status="RUNNING"), "reopen child run")
+        # epochs MLflow holds already: a trial resumed from an older checkpoint than its last flush (the newest
+        # one damaged) retrains them, and MLflow keeps their first values rather than holding them twice
+        history = retry(lambda: self._c.get_metric_history(self.run_id, "val_acc"), "read logged epochs") \
+            if reopened else []
+        self._logged = max((m.step for m in history), default=-1)
 
     def _existing(self, study: StudyRun, trial_id: str | None) -> str | None:
         """The run a restarted trial created before its first checkpoint, so it is not duplicated."""
@@ -355,6 +361,8 @@ class TrialRun:
         """Buffer one epoch; ``flush`` sends it (the trial flushes whenever it checkpoints)."""
         from mlflow.entities import Metric
 
+        if epoch <= self._logged:
+            return
         now = int(time.time() * 1000)
         self._pending.extend(Metric(k, float(v), now, epoch) for k, v in metrics.items())
 

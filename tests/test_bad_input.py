@@ -398,3 +398,15 @@ def test_a_server_that_refuses_the_host_name_is_one_line_before_anything(workdir
     rc, err = run_cli(["run", QUICK, "--set", f"tracking.uri={uri}"], capsys)
     assert rc == 2 and f"start it with --allowed-hosts {host}:" in err and len(err.splitlines()) == 1, err
     assert not (workdir / "studies").exists()
+
+
+def test_a_damaged_pretrained_checkpoint_and_a_silent_ray_address_are_one_line(workdir, capsys, monkeypatch):
+    broken = workdir / "weights.pth"
+    broken.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    rc, err = run_cli(["run", QUICK, "--set", "model.name=resnet18", "--set", "model.pretrained=true",
+                       "--set", f"model.pretrained_path={broken}"], capsys)
+    assert rc == 2 and "does not load as a checkpoint" in err and len(err.splitlines()) == 1, err
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # nothing listens on the discard port
+    rc, err = run_cli(["run", QUICK], capsys)
+    assert rc == 2 and "RAY_ADDRESS=127.0.0.1:9: no Ray cluster answers there" in err, err
+    assert not (workdir / "studies").exists()

@@ -181,3 +181,5 @@ def test_lpwd_without_depths_and_bad_group_rates_name_the_fix():
         lpwd.DecayedSGD([{"params": list(model.parameters()), "weight_decay": -1.0}], LR, variant="pwd")
     with pytest.raises(ValueError, match="not in model="):
         lpwd.DecayedAdam(mlp().parameters(), LR, LAM, variant="lpwd", model=model)
+    with pytest.raises(TypeError, match=r"lpwd.DecayedAdam\(params"):
+        lpwd.build_optimizer([{"params": list(model.parameters())}], "pwd", LR, LAM)
