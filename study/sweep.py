@@ -391,7 +391,7 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
 
     from .shared import check_shared
     from .tracking import DEADLINE_S, resolve_uri, saved_run, start_study
-    from .tracking_watch import TrackingWatch, raise_if_lost
+    from .tracking_watch import WATCHES, TrackingWatch, raise_if_lost
 
     if cfg.tracking.enabled:
         saved_run(cfg, study_dir)  # another store, or a copied study: refused before Ray starts
@@ -423,6 +423,7 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
     study = cfg.model_dump(mode="json") | ({} if cfg.remote else {"storage": str(study_dir.parent)})
     fn = tune.with_resources(tune.with_parameters(trainable, study=study, tracking=tracking), resources)
     uri = tracking["uri"] if tracking else ""
+    WATCHES.clear()  # this study's watches only: the one made here, and any Tune restores with its sweeps
     watch = TrackingWatch(uri, DEADLINE_S) if uri.startswith(("http://", "https://")) else None
     for name, space, tune_kwargs in sweeps:
         total = trained_trials(cfg) // len(sweeps)

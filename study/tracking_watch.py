@@ -28,7 +28,6 @@ WATCHES: list["TrackingWatch"] = []  # this process's watches, restored ones inc
 
 class TrackingWatch(Stopper):
     def __init__(self, uri: str, deadline_s: float):
-        self.uri, self.deadline_s = uri, deadline_s
         self.__setstate__({"uri": uri, "deadline_s": deadline_s})
 
     def __getstate__(self):  # Tune pickles the stopper with the sweep: clocks of a past process mean nothing
