@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from .analysis import arm_of, best_cells, cells, scored
 from .config import planned_trials
-from .studydir import load_study
+from .studydir import holder, load_study
 from .table import fixed_columns, read_table
 
 STATES = {"TERMINATED": "done", "RUNNING": "running", "PENDING": "pending", "PAUSED": "pending",
@@ -54,7 +54,11 @@ def print_status(study_dir: Path, shown: str | None = None) -> None:
     if when:
         console.print(when, soft_wrap=True)
     if counts["running"]:
-        console.print("(trials shown running while no driver is alive were interrupted: python -m study resume DIR)")
+        from .cli import invocation
+
+        driver = holder(study_dir)
+        console.print(f"running: {driver}" if driver else "(no driver is alive: the trials shown running were "
+                      f"interrupted; resume with: {invocation()} resume {shown or study_dir})", soft_wrap=True)
     table = pd.DataFrame(rows)
     best = {}
     if not table.empty:
@@ -62,8 +66,11 @@ def print_status(study_dir: Path, shown: str | None = None) -> None:
         for arm, mine in c.groupby("arm", sort=False):
             top = best_cells(mine)
             best[arm] = (f"η={top['lr'].iloc[0]:g} λ={top['weight_decay'].iloc[0]:g}", top["val"].mean(), top["mean"].mean())
-    t = Table("arm", "done", "running", "errored", "best cell (on validation)", "its validation", "its test (points)")
-    for arm in dict.fromkeys(arm_of(table)) if not table.empty else []:
+    arms = list(dict.fromkeys(arm_of(table))) if not table.empty else []
+    # an arm's name is never cut ("lpwd:line…"): the other columns give way in a narrow terminal or a log
+    t = Table(Column("arm", no_wrap=True, min_width=max(map(len, arms), default=3)), "done", "running", "errored",
+              "best cell (on validation)", "its validation", "its test (points)")
+    for arm in arms:
         state = Counter(STATES.get(r["status"], "pending") for r in rows if r.get("arm", r["variant"]) == arm)
         cell, val, test = best.get(arm, ("-", float("nan"), float("nan")))
         t.add_row(arm, str(state["done"]), str(state["running"]), str(state["errored"]), cell,

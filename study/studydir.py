@@ -84,6 +84,23 @@ def owned(study_dir: Path, what: str):
         os.close(fd)  # releases the lock
 
 
+def holder(study_dir: Path) -> str | None:
+    """Who holds the study dir's lock now (a driver that is alive), or None. Takes nothing: a shared,
+    non-blocking probe of the same ``flock``."""
+    path = Path(study_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)
+
+
 def definition(cfg) -> dict:
     dumped = cfg.model_dump(mode="json")
     return {section: dumped[section] for section in DEFINING}

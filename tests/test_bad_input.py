@@ -410,3 +410,31 @@ def test_a_damaged_pretrained_checkpoint_and_a_silent_ray_address_are_one_line(w
     rc, err = run_cli(["run", QUICK], capsys)
     assert rc == 2 and "RAY_ADDRESS=127.0.0.1:9: no Ray cluster answers there" in err, err
     assert not (workdir / "studies").exists()
+
+
+def test_status_names_arms_whole_and_offers_resume_only_without_a_driver(workdir, capsys, monkeypatch):
+    import subprocess
+    import sys
+
+    from study.table import read_rows, write_rows
+
+    d = finished_study(workdir)
+    rows = read_rows(d)
+    rows[-1].update(status="RUNNING", arm="lpwd:linear_normalized", layer_schedule="linear_normalized")
+    write_rows(d, rows)
+    monkeypatch.setenv("COLUMNS", "60")  # a narrow terminal, or a log
+    assert main(["status", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "lpwd:linear_normalized" in out and "resume with: " in out and f"resume {d}" in out, out
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from study.studydir import owned\n"
+                               "with owned(Path(sys.argv[1]), 'run'):\n print('held', flush=True); time.sleep(60)",
+                               str(d)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["status", str(d)]) == 0
+        out = capsys.readouterr().out
+        assert f"running: a study run (pid {holder.pid}" in out and "resume with" not in out, out
+    finally:
+        holder.kill()
+        holder.wait()
