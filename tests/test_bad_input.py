@@ -1,5 +1,6 @@
 """Mistakes are refused before anything starts: exit 2, one line naming the key and the fix."""
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -202,22 +203,29 @@ def test_an_edited_study_yaml_is_refused(workdir, capsys):
     assert not (d / "report.html").exists()
 
 
-def test_a_second_driver_is_refused_while_the_first_owns_the_study(workdir, capsys):
+@contextlib.contextmanager
+def a_driver_holding(d):
+    """Another process that owns the study dir's lock, as a running driver does; yields its pid."""
     import subprocess
     import sys
 
-    d = finished_study(workdir)
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
                                "from study.studydir import owned\n"
                                "with owned(Path(sys.argv[1]), 'run'):\n print('held', flush=True); time.sleep(60)",
                                str(d)], stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        rc, err = run_cli(["report", str(d)], capsys)
-        assert rc == 2 and f"is in use by a study run (pid {holder.pid}" in err and len(err.splitlines()) == 1
+        yield holder.pid
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_second_driver_is_refused_while_the_first_owns_the_study(workdir, capsys):
+    d = finished_study(workdir)
+    with a_driver_holding(d) as pid:
+        rc, err = run_cli(["report", str(d)], capsys)
+        assert rc == 2 and f"is in use by a study run (pid {pid}" in err and len(err.splitlines()) == 1
     # the kernel dropped the lock with its holder: nothing stale to clean up
     assert main(["report", str(d), "--out", str(workdir / "after")]) == 0
 
@@ -413,9 +421,6 @@ def test_a_damaged_pretrained_checkpoint_and_a_silent_ray_address_are_one_line(w
 
 
 def test_status_names_arms_whole_and_offers_resume_only_without_a_driver(workdir, capsys, monkeypatch):
-    import subprocess
-    import sys
-
     from study.table import read_rows, write_rows
 
     d = finished_study(workdir)
@@ -426,15 +431,7 @@ def test_status_names_arms_whole_and_offers_resume_only_without_a_driver(workdir
     assert main(["status", str(d)]) == 0
     out = capsys.readouterr().out
     assert "lpwd:linear_normalized" in out and "resume with: " in out and f"resume {d}" in out, out
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from study.studydir import owned\n"
-                               "with owned(Path(sys.argv[1]), 'run'):\n print('held', flush=True); time.sleep(60)",
-                               str(d)], stdout=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with a_driver_holding(d) as pid:
         assert main(["status", str(d)]) == 0
         out = capsys.readouterr().out
-        assert f"running: a study run (pid {holder.pid}" in out and "resume with" not in out, out
-    finally:
-        holder.kill()
-        holder.wait()
+        assert f"running: a study run (pid {pid}" in out and "resume with" not in out, out
