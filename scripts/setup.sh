@@ -8,7 +8,7 @@ if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet --upgrade pip
 fi
-if ! .venv/bin/python -c "import lpwd, study, ray, mlflow, timm, pytest, moto, lightning, transformers, accelerate" 2>/dev/null; then
+if ! .venv/bin/python -c "import lpwd, study, ray, mlflow, timm, mnist1d, pytest, moto, lightning, transformers, accelerate" 2>/dev/null; then
   echo "installing the project into .venv (first time: a few minutes)..."
   .venv/bin/pip install --quiet -e ".[dev]"
 fi

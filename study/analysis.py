@@ -35,7 +35,7 @@ from scipy import stats
 from .claims import CLAIMS, PRIMARY_DEFAULT, TIE, Claim, SeedGrids, per_seed
 from .paired import Difference, adjust, compare_cells, paired_difference
 
-CHANCE = {"digits": 0.1, "cifar10": 0.1, "cifar100": 0.01}
+CHANCE = {"digits": 0.1, "mnist1d": 0.1, "mnist1d_noisy": 0.1, "cifar10": 0.1, "cifar100": 0.01}
 CONFIDENCE = 0.95
 ALPHA = 0.05
 # a paired t-test over 2 seeds has one degree of freedom and no way to check its assumptions:

@@ -4,6 +4,8 @@
     study resume STUDY_DIR               finish an interrupted study
     study status STUDY_DIR               done / running / pending / errored
     study report STUDY_DIR [--metric M] [--baseline wd] [--json]
+    study compare STUDY_DIR STUDY_DIR... [--out DIR]   pool several studies' answers
+    study suite CONFIG_OR_DIR... [--set k=v ...]  run every study of a suite, then compare them
     study trial CONFIG --variant V --lr X --weight-decay Y --seed S   one cell, in-process
     study ui [--port 5000] [--host 127.0.0.1] [--uri URI]
     study data fetch cifar10 --root DIR
@@ -47,6 +49,16 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true",
                         help="print the answers and summary numbers as JSON (robustness.json's content) and stop: "
                              "no figures, no MLflow, nothing written")
+    compare = sub.add_parser("compare", help="pool the answers of several finished studies (forest plot, pooled verdict)")
+    compare.add_argument("study_dirs", nargs="+", metavar="STUDY_DIR")
+    _compare_options(compare)
+    suite = sub.add_parser("suite", help="run (or resume) several studies in turn, then compare them")
+    suite.add_argument("suite", nargs="+", metavar="CONFIG_OR_DIR",
+                       help="study YAML files, or a folder of them (configs/suite)")
+    suite.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="applied to every study of the suite")
+    suite.add_argument("--yes", action="store_true", help="run studies of more than 5000 planned trials")
+    _compare_options(suite)
     trial = sub.add_parser("trial", help="run one cell in this process (no Ray)")
     trial.add_argument("config")
     trial.add_argument("--variant", required=True)
@@ -64,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("name")
     fetch.add_argument("--root", required=True)
     return p
+
+
+def _compare_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="comparison", help="folder for compare.html, compare.json and the forest plots "
+                                                      "(default ./comparison)")
+    p.add_argument("--arms", default=None, help="comma-separated arms to compare with the baseline (default: every "
+                                               "arm of the first study)")
+    p.add_argument("--uri", default=None, help="MLflow store for the comparison's run (default: the first study's, "
+                                              "else MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log the comparison to MLflow")
 
 
 def invocation() -> str:
@@ -214,8 +236,13 @@ def cmd_trial(args) -> int:
         from .tracking import single_trials
 
         tracking = single_trials(cfg)
+    pretrained = None
+    if cfg.model.pretrain is not None:
+        from .pretrain import pretrained_state
+
+        pretrained = pretrained_state(cfg)
     reporter = PrintReporter()
-    metrics = run_trial(cfg, params, reporter, tracking)
+    metrics = run_trial(cfg, params, reporter, tracking, pretrained=pretrained)
     print(f"best val {100 * metrics['best_val_acc']:.1f} (test there {100 * metrics['test_acc_at_best_val']:.1f}), "
           f"final test {100 * metrics['final_test_acc']:.1f}" + (", diverged" if metrics["diverged"] else ""))
     if tracking is not None and reporter.last.get("mlflow_run_id"):
@@ -225,6 +252,58 @@ def cmd_trial(args) -> int:
         hint = "" if tracking.uri.startswith("http") else f"  (after: {invocation()} ui --uri {tracking.uri})"
         print(f"MLflow: {where}{hint}")
     return 0
+
+
+def cmd_compare(given: list[str], args) -> int:
+    from .compare import compare, load, log_run, terminal_table, write
+    from .report import print_summary
+    from .tracking import StudyRun, client, resolve_uri, run_url
+
+    settings = [load(g) for g in given]
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
+    result = compare(settings, arms)
+    out = Path(args.out)
+    written = write(result, out)
+    print_summary(terminal_table(result), result["parts"], "", title="across studies: each study's primary claims, arm − "
+                  "baseline [95% t-interval over seeds]; pooled: random effects, HKSJ interval")
+    print(f"comparison: {out / 'compare.html'}")
+    if not args.no_tracking:
+        first_run = next((s.run for s in settings if s.run is not None), None)
+        uri = args.uri or (first_run.uri if first_run else resolve_uri(None))
+        rid = log_run(result, written, uri, out.resolve().name)
+        exp = client(uri).get_run(rid).info.experiment_id
+        where = run_url(StudyRun(uri, exp, rid), rid)
+        print(f"MLflow: {where}" + ("" if uri.startswith("http") else f"  (after: {invocation()} ui --uri {uri})"))
+    return 0
+
+
+def cmd_suite(args) -> int:
+    """Every study of the suite (validated first, all of them), run or resumed in turn, then compared."""
+    import time
+
+    from .config import load_config
+
+    configs = []
+    for given in map(Path, args.suite):
+        found = sorted(given.glob("*.yaml")) if given.is_dir() else [given]
+        if not found:
+            raise UserError(f"{given}: no study configs (*.yaml) there; pass a folder like configs/suite")
+        configs += found
+    cfgs = [load_config(str(c), args.overrides) for c in configs]
+    names = [c.name for c in cfgs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"suite: study name {', '.join(repeated)} is used twice; give each config its own name")
+    times = []
+    for i, cfg in enumerate(cfgs, 1):
+        print(f"\n[{i}/{len(cfgs)}] {cfg.name}", flush=True)
+        began = time.perf_counter()
+        code = cmd_run(cfg, report=True, yes=args.yes)
+        if code:
+            return code
+        times.append((cfg.name, time.perf_counter() - began))
+    print("\n" + "\n".join(f"{name}: {seconds / 60:.1f} min" for name, seconds in times))
+    return cmd_compare([c.remote or str(c.study_dir) for c in cfgs], args)
 
 
 def cmd_ui(args) -> int:
@@ -240,7 +319,7 @@ def cmd_ui(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("run", "resume"):
+    if args.command in ("run", "resume", "suite"):
         from .localray import prefer_loopback
 
         prefer_loopback()  # before anything imports ray
@@ -278,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "trial":
             return cmd_trial(args)
+        if args.command == "compare":
+            return cmd_compare(args.study_dirs, args)
+        if args.command == "suite":
+            return cmd_suite(args)
         if args.command == "ui":
             return cmd_ui(args)
         if args.command == "data":

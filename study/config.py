@@ -29,18 +29,29 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    name: Literal["digits", "cifar10", "cifar100"] = "digits"
+    name: Literal["digits", "mnist1d", "mnist1d_noisy", "cifar10", "cifar100"] = "digits"
     val_fraction: float = Field(0.1, gt=0, lt=1)
     root: Optional[str] = None
-    augment: Optional[bool] = None  # default: on for CIFAR (crop + flip), off for digits
+    augment: Optional[bool] = None  # default: on for CIFAR (crop + flip), off for digits and MNIST-1D
     # train on this many images of the training part (after the validation split), chosen with the seed
     train_subset: Optional[int] = Field(None, ge=1)
+
+
+class PretrainConfig(Strict):
+    """Weights the platform trains once on a source task and caches (``study.pretrain``)."""
+
+    data: Literal["digits", "mnist1d", "mnist1d_noisy"]
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1)
+    seed: int = Field(0, ge=0)
 
 
 class ModelConfig(Strict):
     name: str = "small_cnn"
     pretrained: bool = False
     pretrained_path: Optional[str] = None
+    pretrain: Optional[PretrainConfig] = None
     img_size: Optional[int] = Field(None, gt=0)
     channels_last: Optional[bool] = None  # default: on for CUDA
     compile: bool = False
@@ -49,11 +60,14 @@ class ModelConfig(Strict):
     @field_validator("name")
     @classmethod
     def known_model(cls, name: str) -> str:
-        if name != "small_cnn":
+        from .models import OWN_MODELS
+
+        if name not in OWN_MODELS:
             import timm
 
             if not timm.is_model(name):
-                raise ValueError(f"unknown model {name!r}; use small_cnn or a timm model name (timm.list_models())")
+                raise ValueError(f"unknown model {name!r}; use one of {', '.join(OWN_MODELS)} or a timm model name "
+                                 "(timm.list_models())")
         return name
 
 
@@ -188,6 +202,32 @@ class StudyConfig(Strict):
         if is_remote(storage) and (scheme not in SCHEMES or not storage.split("://", 1)[1].strip("/")):
             raise ValueError(f"{storage} is neither a folder nor s3://bucket[/prefix] or gs://bucket[/prefix]")
         return storage
+
+    @model_validator(mode="after")
+    def model_fits_data(self):
+        from .data import dims
+        from .models import OWN_MODELS
+
+        sequence = self.data.name.startswith("mnist1d")
+        kind = OWN_MODELS[self.model.name][1] if self.model.name in OWN_MODELS else "image"
+        if (kind == "sequence") != sequence:
+            fits = [n for n, (_, k) in OWN_MODELS.items() if k == "sequence"] if sequence else ["small_cnn", "a timm model"]
+            raise ValueError(f"model.name: {self.model.name} takes {kind}s and {self.data.name} holds "
+                             f"{'sequences' if sequence else 'images'}; use {' or '.join(fits)}")
+        if sequence and self.data.augment:
+            raise ValueError("data.augment: crop and flip are for images; MNIST-1D takes none (remove it)")
+        pretrain = self.model.pretrain
+        if pretrain is not None:
+            if self.model.pretrained:
+                raise ValueError("model: pretrain (weights trained here) and pretrained (timm's) exclude each other; "
+                                 "keep one")
+            if self.model.name not in OWN_MODELS:
+                raise ValueError(f"model.pretrain: works with the platform's own models ({', '.join(OWN_MODELS)}); "
+                                 "for a timm model use pretrained: true")
+            if dims(pretrain.data) != dims(self.data.name):
+                raise ValueError(f"model.pretrain.data: {pretrain.data} has another input shape or class count "
+                                 f"than {self.data.name}; pretrain on a task of the same shape")
+        return self
 
     @property
     def remote(self) -> str | None:

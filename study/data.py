@@ -1,5 +1,9 @@
 """Datasets as tensors resident on the trial's device, with batched augmentation.
 
+Images are (N, C, H, W); MNIST-1D sequences are (N, 1, 40). Every dataset but CIFAR is
+made offline: scikit-learn's bundled digits, and MNIST-1D generated procedurally with
+the ``mnist1d`` package's own ``make_dataset`` (its download path is never used).
+
 Following airbench: the whole split is one tensor on the device, batches are
 index slices of a seeded permutation, and augmentation (CIFAR: random crop
 with 4 px padding + horizontal flip) runs on the whole batch at once. No
@@ -50,6 +54,16 @@ CIFAR = {
 }
 
 
+# MNIST-1D (Greydanus & Kobak): the published generator's settings, and a harder target
+# domain of the same ten templates (twice the correlated and i.i.d. noise, more shear
+# and scale, other draws), which a model pretrained on ``mnist1d`` is fine-tuned on.
+MNIST1D = {
+    "mnist1d": {},
+    "mnist1d_noisy": {"corr_noise_scale": 0.35, "iid_noise_scale": 0.03, "shear_scale": 1.0, "scale_coeff": 0.5,
+                      "seed": 1},
+}
+
+
 @dataclass
 class Split:
     """One dataset split on the device: images (N, C, H, W) float, labels (N,) long."""
@@ -71,9 +85,11 @@ class Dataset:
 
 
 def dims(name: str) -> tuple[int, int, int]:
-    """(input channels, classes, image size) of a dataset, known without reading it."""
+    """(input channels, classes, image size or sequence length) of a dataset, known without reading it."""
     if name == "digits":
         return 1, 10, 8
+    if name in MNIST1D:
+        return 1, 10, 40
     return 3, CIFAR[name]["classes"], 32
 
 
@@ -83,7 +99,7 @@ def fetch_command(name: str, root: str | None) -> str:
 
 def check_available(name: str, root: str | None) -> None:
     """Fail early, before any trial, if a dataset's files are missing."""
-    if name == "digits":
+    if name not in CIFAR:
         return
     if root is None:
         raise UserError(f"data.root is not set for {name}; set it to the folder holding "
@@ -125,7 +141,7 @@ def _unpickle(f) -> dict:
 
 def check_dataset(name: str, root: str | None) -> None:
     """Read the dataset once on the driver and check its shapes and labels, before any trial starts."""
-    if name == "digits":
+    if name not in CIFAR:
         return
     train_x, train_y, test_x, test_y, classes = load_raw(name, root)
     for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
@@ -172,6 +188,8 @@ def load_raw(name: str, root: str | None):
         n_test = len(y) // 5
         test, train = order[:n_test], order[n_test:]
         return x[train], y[train], x[test], y[test], 10
+    if name in MNIST1D:
+        return _mnist1d(name)
     spec = CIFAR[name]
     source = _cifar_source(name, root)
     try:
@@ -181,6 +199,26 @@ def load_raw(name: str, root: str | None):
         raise UserError(f"data.root: could not read {source} ({e}); re-fetch it: "
                         f"{fetch_command(name, root)}") from None
     return train_x, train_y, test_x, test_y, spec["classes"]
+
+
+def _mnist1d(name: str):
+    """MNIST-1D from its generator: 4000 training and 1000 test sequences of length 40, the
+    package's own split; deterministic, since ``make_dataset`` seeds itself from its args."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    for key, value in MNIST1D[name].items():
+        setattr(args, key, value)
+    import random
+
+    states = np.random.get_state(), random.getstate()  # make_dataset seeds the global generators
+    try:
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(states[0])
+        random.setstate(states[1])
+    x, x_test = (np.asarray(d[k], dtype=np.float32)[:, None, :] for k in ("x", "x_test"))
+    return x, np.asarray(d["y"], dtype=np.int64), x_test, np.asarray(d["y_test"], dtype=np.int64), 10
 
 
 def load_dataset(name: str, root: str | None, val_fraction: float, seed: int,
@@ -203,13 +241,14 @@ def load_dataset(name: str, root: str | None, val_fraction: float, seed: int,
 
     train = to_split(train_x[train_idx], train_y[train_idx])
     # normalise with statistics of this trial's training part only
-    mean = train.x.mean(dim=(0, 2, 3), keepdim=True)
-    std = train.x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    per_channel = [0, *range(2, train.x.ndim)]
+    mean = train.x.mean(dim=per_channel, keepdim=True)
+    std = train.x.std(dim=per_channel, keepdim=True).clamp_min(1e-6)
     splits = [train, to_split(train_x[val_idx], train_y[val_idx]), to_split(test_x, test_y)]
     for s in splits:
         s.x = (s.x - mean) / std
     if augment is None:
-        augment = name != "digits"
+        augment = name in CIFAR
     return Dataset(*splits, num_classes=classes, augment=augment)
 
 

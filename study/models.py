@@ -1,9 +1,13 @@
-"""Models: a small CNN for CPU studies, and any timm model by name.
+"""Models: small CNN-scale models for CPU studies, and any timm model by name.
 
-``pretrained: true`` fine-tunes ImageNet weights (from the hub when online, or
-``pretrained_path`` to a local checkpoint file), otherwise from scratch. The
-model is built under ``torch.manual_seed(seed)`` so its init follows the
-trial's seed.
+Images (digits, CIFAR) take ``small_cnn`` or a timm model (a ViT at 8 px is
+``vit_tiny_patch16_224`` with ``img_size: 8`` and ``timm_kwargs: {patch_size: 2, ...}``);
+MNIST-1D sequences take ``cnn1d`` and ``mlp`` (the MNIST-1D paper's two baselines)
+or ``transformer1d``. ``pretrained: true`` fine-tunes ImageNet weights (from the
+hub when online, or ``pretrained_path`` to a local checkpoint file); ``pretrain``
+fine-tunes weights this platform trains itself (``study.pretrain``); otherwise from
+scratch. The model is built under ``torch.manual_seed(seed)`` so its init follows
+the trial's seed.
 """
 
 from __future__ import annotations
@@ -34,6 +38,71 @@ def small_cnn(in_chans: int, num_classes: int, width: int = 32) -> nn.Sequential
     )
 
 
+class CNN1d(nn.Sequential):
+    """The MNIST-1D paper's CNN: three stride-2 convolutions and a linear head."""
+
+    def __init__(self, in_chans: int, num_classes: int, length: int, width: int = 32):
+        layers: list[nn.Module] = []
+        cin = in_chans
+        for _ in range(3):
+            layers += [nn.Conv1d(cin, width, 5, stride=2, padding=2), nn.ReLU()]
+            cin, length = width, (length + 1) // 2
+        super().__init__(*layers, nn.Flatten(), nn.Linear(width * length, num_classes))
+
+    @property
+    def head(self) -> nn.Linear:
+        return self[-1]
+
+
+class MLP(nn.Sequential):
+    """The MNIST-1D paper's MLP: two hidden layers of 100 units."""
+
+    def __init__(self, in_chans: int, num_classes: int, length: int, width: int = 100):
+        super().__init__(nn.Flatten(), nn.Linear(in_chans * length, width), nn.ReLU(),
+                         nn.Linear(width, width), nn.ReLU(), nn.Linear(width, num_classes))
+
+    @property
+    def head(self) -> nn.Linear:
+        return self[-1]
+
+
+class Transformer1d(nn.Module):
+    """A small pre-norm transformer on a 1-D signal: non-overlapping patches are the tokens
+    (a ViT on sequences), learned positions, mean-pooled tokens into a linear head. Its
+    blocks are one ``nn.ModuleList``, so lpwd numbers its layers block by block."""
+
+    def __init__(self, in_chans: int, num_classes: int, length: int, dim: int = 32, depth: int = 2,
+                 heads: int = 2, patch: int = 4):
+        super().__init__()
+        if length % patch:
+            raise ValueError(f"sequence length {length} is not a multiple of patch {patch}")
+        self.patch = patch
+        self.embed = nn.Linear(in_chans * patch, dim)
+        self.pos = nn.Parameter(torch.randn(1, length // patch, dim) * 0.02)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+            for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, length = x.shape
+        tokens = x.reshape(n, c, length // self.patch, self.patch).permute(0, 2, 1, 3).flatten(2)
+        h = self.embed(tokens) + self.pos
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h).mean(1))
+
+
+# the platform's own models: name -> (constructor, input kind); timm models take images
+OWN_MODELS = {
+    "small_cnn": (lambda c, k, size: small_cnn(c, k), "image"),
+    "cnn1d": (CNN1d, "sequence"),
+    "mlp": (MLP, "sequence"),
+    "transformer1d": (Transformer1d, "sequence"),
+}
+
+
 def check_pretrained_path(cfg: ModelConfig, read: bool = False) -> None:
     """The pretrained checkpoint exists; with ``read`` (once, before any trial), that it loads as weights:
     a damaged file would otherwise fail every trial. Loaded as data only (``weights_only``)."""
@@ -55,10 +124,18 @@ def check_pretrained_path(cfg: ModelConfig, read: bool = False) -> None:
                             f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); replace the file") from None
 
 
-def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, img_size: int, seed: int) -> nn.Module:
+def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, img_size: int, seed: int,
+                pretrained: dict | None = None) -> nn.Module:
+    """The trial's model, initialised from ``seed``; ``pretrained`` (a state dict from
+    ``study.pretrain``) then replaces every weight but the head, which stays freshly initialised."""
     torch.manual_seed(seed)
-    if cfg.name == "small_cnn":
-        return small_cnn(in_chans, num_classes)
+    if cfg.name in OWN_MODELS:
+        model = OWN_MODELS[cfg.name][0](in_chans, num_classes, img_size)
+        if pretrained is not None:
+            from .pretrain import load_backbone
+
+            load_backbone(model, pretrained)
+        return model
     import timm
 
     kwargs = {"num_classes": num_classes, "in_chans": in_chans, **cfg.timm_kwargs}

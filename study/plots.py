@@ -186,3 +186,50 @@ def training_curves(histories: dict[tuple[str, str], pd.DataFrame], arms: list[s
                             "of the first finished trial", height=460,
                       legend={"orientation": "h", "y": -0.25})
     return fig
+
+
+def forest(result: dict, question: str) -> go.Figure:
+    """A forest plot of one question across studies: each study's effect (arm − baseline, the mean
+    of its per-seed paired differences) with its 95% t-interval, one colour per arm, and the
+    pooled random-effects estimate with its Hartung–Knapp interval as a diamond at the bottom."""
+    from .claims import CLAIMS, QUESTIONS
+    from .verdict import _scale
+
+    arms, studies = result["arms"], result["studies"]
+    claim = CLAIMS[result["primary"][question]]
+    m = _scale(claim.unit)[0]
+    colour = colours([result["baseline"], *arms])
+    labels = [f"{r['study']}<br><sub>{r['dataset']}, {r['model']}, {r['start']}, {r['base']}</sub>" for r in studies]
+    pooled_label = "<b>pooled</b><br><sub>random effects, HKSJ</sub>"
+    rows = labels + [pooled_label]
+    fig = go.Figure()
+    spread = 0.6 / max(1, len(arms))
+    for i, arm in enumerate(arms):
+        offset = (i - (len(arms) - 1) / 2) * spread
+        e = [r["arms"][arm][question] for r in studies]
+        p = result["pooled"][arm][question]
+        y = [len(rows) - 1 - k + offset for k in range(len(studies))]
+        x = [m * d["diff"] for d in e]
+        fig.add_trace(go.Scatter(
+            x=x, y=y, mode="markers", name=arm, legendgroup=arm, marker={"color": colour[arm], "size": 8},
+            error_x={"type": "data", "symmetric": False, "array": [m * d["hi"] - v for d, v in zip(e, x)],
+                     "arrayminus": [v - m * d["lo"] for d, v in zip(e, x)], "visible": True},
+            customdata=[[d["answer"], m * d["lo"], m * d["hi"]] for d in e],
+            hovertemplate=arm + ": %{x:.2f} [%{customdata[1]:.2f}, %{customdata[2]:.2f}]<br>study's answer: "
+                          "%{customdata[0]}<extra></extra>"))
+        fig.add_trace(go.Scatter(
+            x=[m * p["estimate"]], y=[offset], mode="markers", name=f"{arm} pooled", legendgroup=arm,
+            showlegend=False, marker={"color": colour[arm], "size": 14, "symbol": "diamond"},
+            error_x={"type": "data", "symmetric": False, "array": [m * (p["hi"] - p["estimate"])],
+                     "arrayminus": [m * (p["estimate"] - p["lo"])], "visible": True, "thickness": 3},
+            hovertemplate=(f"{arm} pooled: %{{x:.2f}} [{m * p['lo']:.2f}, {m * p['hi']:.2f}]<br>{p['answer']}; "
+                           f"I² = {100 * p['i2']:.0f}%<extra></extra>")))
+    fig.add_vline(x=0, line={"color": "#888", "dash": "dash"})
+    fig.update_yaxes(tickvals=list(range(len(rows)))[::-1], ticktext=rows, range=[-0.7, len(rows) - 0.3],
+                     automargin=True)
+    better = "→ arm better" if claim.higher_is_better else "← arm better"
+    fig.update_layout(
+        title=f"{QUESTIONS[question]}? {claim.label}, arm − {result['baseline']} ({better}; 95% intervals)",
+        xaxis_title=f"{claim.short} difference ({claim.unit})", height=140 + 62 * len(rows),
+        legend={"orientation": "h", "y": -120 / (140 + 62 * len(rows)), "x": 0}, margin={"l": 20, "r": 20})
+    return fig

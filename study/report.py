@@ -131,12 +131,12 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def print_summary(table: pd.DataFrame, parts: list[str], label: str) -> None:
+def print_summary(table: pd.DataFrame, parts: list[str], label: str, title: str | None = None) -> None:
     import sys
 
     # a terminal wraps at its own width; a log (CI, ray job logs) gets the table unwrapped
     console = Console(width=None if sys.stdout.isatty() else 200)
-    t = Table(title=f"robustness: {label}, points [{CONFIDENCE:.0%} t-interval over seeds]; ▸ primary claims")
+    t = Table(title=title or f"robustness: {label}, points [{CONFIDENCE:.0%} t-interval over seeds]; ▸ primary claims")
     for i, col in enumerate(table.columns):
         t.add_column(col, overflow="fold", justify="left" if i == 0 else "right")
     for _, r in table.iterrows():

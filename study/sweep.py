@@ -122,7 +122,7 @@ class RayReporter:
 _config_cache: dict = {}
 
 
-def trainable(config: dict, study: dict, tracking: dict | None):
+def trainable(config: dict, study: dict, tracking: dict | None, pretrained: tuple | None = None):
     """The Ray Tune function trainable: one trial of the study."""
     from ray import tune
 
@@ -137,7 +137,7 @@ def trainable(config: dict, study: dict, tracking: dict | None):
     storage, root = sweep_storage(cfg)
     reporter = RayReporter(storage, f"{root}/{context.get_experiment_name()}/{context.get_trial_id()}")
     tags = {"ray_trial_id": context.get_trial_id()}
-    run_trial(cfg, trial_params(config), reporter, StudyRun(**tracking) if tracking else None, tags)
+    run_trial(cfg, trial_params(config), reporter, StudyRun(**tracking) if tracking else None, tags, pretrained)
 
 
 def trial_params(config: dict) -> dict:
@@ -421,7 +421,13 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
     resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
     # trials run in their own working dirs: a relative storage path must not be resolved there
     study = cfg.model_dump(mode="json") | ({} if cfg.remote else {"storage": str(study_dir.parent)})
-    fn = tune.with_resources(tune.with_parameters(trainable, study=study, tracking=tracking), resources)
+    pretrained = None
+    if cfg.model.pretrain is not None:  # trained (or checked) here once; Ray's object store takes it to the trials
+        from .pretrain import pretrained_state
+
+        pretrained = pretrained_state(cfg)
+    fn = tune.with_resources(tune.with_parameters(trainable, study=study, tracking=tracking, pretrained=pretrained),
+                             resources)
     uri = tracking["uri"] if tracking else ""
     WATCHES.clear()  # this study's watches only: the one made here, and any Tune restores with its sweeps
     watch = TrackingWatch(uri, DEADLINE_S) if uri.startswith(("http://", "https://")) else None

@@ -98,8 +98,10 @@ def evaluate(model, split, batch_size: int = 1024, autocast=None) -> tuple[float
     return loss.item() / len(split), correct.item() / len(split)
 
 
-def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None, tags: dict | None = None) -> dict:
-    """Train one (arm, lr, weight_decay, seed) cell; returns the last metrics."""
+def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None, tags: dict | None = None,
+              pretrained: tuple[dict, str] | None = None) -> dict:
+    """Train one (arm, lr, weight_decay, seed) cell; returns the last metrics. ``pretrained``:
+    the study's (weights, SHA-256) from ``study.pretrain`` when it fine-tunes them."""
     params = with_defaults(cfg, params)
     device = pick_device(cfg)
     torch.set_num_threads(max(1, int(cfg.resources.cpu)))
@@ -109,7 +111,8 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
     data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_fraction, seed, device, cfg.data.augment,
                         cfg.data.train_subset)
     in_chans, img_size = data.train.x.shape[1], data.train.x.shape[-1]
-    model = build_model(cfg.model, in_chans, data.num_classes, img_size, seed).to(device)
+    model = build_model(cfg.model, in_chans, data.num_classes, img_size, seed,
+                        pretrained[0] if pretrained else None).to(device)
     channels_last = cfg.model.channels_last if cfg.model.channels_last is not None else device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -156,7 +159,7 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
                   "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
                   "lr_schedule": cfg.train.lr_schedule, "warmup_epochs": cfg.train.warmup_epochs,
                   "label_smoothing": cfg.train.label_smoothing, "train_subset": cfg.data.train_subset,
-                  "decay_scale": scale}
+                  "decay_scale": scale, **({"pretrained_sha256": pretrained[1]} if pretrained else {})}
         if len(params.get("stands_for", [])) > 1:
             logged["stands_for"] = ", ".join(f"{t['arm']} λ={t['weight_decay']:g}" for t in params["stands_for"])
         run = TrialRun(tracking, run_id, trial_name(params), logged, {"study": cfg.name, **(tags or {})})

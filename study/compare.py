@@ -1,0 +1,316 @@
+"""``study compare``: several finished studies, one answer to "is it robust across settings?".
+
+Each study answers its two questions (better? more robust to λ?) with its own
+pre-declared primary claims, from ``report --json``'s numbers, recomputed here from the
+study's trials by the same code as its report. ``compare`` checks the studies can be
+pooled (one baseline, the same primary claims, every compared arm in every study, seeds
+enough for an interval), then, per arm and question:
+
+* counts the settings where the study's own test shows the claim ("in k of n settings");
+* pools the per-study effects with random effects and the Hartung–Knapp–Sidik–Jonkman
+  interval (``study.pooling``), Holm-corrected across the arms compared, like a study's
+  answers; and reports the heterogeneity and an exact sign test beside it;
+* draws a forest plot per question.
+
+Its words come from the numbers only, in the same vocabulary as a study's verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+
+import pandas as pd
+
+from .analysis import ALPHA, ANSWERS
+from .claims import CLAIMS, QUESTIONS
+from .errors import UserError
+from .paired import holm
+from .pooling import random_effects, significant
+from .verdict import difference, display_name, markdown
+
+MIN_STUDIES = 2
+METHOD = ("random effects (DerSimonian–Laird τ²) with the modified Hartung–Knapp–Sidik–Jonkman t-interval on "
+          "k − 1 degrees of freedom")
+
+
+@dataclass
+class Setting:
+    """One study as the comparison sees it."""
+
+    name: str
+    where: str  # as the user gave it
+    context: dict  # dataset, model, start, base, epochs, seeds
+    answers: dict  # report --json
+    run: object | None  # its MLflow parent run (tracking.StudyRun), if tracked
+
+    @property
+    def arms(self) -> list[str]:
+        return [a["arm"] for a in self.answers["arms"]]
+
+    def comparison(self, arm: str) -> dict:
+        return next(c for c in self.answers["comparisons"] if c["arm"] == arm)
+
+
+def context_of(cfg) -> dict:
+    pretrain = cfg.model.pretrain
+    start = (f"fine-tuned from {pretrain.data}" if pretrain else "fine-tuned from ImageNet" if cfg.model.pretrained
+             else "from scratch")
+    return {"dataset": cfg.data.name, "model": cfg.model.name, "start": start, "base": cfg.train.base,
+            "epochs": cfg.train.epochs, "seeds": len(cfg.search.seeds)}
+
+
+def load(given: str) -> Setting:
+    """A finished study's answers, recomputed from its trials (reads only)."""
+    from .cli import local_study_dir
+    from .report import report_json
+    from .studydir import load_study
+    from .tracking import parent_of
+
+    study_dir = local_study_dir(given)
+    cfg = load_study(study_dir)
+    baseline = "wd" if "wd" in cfg.search.variants else cfg.search.variants[0]
+    try:
+        run = parent_of(study_dir)
+    except UserError:
+        run = None
+    return Setting(cfg.name, given, context_of(cfg), report_json(study_dir, cfg, baseline=baseline), run)
+
+
+def check(settings: list[Setting], arms: list[str] | None) -> tuple[str, list[str], dict]:
+    """(baseline, compared arms, primary claims), or one line saying which study cannot be pooled and why."""
+    if len(settings) < MIN_STUDIES:
+        raise UserError(f"compare: give at least {MIN_STUDIES} study dirs (got {len(settings)})")
+    names = [s.name for s in settings]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"compare: {', '.join(repeated)} given twice; list each study once")
+    first = settings[0]
+    baseline, primary = first.answers["settings"]["baseline"], first.answers["settings"]["primary"]
+    for s in settings[1:]:
+        if s.answers["settings"]["baseline"] != baseline:
+            raise UserError(f"compare: {s.where} compares with {s.answers['settings']['baseline']}, {first.where} with "
+                            f"{baseline}; compare studies with one baseline")
+        if s.answers["settings"]["primary"] != primary:
+            raise UserError(f"compare: {s.where} declares primary claims {s.answers['settings']['primary']}, "
+                            f"{first.where} {primary}; compare studies that declared the same verdict claims")
+    arms = arms or [a for a in first.arms if a != baseline]
+    for s in settings:
+        missing = [a for a in [baseline, *arms] if a not in s.arms]
+        if missing:
+            raise UserError(f"compare: {s.where} has no arm {', '.join(missing)} (its arms: {', '.join(s.arms)}); "
+                            f"rerun it with that arm, or compare --arms {','.join(a for a in arms if a not in missing)}")
+        for arm in arms:
+            for question, claim in primary.items():
+                c = s.comparison(arm)["claims"][claim]
+                if c["se"] is None or c["diff"] is None:
+                    raise UserError(f"compare: {s.where} gives {arm}'s {CLAIMS[claim].short} no interval "
+                                    f"({s.context['seeds']} seeds, or too few complete grids); each study needs "
+                                    "3 seeds with complete grids to be pooled")
+    return baseline, arms, primary
+
+
+def compare(settings: list[Setting], arms: list[str] | None = None) -> dict:
+    """The comparison as data: per study and arm the primary effects, per arm and question the pooled one."""
+    baseline, arms, primary = check(settings, arms)
+    studies = []
+    for s in settings:
+        row = {"study": s.name, "where": s.where, **s.context, "arms": {}}
+        for arm in arms:
+            comp = s.comparison(arm)
+            row["arms"][arm] = {q: {**comp["claims"][primary[q]], "answer": comp["answers"][q]} for q in QUESTIONS}
+            row["arms"][arm]["effective_decay"] = next(a for a in s.answers["arms"] if a["arm"] == arm)["effective_decay"]
+        decomposition = s.answers.get("decomposition") or {}
+        row["mass_share_of_edge_over_pwd"] = {q: d["mass_share_of_edge_over_pwd"] for q, d in decomposition.items()}
+        row["run_id"] = getattr(s.run, "parent_run_id", None)
+        studies.append(row)
+    pooled: dict = {arm: {} for arm in arms}
+    for question, claim in primary.items():
+        fits = {arm: random_effects([r["arms"][arm][question]["diff"] for r in studies],
+                                    [r["arms"][arm][question]["se"] for r in studies]) for arm in arms}
+        adjusted = holm([fits[a].p for a in arms])
+        for arm, p_adj in zip(arms, adjusted):
+            fit = fits[arm]
+            sign = CLAIMS[claim].better_sign()
+            answer = ("not shown" if not significant(p_adj) else "shown" if fit.estimate * sign > 0 else "shown worse")
+            counts = {a: [r["study"] for r in studies if r["arms"][arm][question]["answer"] == a] for a in ANSWERS}
+            favour = fit.positive if sign > 0 else fit.negative
+            pooled[arm][question] = {"claim": claim, **fit.as_dict(), "p_adj": float(p_adj), "answer": answer,
+                                     "settings_by_answer": counts, "favour": favour}
+    bases = sorted({r["base"] for r in studies})
+    result = {"baseline": baseline, "baseline_name": display_name(baseline, bases[0]) if len(bases) == 1
+              else f"{baseline} (AdamW/SGDW)", "arms": arms, "primary": primary, "method": METHOD,
+              "alpha": ALPHA, "studies": studies, "pooled": pooled}
+    result["parts"] = verdict_parts(result)
+    return result
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names)
+
+
+def question_sentence(result: dict, arm: str, question: str) -> str:
+    """``more robust to λ? shown in 5 of 7 settings (...); pooled λ-regret −3.1 pt [...]: shown; ...``"""
+    p = result["pooled"][arm][question]
+    claim = CLAIMS[p["claim"]]
+    n = len(result["studies"])
+    by = p["settings_by_answer"]
+    # the settings with an answer are named; the ones without are counted
+    detail = [f"{ans} in {_listed(by[ans])}" for ans in ("shown", "shown worse") if by[ans]]
+    detail += [f"{ans} in {len(by[ans])}" for ans in ("not shown", "cannot be shown") if 0 < len(by[ans]) < n]
+    words = [f"{QUESTIONS[question]}? shown in {len(by['shown'])} of {n} settings"
+             + (f" ({'; '.join(detail)})" if detail else "")]
+    pooled = difference(p["claim"], p["estimate"], 0.0, p["lo"], p["hi"])
+    p_text = "p < 0.001" if p["p_adj"] < 0.001 else f"p = {p['p_adj']:.3f}"
+    words.append(f"pooled {claim.short} {pooled} ({claim.reading}), {p_text}"
+                 + (f" Holm-corrected across {len(result['arms'])} arms" if len(result["arms"]) > 1 else "")
+                 + f": {p['answer']}")
+    tau = difference(p["claim"], p["tau"], 0.0, float("nan"), float("nan")).lstrip("+")
+    words.append(f"heterogeneity I² = {100 * p['i2']:.0f}%, τ = {tau}")
+    words.append(f"{p['favour']} of {n} settings favour {arm} (exact sign test p = {p['p_sign']:.3f})")
+    return "; ".join(words)
+
+
+def verdict_parts(result: dict) -> list[str]:
+    """The headline (LPWD or the first arm, both questions), one part per arm, then the limits."""
+    arms, n = result["arms"], len(result["studies"])
+    lead = "lpwd" if "lpwd" in arms else arms[0]
+    studies = result["studies"]
+
+    def kinds(key: str) -> str:
+        return ", ".join(dict.fromkeys(str(r[key]) for r in studies))
+
+    heads = []
+    for question in QUESTIONS:
+        p = result["pooled"][lead][question]
+        heads.append(f"{QUESTIONS[question]}? {p['answer']} (pooled {CLAIMS[p['claim']].short} "
+                     f"{difference(p['claim'], p['estimate'], 0.0, p['lo'], p['hi'])}; shown in "
+                     f"{len(p['settings_by_answer']['shown'])} of {n} settings)")
+    name = lead.upper() if lead == "lpwd" else lead
+    parts = [f"{name} vs {result['baseline_name']} across {n} settings: " + "; ".join(heads) + "."]
+    for arm in arms:
+        parts.append(f"{arm} vs {result['baseline_name']}: "
+                     + ". ".join(question_sentence(result, arm, q) for q in QUESTIONS) + ".")
+    seeds = sorted({r["seeds"] for r in studies})
+    seeds_text = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
+    parts.append(f"Scope: {n} settings (datasets {kinds('dataset')}; models {kinds('model')}; {kinds('start')}; "
+                 f"base optimizers {kinds('base')}), {seeds_text} seeds each. Pooled: {result['method']}, at "
+                 f"α = {result['alpha']:g}; it generalises to settings like these, not to every setting. \"Shown in "
+                 "k of n settings\" counts each study's own Holm-corrected test.")
+    return parts
+
+
+def terminal_table(result: dict) -> pd.DataFrame:
+    """The table narrowed for a terminal: study, arm and the two questions (the page has the settings)."""
+    shown = table(result)
+    return shown[["study", "arm", *[c for c in shown.columns if c.startswith(tuple(QUESTIONS.values()))]]]
+
+
+def table(result: dict) -> pd.DataFrame:
+    """One row per study and arm: the setting and each question's effect with its interval and answer."""
+    rows = []
+    for r in result["studies"]:
+        for arm in result["arms"]:
+            row = {"study": r["study"], "dataset": r["dataset"], "model": r["model"], "start": r["start"],
+                   "base": r["base"], "seeds": r["seeds"], "arm": arm}
+            for q in QUESTIONS:
+                e = r["arms"][arm][q]
+                claim = result["primary"][q]
+                row[f"{QUESTIONS[q]}: {CLAIMS[claim].short}"] = difference(claim, e["diff"], 0.0, e["lo"], e["hi"])
+                row[f"{QUESTIONS[q]}?"] = e["answer"]
+            share = r["mass_share_of_edge_over_pwd"].get("more_robust") if arm == "lpwd" else None
+            row["λ_eff/λ"] = f"{r['arms'][arm]['effective_decay']:.2f}"
+            row["decay-mass share (robust)"] = "-" if share is None else f"{100 * share:.0f}%"
+            rows.append(row)
+    for arm in result["arms"]:
+        row = {"study": "pooled", "dataset": "", "model": "", "start": "", "base": "", "seeds": "", "arm": arm}
+        for q in QUESTIONS:
+            p = result["pooled"][arm][q]
+            row[f"{QUESTIONS[q]}: {CLAIMS[p['claim']].short}"] = difference(p["claim"], p["estimate"], 0.0, p["lo"], p["hi"])
+            row[f"{QUESTIONS[q]}?"] = p["answer"]
+        row["λ_eff/λ"], row["decay-mass share (robust)"] = "", ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def page(result: dict, shown: pd.DataFrame, figures: dict) -> str:
+    from .report import STYLE
+
+    head, rest = result["parts"][0], result["parts"][1:]
+    parts = [f"<h1>Is it robust across settings? {len(result['studies'])} studies</h1>",
+             f"<div class='verdict'><p class='headline'>{escape(head)}</p><b>Verdict.</b><ul>"
+             + "".join(f"<li>{escape(p)}</li>" for p in rest) + "</ul></div>",
+             "<p>Each row is one study's primary claims, arm − baseline: the mean of its per-seed paired "
+             "differences with a 95% t-interval, and its own answer. The pooled rows are random-effects means "
+             "with Hartung–Knapp–Sidik–Jonkman intervals.</p>",
+             "<div class='scroll'>" + shown.to_html(index=False, classes="summary", border=0) + "</div>"]
+    for i, fig in enumerate(figures.values()):
+        fig.update_layout(autosize=True, width=None)
+        parts.append("<div class='figure'>" + fig.to_html(
+            full_html=False, include_plotlyjs="inline" if i == 0 else False, config={"responsive": True},
+            default_width="100%") + "</div>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' "
+            "content='width=device-width, initial-scale=1'><title>study comparison</title>"
+            f"<style>{STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>")
+
+
+def write(result: dict, out: Path) -> list[Path]:
+    """compare.json, compare.csv, compare.html and a forest plot PNG per question (with a Chromium)."""
+    from .plots import forest
+    from .report import _clean, find_browser
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(_clean(result), indent=1))
+    shown = table(result)
+    shown.to_csv(out / "compare.csv", index=False)
+    figures = {f"forest_{q}": forest(result, q) for q in QUESTIONS}
+    html = out / "compare.html"
+    html.write_text(page(result, shown, figures))
+    written = [html, out / "compare.json", out / "compare.csv"]
+    browser = find_browser()
+    for name in figures:
+        (out / f"{name}.png").unlink(missing_ok=True)
+        if browser:
+            os.environ.setdefault("BROWSER_PATH", browser)
+            figures[name].write_image(out / f"{name}.png", width=1100, scale=1)
+            written.append(out / f"{name}.png")
+    return written
+
+
+def log_run(result: dict, artifacts: list[Path], uri: str, name: str) -> str:
+    """The comparison as its own MLflow run (experiment ``study comparisons``): the verdict as its
+    description, the pooled numbers as metrics, and a tag per study naming its parent run."""
+    from mlflow.entities import Metric, Param
+
+    from .tracking import EXPERIMENT_TAGS, check_reachable, client, key_of, retry, source_tags
+
+    check_reachable(uri)
+    c = client(uri)
+    experiment = retry(lambda: c.get_experiment_by_name("study comparisons"), "get experiment")
+    exp_id = experiment.experiment_id if experiment else retry(
+        lambda: c.create_experiment("study comparisons", tags=EXPERIMENT_TAGS), "create experiment")
+    tags = {"mlflow.note.content": markdown(result["parts"]), "compared_studies": ", ".join(
+        r["study"] for r in result["studies"]), **source_tags()}
+    tags |= {f"study.{r['study']}": r["run_id"] for r in result["studies"] if r["run_id"]}
+    run = retry(lambda: c.create_run(exp_id, run_name=name, tags=tags), "create comparison run")
+    rid = run.info.run_id
+    params = {"baseline": result["baseline"], "arms": ",".join(result["arms"]), "studies": len(result["studies"]),
+              **{f"primary_{q}": claim for q, claim in result["primary"].items()}, "pooling": "random effects, mHKSJ"}
+    metrics, now = [], int(time.time() * 1000)
+    for arm, per in result["pooled"].items():
+        for q, p in per.items():
+            for k in ("estimate", "lo", "hi", "p_adj", "i2", "tau", "p_sign"):
+                if math.isfinite(p[k]):
+                    metrics.append(Metric(f"{key_of(arm)}.pooled_{p['claim']}_{k}", float(p[k]), now, 0))
+    retry(lambda: c.log_batch(rid, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()]),
+          "log comparison")
+    for path in artifacts:
+        retry(lambda: c.log_artifact(rid, str(path), "figures" if path.suffix == ".png" else "compare"),
+              f"attach {path.name}")
+    retry(lambda: c.set_terminated(rid, "FINISHED"), "end comparison run")
+    return rid

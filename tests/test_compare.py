@@ -1,0 +1,146 @@
+"""``study compare`` on hand-made studies with known answers, through the real CLI.
+
+Each study dir is made as ``study run`` makes one (``prepare_study_dir``), and its
+``trials.csv`` holds a simulated grid (``study.simulate``) whose truth is known: the
+treated arms recover part of what the baseline loses at the largest λ (more robust), or
+lose more (less robust), or do the same.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image, ImageStat
+
+from study.config import validate
+from study.simulate import QUICK_LRS, QUICK_SURFACE, QUICK_WDS, SCENARIOS, Scenario, Shape, simulate
+from study.sweep import prepare_study_dir
+from study.table import COLUMNS, write_rows
+
+from .conftest import PYTHON, shows_a_traceback, study_env
+
+ARMS = ("wd", "pwd", "lpwd")
+ROBUST = replace(SCENARIOS["robust"], arms=ARMS, recover=0.5)
+LESS_ROBUST = replace(SCENARIOS["robust"], arms=ARMS, recover=-0.3)
+SAME = Scenario("null", arms=ARMS)
+
+
+def hand_made_study(root, name: str, scenario: Scenario, seeds: int = 5, rng_seed: int = 0, shape: Shape = Shape()):
+    """A study dir as ``study run`` leaves it, with a simulated grid of known truth as its trials."""
+    cfg = validate({"name": name, "storage": str(root), "tracking": {"enabled": False},
+                    "search": {"variants": list(scenario.arms), "layer_schedule": ["linear"], "lr": list(QUICK_LRS),
+                               "weight_decay": list(QUICK_WDS), "seeds": list(range(seeds))}})
+    study_dir = prepare_study_dir(cfg)
+    table = simulate(scenario, seeds, np.random.default_rng(rng_seed), shape)
+    rows = []
+    for i, r in enumerate(table.to_dict("records")):
+        row = dict.fromkeys(COLUMNS, "")
+        row.update(r, trial_id=f"t{i:05d}", experiment="grid", layer_schedule="linear" if r["arm"] == "lpwd"
+                   else "constant", base="adam", model="small_cnn", epochs_done=10, shared=0)
+        rows.append(row)
+    write_rows(study_dir, rows)
+    return study_dir
+
+
+def compare_cli(dirs, out, *extra):
+    return subprocess.run([PYTHON, "-m", "study", "compare", *map(str, dirs), "--out", str(out), "--no-tracking", *extra],
+                          cwd=out.parent, env=study_env(), capture_output=True, text=True, timeout=300)
+
+
+def pooled(out) -> dict:
+    return json.loads((out / "compare.json").read_text())["pooled"]
+
+
+def test_studies_that_agree_pool_to_shown(tmp_path):
+    dirs = [hand_made_study(tmp_path / "s", f"agree{i}", ROBUST, rng_seed=i) for i in range(3)]
+    out = tmp_path / "cmp"
+    done = compare_cli(dirs, out)
+    assert done.returncode == 0, done.stderr
+    p = pooled(out)["lpwd"]["more_robust"]
+    # every study recovers half of wd's loss at the two largest λ: lower λ-regret, in each and pooled
+    assert p["answer"] == "shown" and p["hi"] < 0 and p["positive"] == 0 and p["negative"] == 3
+    assert p["settings_by_answer"]["shown"] == ["agree0", "agree1", "agree2"]
+    assert "more robust to λ? shown in 3 of 3 settings" in done.stdout
+    for png in ("forest_better.png", "forest_more_robust.png"):
+        img = Image.open(out / png).convert("L")
+        assert img.size[0] == 1100 and ImageStat.Stat(img).stddev[0] > 5
+
+
+def test_studies_that_disagree_are_not_pooled_into_a_claim(tmp_path):
+    dirs = [hand_made_study(tmp_path / "s", "up0", ROBUST, rng_seed=1),
+            hand_made_study(tmp_path / "s", "up1", ROBUST, rng_seed=2),
+            hand_made_study(tmp_path / "s", "down0", LESS_ROBUST, rng_seed=3),
+            hand_made_study(tmp_path / "s", "down1", LESS_ROBUST, rng_seed=4)]
+    out = tmp_path / "cmp"
+    done = compare_cli(dirs, out)
+    assert done.returncode == 0, done.stderr
+    p = pooled(out)["lpwd"]["more_robust"]
+    assert p["settings_by_answer"]["shown"] == ["up0", "up1"]
+    assert p["settings_by_answer"]["shown worse"] == ["down0", "down1"]
+    # two settings each way: large heterogeneity, an interval that spans 0, no pooled claim
+    assert p["answer"] == "not shown" and p["lo"] < 0 < p["hi"] and p["i2"] > 0.9
+    assert "shown worse in down0, down1" in done.stdout
+
+
+def test_a_level_shift_is_not_robustness(tmp_path):
+    level = replace(SCENARIOS["level"], arms=ARMS, level=6.0)
+    lower = Shape(surface=QUICK_SURFACE - 15)  # 6 points up is not clipped at 100
+    dirs = [hand_made_study(tmp_path / "s", f"level{i}", level, rng_seed=10 + i, shape=lower) for i in range(4)]
+    out = tmp_path / "cmp"
+    assert compare_cli(dirs, out, "--arms", "lpwd").returncode == 0
+    p = pooled(out)["lpwd"]
+    assert p["better"]["answer"] == "shown" and p["more_robust"]["answer"] == "not shown"
+
+
+def test_a_study_missing_an_arm_is_refused_in_one_line(tmp_path):
+    dirs = [hand_made_study(tmp_path / "s", "full", SAME),
+            hand_made_study(tmp_path / "s", "nolpwd", replace(SAME, arms=("wd", "pwd")))]
+    out = tmp_path / "cmp"
+    done = compare_cli(dirs, out)
+    assert done.returncode == 2 and not shows_a_traceback(done.stderr)
+    assert done.stderr.strip().splitlines() == [
+        f"error: compare: {dirs[1]} has no arm lpwd (its arms: wd, pwd); rerun it with that arm, or compare --arms pwd"]
+    assert not out.exists()  # nothing written before the check
+    assert compare_cli(dirs, out, "--arms", "pwd").returncode == 0
+
+
+def test_a_study_with_two_seeds_is_refused(tmp_path):
+    dirs = [hand_made_study(tmp_path / "s", "five", SAME), hand_made_study(tmp_path / "s", "two", SAME, seeds=2)]
+    done = compare_cli(dirs, tmp_path / "cmp")
+    assert done.returncode == 2 and "each study needs 3 seeds" in done.stderr and not shows_a_traceback(done.stderr)
+
+
+LAYOUT_PROBE = """<script>window.addEventListener('load', () => setTimeout(() => {
+  const figs = [...document.querySelectorAll('.main-svg')].map(e => e.getBoundingClientRect().right);
+  document.body.setAttribute('data-layout', JSON.stringify(
+    {page: document.documentElement.scrollWidth, view: window.innerWidth, figs: figs}));
+}, 1000));</script></body>"""
+
+
+@pytest.mark.parametrize("width", [800, 1400])
+def test_compare_page_fits_the_window(tmp_path_factory, chromium, tmp_path, width):
+    import html
+    import re
+
+    root = tmp_path_factory.getbasetemp() / "page"
+    out = root / "cmp"
+    if not (out / "compare.html").exists():
+        dirs = [hand_made_study(root / "s", f"setting{i}", ROBUST, rng_seed=20 + i) for i in range(3)]
+        assert compare_cli(dirs, out).returncode == 0
+    probe = tmp_path / "compare.html"
+    probe.write_text((out / "compare.html").read_text().replace("</body>", LAYOUT_PROBE))
+    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+               f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},1000", "--virtual-time-budget=15000"]
+    dom = subprocess.run(browser + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    layout = json.loads(html.unescape(re.search(r'data-layout="([^"]*)"', dom).group(1)))
+    assert layout["view"] == width and layout["page"] <= width, layout
+    assert len(layout["figs"]) >= 2 and max(layout["figs"]) <= width, layout  # both forest plots drawn, inside
+    assert "Verdict." in dom and "pooled" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run(browser + [f"--screenshot={shot}", (out / "compare.html").as_uri()], capture_output=True, timeout=120)
+    assert ImageStat.Stat(Image.open(shot).convert("L")).stddev[0] > 10
