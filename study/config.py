@@ -42,7 +42,7 @@ class PretrainConfig(Strict):
 
     data: Literal["digits", "mnist1d", "mnist1d_noisy"]
     epochs: int = Field(20, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-2, gt=0)
     batch_size: int = Field(128, ge=1)
     seed: int = Field(0, ge=0)
 

@@ -158,9 +158,10 @@ def pretrained_state(cfg, announce=print) -> tuple[dict, str]:
 
 
 def load_backbone(model: torch.nn.Module, state: dict) -> None:
-    """Every pretrained weight but the head's: the target task gets a fresh classifier, as in
-    fine-tuning a pretrained network on a new dataset."""
-    prefix = next(name for name, module in model.named_modules() if module is model.head)
+    """Every pretrained weight but the head's (``model.head``, else its last linear layer): the
+    target task gets a fresh classifier, as in fine-tuning a pretrained network on a new dataset."""
+    head_module = getattr(model, "head", None) or [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    prefix = next(name for name, module in model.named_modules() if module is head_module)
     head = {k for k in model.state_dict() if k.startswith(prefix + ".")}
     missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
     if set(missing) != head or unexpected:

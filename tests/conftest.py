@@ -47,6 +47,8 @@ def short_tmpdir(tag: str) -> str:
 def _remove_scratch_dirs():
     # studies run in this process seal their sweep state with the suite's key, not the user's
     os.environ["XDG_CONFIG_HOME"] = os.path.join(_shared_scratch(), "config")
+    # weights the platform pretrains go to the suite's scratch cache, not the user's ~/.cache
+    os.environ["LPWD_STUDY_CACHE"] = os.path.join(_shared_scratch(), "pretrained")
     yield  # every test has stopped its processes by now
     for path in _SCRATCH:
         shutil.rmtree(path, ignore_errors=True)
@@ -60,6 +62,7 @@ def study_env(**extra) -> dict:
     env["TMPDIR"] = extra.get("TMPDIR", env["RAY_TMPDIR"])
     # the seal key of a study's sweep state (study/seal.py): the suite's own, not the user's ~/.config
     env["XDG_CONFIG_HOME"] = extra.get("XDG_CONFIG_HOME") or os.path.join(_shared_scratch(), "config")
+    env["LPWD_STUDY_CACHE"] = extra.get("LPWD_STUDY_CACHE") or os.path.join(_shared_scratch(), "pretrained")
     return env
 
 
