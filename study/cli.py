@@ -254,7 +254,7 @@ def cmd_trial(args) -> int:
     return 0
 
 
-def cmd_compare(given: list[str], args) -> int:
+def cmd_compare(given: list[str], args, times: dict[str, float] | None = None) -> int:
     from .compare import compare, load, log_run, terminal_table, write
     from .report import print_summary
     from .tracking import StudyRun, client, resolve_uri, run_url
@@ -263,7 +263,7 @@ def cmd_compare(given: list[str], args) -> int:
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
     result = compare(settings, arms)
     out = Path(args.out)
-    written = write(result, out)
+    written = write(result, out, times)
     print_summary(terminal_table(result), result["parts"], "", title="across studies: each study's primary claims, arm − "
                   "baseline [95% t-interval over seeds]; pooled: random effects, HKSJ interval")
     print(f"comparison: {out / 'compare.html'}")
@@ -303,7 +303,7 @@ def cmd_suite(args) -> int:
             return code
         times.append((cfg.name, time.perf_counter() - began))
     print("\n" + "\n".join(f"{name}: {seconds / 60:.1f} min" for name, seconds in times))
-    return cmd_compare([c.remote or str(c.study_dir) for c in cfgs], args)
+    return cmd_compare([c.remote or str(c.study_dir) for c in cfgs], args, dict(times))
 
 
 def cmd_ui(args) -> int:

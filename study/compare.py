@@ -31,7 +31,7 @@ from .analysis import ALPHA, ANSWERS
 from .claims import CLAIMS, QUESTIONS
 from .errors import UserError
 from .paired import holm
-from .pooling import random_effects, significant
+from .pooling import SE_FLOOR, random_effects, sign_test, significant
 from .verdict import difference, display_name, markdown
 
 MIN_STUDIES = 2
@@ -131,17 +131,31 @@ def compare(settings: list[Setting], arms: list[str] | None = None) -> dict:
         studies.append(row)
     pooled: dict = {arm: {} for arm in arms}
     for question, claim in primary.items():
-        fits = {arm: random_effects([r["arms"][arm][question]["diff"] for r in studies],
-                                    [r["arms"][arm][question]["se"] for r in studies]) for arm in arms}
-        adjusted = holm([fits[a].p for a in arms])
-        for arm, p_adj in zip(arms, adjusted):
-            fit = fits[arm]
+        fits, left_out = {}, {}
+        for arm in arms:
+            # a study whose every seed differs by exactly the same amount (both arms chose the one shared
+            # λ = 0 trial on every seed) has no standard error: no weight can be given to it
+            effects = [r["arms"][arm][question] for r in studies]
+            kept = [e for e in effects if e["se"] > SE_FLOOR]
+            left_out[arm] = [r["study"] for r, e in zip(studies, effects) if e["se"] <= SE_FLOOR]
+            if len(kept) >= MIN_STUDIES:
+                fits[arm] = random_effects([e["diff"] for e in kept], [e["se"] for e in kept])
+        adjusted = dict(zip(fits, holm([f.p for f in fits.values()]))) if fits else {}
+        for arm in arms:
             sign = CLAIMS[claim].better_sign()
-            answer = ("not shown" if not significant(p_adj) else "shown" if fit.estimate * sign > 0 else "shown worse")
             counts = {a: [r["study"] for r in studies if r["arms"][arm][question]["answer"] == a] for a in ANSWERS}
-            favour = fit.positive if sign > 0 else fit.negative
-            pooled[arm][question] = {"claim": claim, **fit.as_dict(), "p_adj": float(p_adj), "answer": answer,
-                                     "settings_by_answer": counts, "favour": favour}
+            signs = sign_test([r["arms"][arm][question]["diff"] for r in studies])
+            entry = {"claim": claim, "answer": "cannot be shown", "p_adj": float("nan"), "settings_by_answer": counts,
+                     "left_out": left_out[arm], "favour": signs["positive"] if sign > 0 else signs["negative"],
+                     **signs}
+            if arm in fits:
+                fit, p_adj = fits[arm], float(adjusted[arm])
+                answer = "not shown" if not significant(p_adj) else "shown" if fit.estimate * sign > 0 else "shown worse"
+                entry |= {**fit.as_dict(), "p_adj": p_adj, "answer": answer, "family": len(fits)}
+            else:
+                entry |= dict.fromkeys(("estimate", "lo", "hi", "se", "p", "tau", "i2", "q", "p_heterogeneity"),
+                                       float("nan")) | {"k": len(studies) - len(left_out[arm])}
+            pooled[arm][question] = entry
     bases = sorted({r["base"] for r in studies})
     result = {"baseline": baseline, "baseline_name": display_name(baseline, bases[0]) if len(bases) == 1
               else f"{baseline} (AdamW/SGDW)", "arms": arms, "primary": primary, "method": METHOD,
@@ -165,13 +179,19 @@ def question_sentence(result: dict, arm: str, question: str) -> str:
     detail += [f"{ans} in {len(by[ans])}" for ans in ("not shown", "cannot be shown") if 0 < len(by[ans]) < n]
     words = [f"{QUESTIONS[question]}? shown in {len(by['shown'])} of {n} settings"
              + (f" ({'; '.join(detail)})" if detail else "")]
-    pooled = difference(p["claim"], p["estimate"], 0.0, p["lo"], p["hi"])
-    p_text = "p < 0.001" if p["p_adj"] < 0.001 else f"p = {p['p_adj']:.3f}"
-    words.append(f"pooled {claim.short} {pooled} ({claim.reading}), {p_text}"
-                 + (f" Holm-corrected across {len(result['arms'])} arms" if len(result["arms"]) > 1 else "")
-                 + f": {p['answer']}")
-    tau = difference(p["claim"], p["tau"], 0.0, float("nan"), float("nan")).lstrip("+")
-    words.append(f"heterogeneity I² = {100 * p['i2']:.0f}%, τ = {tau}")
+    if p["left_out"]:
+        words.append(f"{_listed(p['left_out'])} left out of the pooled estimate (every seed's difference is the "
+                     "same, e.g. both arms chose the one shared λ = 0 trial: no standard error to weight it by)")
+    if p["answer"] == "cannot be shown":
+        words.append(f"pooled: cannot be shown ({p['k']} setting{'s' if p['k'] != 1 else ''} with a standard error, "
+                     f"{MIN_STUDIES} needed)")
+    else:
+        pooled = difference(p["claim"], p["estimate"], 0.0, p["lo"], p["hi"])
+        p_text = "p < 0.001" if p["p_adj"] < 0.001 else f"p = {p['p_adj']:.3f}"
+        words.append(f"pooled over {p['k']} settings {claim.short} {pooled} ({claim.reading}), {p_text}"
+                     + (f" Holm-corrected across {p['family']} arms" if p["family"] > 1 else "") + f": {p['answer']}")
+        tau = difference(p["claim"], p["tau"], 0.0, float("nan"), float("nan")).lstrip("+")
+        words.append(f"heterogeneity I² = {100 * p['i2']:.0f}%, τ = {tau}")
     words.append(f"{p['favour']} of {n} settings favour {arm} (exact sign test p = {p['p_sign']:.3f})")
     return "; ".join(words)
 
@@ -190,7 +210,8 @@ def verdict_parts(result: dict) -> list[str]:
         p = result["pooled"][lead][question]
         heads.append(f"{QUESTIONS[question]}? {p['answer']} (pooled {CLAIMS[p['claim']].short} "
                      f"{difference(p['claim'], p['estimate'], 0.0, p['lo'], p['hi'])}; shown in "
-                     f"{len(p['settings_by_answer']['shown'])} of {n} settings)")
+                     f"{len(p['settings_by_answer']['shown'])} of {n} settings; {p['favour']} of {n} favour {lead}, "
+                     f"sign test p = {p['p_sign']:.3f})")
     name = lead.upper() if lead == "lpwd" else lead
     parts = [f"{name} vs {result['baseline_name']} across {n} settings: " + "; ".join(heads) + "."]
     for arm in arms:
@@ -221,7 +242,7 @@ def table(result: dict) -> pd.DataFrame:
             for q in QUESTIONS:
                 e = r["arms"][arm][q]
                 claim = result["primary"][q]
-                row[f"{QUESTIONS[q]}: {CLAIMS[claim].short}"] = difference(claim, e["diff"], 0.0, e["lo"], e["hi"])
+                row[f"{QUESTIONS[q]}: {CLAIMS[claim].short}"] = difference(claim, e["diff"], 0.0, e["lo"], e["hi"]) + _p_adj(e)
                 row[f"{QUESTIONS[q]}?"] = e["answer"]
             share = r["mass_share_of_edge_over_pwd"].get("more_robust") if arm == "lpwd" else None
             row["λ_eff/λ"] = f"{r['arms'][arm]['effective_decay']:.2f}"
@@ -231,11 +252,48 @@ def table(result: dict) -> pd.DataFrame:
         row = {"study": "pooled", "dataset": "", "model": "", "start": "", "base": "", "seeds": "", "arm": arm}
         for q in QUESTIONS:
             p = result["pooled"][arm][q]
-            row[f"{QUESTIONS[q]}: {CLAIMS[p['claim']].short}"] = difference(p["claim"], p["estimate"], 0.0, p["lo"], p["hi"])
+            row[f"{QUESTIONS[q]}: {CLAIMS[p['claim']].short}"] = (difference(p["claim"], p["estimate"], 0.0, p["lo"], p["hi"])
+                                                                  + _p_adj(p))
             row[f"{QUESTIONS[q]}?"] = p["answer"]
         row["λ_eff/λ"], row["decay-mass share (robust)"] = "", ""
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _p_adj(effect: dict) -> str:
+    """``, p = 0.012``: the corrected p-value the answer rests on (the interval is uncorrected)."""
+    p = effect.get("p_adj")
+    if p is None or not math.isfinite(p):
+        return ""
+    return ", p < 0.001" if p < 0.001 else f", p = {p:.3f}"
+
+
+def markdown_summary(result: dict, times: dict[str, float] | None = None) -> str:
+    """compare.md: the verdict and, for the lead arm, one row per setting and the pooled row, in
+    Markdown (a README or a paper's appendix quotes it as it is, so the words match the numbers)."""
+    arms = result["arms"]
+    lead = "lpwd" if "lpwd" in arms else arms[0]
+    claims = {q: CLAIMS[result["primary"][q]] for q in QUESTIONS}
+    head = ["setting", "data", "model", "start", "base"] + [f"{QUESTIONS[q]}? {claims[q].short}" for q in QUESTIONS]
+    head += ["minutes"] if times else []
+    lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+    for r in result["studies"]:
+        cells = [r["study"], r["dataset"], r["model"], r["start"], r["base"]]
+        for q in QUESTIONS:
+            e = r["arms"][lead][q]
+            cells.append(f"{difference(result['primary'][q], e['diff'], 0.0, e['lo'], e['hi'])}{_p_adj(e)}: {e['answer']}")
+        if times:
+            cells.append(f"{times.get(r['study'], float('nan')) / 60:.1f}")
+        lines.append(f"| {' | '.join(cells)} |")
+    pooled = ["**pooled**", "", "", "", ""]
+    for q in QUESTIONS:
+        p = result["pooled"][lead][q]
+        pooled.append(f"**{difference(p['claim'], p['estimate'], 0.0, p['lo'], p['hi'])}{_p_adj(p)}: {p['answer']}**")
+    lines.append(f"| {' | '.join(pooled + ([''] if times else []))} |")
+    caption = (f"{lead} − {result['baseline_name']} per setting: each study's primary claims (mean paired difference "
+               "over seeds, 95% t-interval, Holm-corrected p, the study's own answer); pooled: random effects, HKSJ "
+               "interval, p Holm-corrected across the arms compared.")
+    return markdown(result["parts"]) + "\n\n" + caption + "\n\n" + "\n".join(lines) + "\n"
 
 
 def page(result: dict, shown: pd.DataFrame, figures: dict) -> str:
@@ -259,8 +317,9 @@ def page(result: dict, shown: pd.DataFrame, figures: dict) -> str:
             f"<style>{STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>")
 
 
-def write(result: dict, out: Path) -> list[Path]:
-    """compare.json, compare.csv, compare.html and a forest plot PNG per question (with a Chromium)."""
+def write(result: dict, out: Path, times: dict[str, float] | None = None) -> list[Path]:
+    """compare.json, compare.csv, compare.md, compare.html and a forest plot PNG per question (with a
+    Chromium). ``times``: each study's wall time in seconds (``study suite``), for compare.md."""
     from .plots import forest
     from .report import _clean, find_browser
 
@@ -271,7 +330,8 @@ def write(result: dict, out: Path) -> list[Path]:
     figures = {f"forest_{q}": forest(result, q) for q in QUESTIONS}
     html = out / "compare.html"
     html.write_text(page(result, shown, figures))
-    written = [html, out / "compare.json", out / "compare.csv"]
+    (out / "compare.md").write_text(markdown_summary(result, times))
+    written = [html, out / "compare.json", out / "compare.csv", out / "compare.md"]
     browser = find_browser()
     for name in figures:
         (out / f"{name}.png").unlink(missing_ok=True)

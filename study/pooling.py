@@ -26,7 +26,7 @@ from scipy import stats
 
 from .analysis import ALPHA, CONFIDENCE
 
-SE_FLOOR = 1e-6  # points: a study whose seeds all differ by exactly the same amount
+SE_FLOOR = 1e-6  # points: below this a standard error is zero (``study.compare`` leaves such studies out)
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,6 @@ class Pooled:
     i2: float  # share of the scatter that is between-study heterogeneity, 0..1
     q: float  # Cochran's Q
     p_heterogeneity: float
-    positive: int  # studies with an effect > 0
-    negative: int
-    p_sign: float  # exact sign test over the studies with a nonzero effect
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -67,12 +64,18 @@ def random_effects(effects, ses, confidence: float = CONFIDENCE) -> Pooled:
     se = math.sqrt(max(1.0, hk) / np.sum(w_star))
     half = stats.t.ppf(0.5 + confidence / 2, k - 1) * se
     p = float(2 * stats.t.sf(abs(mu) / se, k - 1)) if se > 0 else (0.0 if mu != 0 else 1.0)
-    positive, negative = int(np.sum(y > SE_FLOOR)), int(np.sum(y < -SE_FLOOR))
-    p_sign = stats.binomtest(positive, positive + negative, 0.5).pvalue if positive + negative else 1.0
     return Pooled(k=k, estimate=mu, lo=float(mu - half), hi=float(mu + half), se=se, p=p, tau=math.sqrt(tau2),
                   i2=max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0, q=q,
-                  p_heterogeneity=float(stats.chi2.sf(q, k - 1)), positive=positive, negative=negative,
-                  p_sign=float(p_sign))
+                  p_heterogeneity=float(stats.chi2.sf(q, k - 1)))
+
+
+def sign_test(effects, tie: float = SE_FLOOR) -> dict:
+    """How many studies have a positive and a negative effect, and the exact two-sided binomial
+    p-value of that split (ties, |effect| <= ``tie``, left out)."""
+    y = np.asarray(effects, float)
+    positive, negative = int(np.sum(y > tie)), int(np.sum(y < -tie))
+    p = stats.binomtest(positive, positive + negative, 0.5).pvalue if positive + negative else 1.0
+    return {"positive": positive, "negative": negative, "p_sign": float(p)}
 
 
 def significant(p_adj: float, alpha: float = ALPHA) -> bool:

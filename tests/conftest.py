@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import signal
@@ -173,6 +174,29 @@ def chromium() -> str:
     if not path:
         pytest.fail("no Chromium: scripts/setup.sh installs Debian's chromium (or set BROWSER_PATH)")
     return path
+
+
+LAYOUT_PROBE = """<script>window.addEventListener('load', () => setTimeout(() => {
+  const figs = [...document.querySelectorAll('.main-svg')].map(e => e.getBoundingClientRect().right);
+  document.body.setAttribute('data-layout', JSON.stringify(
+    {page: document.documentElement.scrollWidth, view: window.innerWidth, figs: figs}));
+}, 1000));</script></body>"""
+
+
+def layout_in_chromium(chromium: str, page: Path, width: int, scratch: Path) -> tuple[dict, str]:
+    """(layout, DOM) of ``page`` in headless Chromium at ``width`` px: the page's scroll width, the
+    window's and the right edge of every Plotly figure, measured by the page itself once loaded."""
+    import html
+    import re
+
+    probe = scratch / page.name
+    probe.write_text(page.read_text().replace("</body>", LAYOUT_PROBE))
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                          f"--user-data-dir={scratch / 'profile'}", f"--window-size={width},1000",
+                          "--virtual-time-budget=15000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    return json.loads(html.unescape(re.search(r'data-layout="([^"]*)"', dom).group(1))), dom
 
 
 def tiny_args(name: str, *extra: str) -> list[str]:

@@ -21,7 +21,7 @@ from study.simulate import QUICK_LRS, QUICK_SURFACE, QUICK_WDS, SCENARIOS, Scena
 from study.sweep import prepare_study_dir
 from study.table import COLUMNS, write_rows
 
-from .conftest import PYTHON, shows_a_traceback, study_env
+from .conftest import PYTHON, layout_in_chromium, shows_a_traceback, study_env
 
 ARMS = ("wd", "pwd", "lpwd")
 ROBUST = replace(SCENARIOS["robust"], arms=ARMS, recover=0.5)
@@ -114,33 +114,32 @@ def test_a_study_with_two_seeds_is_refused(tmp_path):
     assert done.returncode == 2 and "each study needs 3 seeds" in done.stderr and not shows_a_traceback(done.stderr)
 
 
-LAYOUT_PROBE = """<script>window.addEventListener('load', () => setTimeout(() => {
-  const figs = [...document.querySelectorAll('.main-svg')].map(e => e.getBoundingClientRect().right);
-  document.body.setAttribute('data-layout', JSON.stringify(
-    {page: document.documentElement.scrollWidth, view: window.innerWidth, figs: figs}));
-}, 1000));</script></body>"""
-
-
 @pytest.mark.parametrize("width", [800, 1400])
 def test_compare_page_fits_the_window(tmp_path_factory, chromium, tmp_path, width):
-    import html
-    import re
-
     root = tmp_path_factory.getbasetemp() / "page"
     out = root / "cmp"
     if not (out / "compare.html").exists():
         dirs = [hand_made_study(root / "s", f"setting{i}", ROBUST, rng_seed=20 + i) for i in range(3)]
         assert compare_cli(dirs, out).returncode == 0
-    probe = tmp_path / "compare.html"
-    probe.write_text((out / "compare.html").read_text().replace("</body>", LAYOUT_PROBE))
-    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-               f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},1000", "--virtual-time-budget=15000"]
-    dom = subprocess.run(browser + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    layout = json.loads(html.unescape(re.search(r'data-layout="([^"]*)"', dom).group(1)))
+    layout, dom = layout_in_chromium(chromium, out / "compare.html", width, tmp_path)
     assert layout["view"] == width and layout["page"] <= width, layout
     assert len(layout["figs"]) >= 2 and max(layout["figs"]) <= width, layout  # both forest plots drawn, inside
     assert "Verdict." in dom and "pooled" in dom
+    if width < 1400:
+        return
     shot = tmp_path / "shot.png"
-    subprocess.run(browser + [f"--screenshot={shot}", (out / "compare.html").as_uri()], capture_output=True, timeout=120)
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'p2'}",
+                    f"--window-size={width},1600", "--virtual-time-budget=10000", f"--screenshot={shot}",
+                    (out / "compare.html").as_uri()], capture_output=True, timeout=120)
     assert ImageStat.Stat(Image.open(shot).convert("L")).stddev[0] > 10
+
+
+def test_a_setting_without_a_standard_error_is_left_out_of_the_pool_and_said_so(tmp_path):
+    from study.compare import compare, load
+
+    settings = [load(str(hand_made_study(tmp_path / "s", f"tie{i}", ROBUST, rng_seed=30 + i))) for i in range(3)]
+    tied = settings[0].comparison("lpwd")["claims"]["best"]
+    tied.update(diff=0.0, se=0.0, lo=0.0, hi=0.0)  # both arms chose the one shared λ = 0 trial on every seed
+    p = compare(settings)["pooled"]["lpwd"]["better"]
+    assert p["left_out"] == ["tie0"] and p["k"] == 2 and p["lo"] < p["hi"]
+    assert "tie0 left out of the pooled estimate" in " ".join(compare(settings)["parts"])

@@ -15,7 +15,7 @@ from study.claims import CLAIMS
 from study.trial import EPOCH_METRICS
 from study.verdict import markdown
 
-from .conftest import PYTHON, run_study_cli, study_env, tiny_args
+from .conftest import PYTHON, layout_in_chromium, run_study_cli, study_env, tiny_args
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -137,27 +137,9 @@ def test_report_files(study):
         assert img.size[0] > 300 and ImageStat.Stat(img).stddev[0] > 5  # not blank
 
 
-LAYOUT_PROBE = """<script>window.addEventListener('load', () => setTimeout(() => {
-  const figs = [...document.querySelectorAll('.main-svg')].map(e => e.getBoundingClientRect().right);
-  document.body.setAttribute('data-layout', JSON.stringify(
-    {page: document.documentElement.scrollWidth, view: window.innerWidth, figs: figs}));
-}, 1000));</script></body>"""
-
-
 @pytest.mark.parametrize("width", [800, 1400])
 def test_report_fits_the_window_without_horizontal_overflow(study, chromium, tmp_path, width):
-    import re
-
-    probe = tmp_path / "report.html"
-    probe.write_text((study["dir"] / "report.html").read_text().replace("</body>", LAYOUT_PROBE))
-    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                          f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},1000",
-                          "--virtual-time-budget=15000", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
-    import html as html_module
-
-    layout = json.loads(html_module.unescape(re.search(r'data-layout="([^"]*)"', dom).group(1)))
+    layout, _ = layout_in_chromium(chromium, study["dir"] / "report.html", width, tmp_path)
     assert layout["view"] == width and layout["page"] <= width, layout
     assert len(layout["figs"]) >= 6 and max(layout["figs"]) <= width, layout
 
