@@ -332,13 +332,16 @@ def write(result: dict, out: Path, times: dict[str, float] | None = None) -> lis
     html.write_text(page(result, shown, figures))
     (out / "compare.md").write_text(markdown_summary(result, times))
     written = [html, out / "compare.json", out / "compare.csv", out / "compare.md"]
+    pngs = [out / f"{name}.png" for name in figures]
+    for png in pngs:
+        png.unlink(missing_ok=True)
     browser = find_browser()
-    for name in figures:
-        (out / f"{name}.png").unlink(missing_ok=True)
-        if browser:
-            os.environ.setdefault("BROWSER_PATH", browser)
-            figures[name].write_image(out / f"{name}.png", width=1100, scale=1)
-            written.append(out / f"{name}.png")
+    if browser:
+        import plotly.io as pio
+
+        os.environ.setdefault("BROWSER_PATH", browser)
+        pio.write_images(list(figures.values()), pngs, width=1100, scale=1)  # one Chromium for both
+        written += pngs
     return written
 
 

@@ -28,6 +28,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+# (input channels, classes, image size or sequence length) of each dataset, known without reading it
+DATA_DIMS = {"digits": (1, 10, 8), "mnist1d": (1, 10, 40), "mnist1d_noisy": (1, 10, 40),
+             "cifar10": (3, 10, 32), "cifar100": (3, 100, 32)}
+# what each of the platform's own models takes (``study.models`` builds them); timm models take images
+OWN_MODEL_INPUTS = {"small_cnn": "image", "cnn1d": "sequence", "mlp": "sequence", "transformer1d": "sequence"}
+
+
 class DataConfig(Strict):
     name: Literal["digits", "mnist1d", "mnist1d_noisy", "cifar10", "cifar100"] = "digits"
     val_fraction: float = Field(0.1, gt=0, lt=1)
@@ -60,13 +67,11 @@ class ModelConfig(Strict):
     @field_validator("name")
     @classmethod
     def known_model(cls, name: str) -> str:
-        from .models import OWN_MODELS
-
-        if name not in OWN_MODELS:
+        if name not in OWN_MODEL_INPUTS:
             import timm
 
             if not timm.is_model(name):
-                raise ValueError(f"unknown model {name!r}; use one of {', '.join(OWN_MODELS)} or a timm model name "
+                raise ValueError(f"unknown model {name!r}; use one of {', '.join(OWN_MODEL_INPUTS)} or a timm model name "
                                  "(timm.list_models())")
         return name
 
@@ -205,13 +210,10 @@ class StudyConfig(Strict):
 
     @model_validator(mode="after")
     def model_fits_data(self):
-        from .data import dims
-        from .models import OWN_MODELS
-
         sequence = self.data.name.startswith("mnist1d")
-        kind = OWN_MODELS[self.model.name][1] if self.model.name in OWN_MODELS else "image"
+        kind = OWN_MODEL_INPUTS.get(self.model.name, "image")
         if (kind == "sequence") != sequence:
-            fits = [n for n, (_, k) in OWN_MODELS.items() if k == "sequence"] if sequence else ["small_cnn", "a timm model"]
+            fits = [n for n, k in OWN_MODEL_INPUTS.items() if k == "sequence"] if sequence else ["small_cnn", "a timm model"]
             raise ValueError(f"model.name: {self.model.name} takes {kind}s and {self.data.name} holds "
                              f"{'sequences' if sequence else 'images'}; use {' or '.join(fits)}")
         if sequence and self.data.augment:
@@ -221,10 +223,10 @@ class StudyConfig(Strict):
             if self.model.pretrained:
                 raise ValueError("model: pretrain (weights trained here) and pretrained (timm's) exclude each other; "
                                  "keep one")
-            if self.model.name not in OWN_MODELS:
-                raise ValueError(f"model.pretrain: works with the platform's own models ({', '.join(OWN_MODELS)}); "
+            if self.model.name not in OWN_MODEL_INPUTS:
+                raise ValueError(f"model.pretrain: works with the platform's own models ({', '.join(OWN_MODEL_INPUTS)}); "
                                  "for a timm model use pretrained: true")
-            if dims(pretrain.data) != dims(self.data.name):
+            if DATA_DIMS[pretrain.data] != DATA_DIMS[self.data.name]:
                 raise ValueError(f"model.pretrain.data: {pretrain.data} has another input shape or class count "
                                  f"than {self.data.name}; pretrain on a task of the same shape")
         return self

@@ -86,11 +86,9 @@ class Dataset:
 
 def dims(name: str) -> tuple[int, int, int]:
     """(input channels, classes, image size or sequence length) of a dataset, known without reading it."""
-    if name == "digits":
-        return 1, 10, 8
-    if name in MNIST1D:
-        return 1, 10, 40
-    return 3, CIFAR[name]["classes"], 32
+    from .config import DATA_DIMS
+
+    return DATA_DIMS[name]
 
 
 def fetch_command(name: str, root: str | None) -> str:

@@ -94,13 +94,8 @@ class Transformer1d(nn.Module):
         return self.head(self.norm(h).mean(1))
 
 
-# the platform's own models: name -> (constructor, input kind); timm models take images
-OWN_MODELS = {
-    "small_cnn": (lambda c, k, size: small_cnn(c, k), "image"),
-    "cnn1d": (CNN1d, "sequence"),
-    "mlp": (MLP, "sequence"),
-    "transformer1d": (Transformer1d, "sequence"),
-}
+# the platform's own models by name (``config.OWN_MODEL_INPUTS`` says what each takes)
+OWN_MODELS = {"small_cnn": lambda c, k, size: small_cnn(c, k), "cnn1d": CNN1d, "mlp": MLP, "transformer1d": Transformer1d}
 
 
 def check_pretrained_path(cfg: ModelConfig, read: bool = False) -> None:
@@ -130,7 +125,7 @@ def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, img_size: int
     ``study.pretrain``) then replaces every weight but the head, which stays freshly initialised."""
     torch.manual_seed(seed)
     if cfg.name in OWN_MODELS:
-        model = OWN_MODELS[cfg.name][0](in_chans, num_classes, img_size)
+        model = OWN_MODELS[cfg.name](in_chans, num_classes, img_size)
         if pretrained is not None:
             from .pretrain import load_backbone
 

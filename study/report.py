@@ -292,11 +292,14 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
         (out / f"{name}.png").unlink(missing_ok=True)
     browser = find_browser()
     if browser:
+        import plotly.io as pio
+
         os.environ.setdefault("BROWSER_PATH", browser)
-        for name, fig in figures.items():
-            png = out / f"{name}.png"
-            fig.write_image(png, width=1400 if name in ("heatmaps", "difference", "training_curves") else 900, scale=1)
-            artifacts.append(png)
+        pngs = [out / f"{name}.png" for name in figures]
+        # one Chromium for every figure (plotly's batched export), not one per figure
+        pio.write_images(list(figures.values()), pngs, scale=1,
+                         width=[1400 if n in ("heatmaps", "difference", "training_curves") else 900 for n in figures])
+        artifacts += pngs
     print_summary(shown, parts, label)
     print(f"report: {html}")
     if not browser:

@@ -8,7 +8,6 @@ lose more (less robust), or do the same.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from dataclasses import replace
 
@@ -51,23 +50,21 @@ def compare_cli(dirs, out, *extra):
                           cwd=out.parent, env=study_env(), capture_output=True, text=True, timeout=300)
 
 
-def pooled(out) -> dict:
-    return json.loads((out / "compare.json").read_text())["pooled"]
+def compared(dirs, arms=None) -> dict:
+    """The comparison of these study dirs, in this process (the CLI is tested below)."""
+    from study.compare import compare, load
+
+    return compare([load(str(d)) for d in dirs], arms)
 
 
 def test_studies_that_agree_pool_to_shown(tmp_path):
     dirs = [hand_made_study(tmp_path / "s", f"agree{i}", ROBUST, rng_seed=i) for i in range(3)]
-    out = tmp_path / "cmp"
-    done = compare_cli(dirs, out)
-    assert done.returncode == 0, done.stderr
-    p = pooled(out)["lpwd"]["more_robust"]
+    result = compared(dirs)
+    p = result["pooled"]["lpwd"]["more_robust"]
     # every study recovers half of wd's loss at the two largest λ: lower λ-regret, in each and pooled
     assert p["answer"] == "shown" and p["hi"] < 0 and p["positive"] == 0 and p["negative"] == 3
     assert p["settings_by_answer"]["shown"] == ["agree0", "agree1", "agree2"]
-    assert "more robust to λ? shown in 3 of 3 settings" in done.stdout
-    for png in ("forest_better.png", "forest_more_robust.png"):
-        img = Image.open(out / png).convert("L")
-        assert img.size[0] == 1100 and ImageStat.Stat(img).stddev[0] > 5
+    assert "more robust to λ? shown in 3 of 3 settings" in " ".join(result["parts"])
 
 
 def test_studies_that_disagree_are_not_pooled_into_a_claim(tmp_path):
@@ -75,24 +72,20 @@ def test_studies_that_disagree_are_not_pooled_into_a_claim(tmp_path):
             hand_made_study(tmp_path / "s", "up1", ROBUST, rng_seed=2),
             hand_made_study(tmp_path / "s", "down0", LESS_ROBUST, rng_seed=3),
             hand_made_study(tmp_path / "s", "down1", LESS_ROBUST, rng_seed=4)]
-    out = tmp_path / "cmp"
-    done = compare_cli(dirs, out)
-    assert done.returncode == 0, done.stderr
-    p = pooled(out)["lpwd"]["more_robust"]
+    result = compared(dirs)
+    p = result["pooled"]["lpwd"]["more_robust"]
     assert p["settings_by_answer"]["shown"] == ["up0", "up1"]
     assert p["settings_by_answer"]["shown worse"] == ["down0", "down1"]
     # two settings each way: large heterogeneity, an interval that spans 0, no pooled claim
     assert p["answer"] == "not shown" and p["lo"] < 0 < p["hi"] and p["i2"] > 0.9
-    assert "shown worse in down0, down1" in done.stdout
+    assert "shown worse in down0, down1" in " ".join(result["parts"])
 
 
 def test_a_level_shift_is_not_robustness(tmp_path):
     level = replace(SCENARIOS["level"], arms=ARMS, level=6.0)
     lower = Shape(surface=QUICK_SURFACE - 15)  # 6 points up is not clipped at 100
     dirs = [hand_made_study(tmp_path / "s", f"level{i}", level, rng_seed=10 + i, shape=lower) for i in range(4)]
-    out = tmp_path / "cmp"
-    assert compare_cli(dirs, out, "--arms", "lpwd").returncode == 0
-    p = pooled(out)["lpwd"]
+    p = compared(dirs, ["lpwd"])["pooled"]["lpwd"]
     assert p["better"]["answer"] == "shown" and p["more_robust"]["answer"] == "not shown"
 
 
@@ -105,13 +98,15 @@ def test_a_study_missing_an_arm_is_refused_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"error: compare: {dirs[1]} has no arm lpwd (its arms: wd, pwd); rerun it with that arm, or compare --arms pwd"]
     assert not out.exists()  # nothing written before the check
-    assert compare_cli(dirs, out, "--arms", "pwd").returncode == 0
+    assert compared(dirs, ["pwd"])["arms"] == ["pwd"]
 
 
 def test_a_study_with_two_seeds_is_refused(tmp_path):
+    from study.errors import UserError
+
     dirs = [hand_made_study(tmp_path / "s", "five", SAME), hand_made_study(tmp_path / "s", "two", SAME, seeds=2)]
-    done = compare_cli(dirs, tmp_path / "cmp")
-    assert done.returncode == 2 and "each study needs 3 seeds" in done.stderr and not shows_a_traceback(done.stderr)
+    with pytest.raises(UserError, match="each study needs 3 seeds"):
+        compared(dirs)
 
 
 @pytest.mark.parametrize("width", [800, 1400])
@@ -127,6 +122,9 @@ def test_compare_page_fits_the_window(tmp_path_factory, chromium, tmp_path, widt
     assert "Verdict." in dom and "pooled" in dom
     if width < 1400:
         return
+    for png in ("forest_better.png", "forest_more_robust.png"):
+        img = Image.open(out / png).convert("L")
+        assert img.size[0] == 1100 and ImageStat.Stat(img).stddev[0] > 5
     shot = tmp_path / "shot.png"
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'p2'}",
                     f"--window-size={width},1600", "--virtual-time-budget=10000", f"--screenshot={shot}",
