@@ -62,8 +62,9 @@ def _fresh_model(r: dict):
 
 
 def train_source(r: dict, announce=print) -> dict:
-    """Train the model on the source task for a fixed number of epochs (no selection, so no
-    validation split is needed): Adam without decay, cosine to 0, batches in seeded order."""
+    """Train the model on the source task for a fixed number of epochs: Adam without decay,
+    cosine to 0, batches in seeded order. Nothing is selected, so the 10% validation split
+    ``load_dataset`` holds out of the source's training part is left unused."""
     from .data import load_dataset
 
     torch.manual_seed(r["seed"])
