@@ -281,7 +281,7 @@ def cmd_suite(args) -> int:
     """Every study of the suite (validated first, all of them), run or resumed in turn, then compared."""
     import time
 
-    from .config import load_config
+    from .config import load_config, repeated_values
 
     configs = []
     for given in map(Path, args.suite):
@@ -291,7 +291,7 @@ def cmd_suite(args) -> int:
         configs += found
     cfgs = [load_config(str(c), args.overrides) for c in configs]
     names = [c.name for c in cfgs]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = repeated_values(names)
     if repeated:
         raise UserError(f"suite: study name {', '.join(repeated)} is used twice; give each config its own name")
     times = []

@@ -29,6 +29,7 @@ import pandas as pd
 
 from .analysis import ALPHA, ANSWERS
 from .claims import CLAIMS, QUESTIONS
+from .config import repeated_values
 from .errors import UserError
 from .paired import holm
 from .pooling import SE_FLOOR, random_effects, sign_test, significant
@@ -87,7 +88,7 @@ def check(settings: list[Setting], arms: list[str] | None) -> tuple[str, list[st
     if len(settings) < MIN_STUDIES:
         raise UserError(f"compare: give at least {MIN_STUDIES} study dirs (got {len(settings)})")
     names = [s.name for s in settings]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = repeated_values(names)
     if repeated:
         raise UserError(f"compare: {', '.join(repeated)} given twice; list each study once")
     first = settings[0]

@@ -35,6 +35,11 @@ DATA_DIMS = {"digits": (1, 10, 8), "mnist1d": (1, 10, 40), "mnist1d_noisy": (1, 
 OWN_MODEL_INPUTS = {"small_cnn": "image", "cnn1d": "sequence", "mlp": "sequence", "transformer1d": "sequence"}
 
 
+def repeated_values(values: list) -> list:
+    """The values listed more than once, each once, in a stable order."""
+    return sorted({x for x in values if values.count(x) > 1}, key=str)
+
+
 class DataConfig(Strict):
     name: Literal["digits", "mnist1d", "mnist1d_noisy", "cifar10", "cifar100"] = "digits"
     val_fraction: float = Field(0.1, gt=0, lt=1)
@@ -129,7 +134,7 @@ class SearchConfig(Strict):
     @field_validator("variants", "lr", "weight_decay", "seeds", "layer_schedule", "controls")
     @classmethod
     def no_repeats(cls, v: list) -> list:
-        repeated = sorted({x for x in v if v.count(x) > 1}, key=str)
+        repeated = repeated_values(v)
         if repeated:  # a repeated value is one cell planned twice: counts and the verdict would disagree
             raise ValueError(f"{', '.join(map(str, repeated))} listed more than once; list each value once")
         return v
