@@ -7,9 +7,11 @@ and one with ``torch.optim.AdamW`` (fused where the device has it), in
 alternating rounds of ``--steps`` steps; the ratio of each pair of rounds is
 taken and the median and range over ``--rounds`` pairs printed. ``--compile``
 adds the same with ``torch.compile`` (default inductor backend) of both models;
-the first round of each (compilation) is left out.
+the first round of each (compilation) is left out. ``--compile-step`` adds a
+``cwd`` row with ``compile_step=True`` (Adam and the cautious decay as one
+kernel that torch.compile generates; its compilation is in the warm-up).
 
-    python benchmarks/train_step.py [--models resnet18 convnext_atto] [--variants lpwd cwd] [--batch 32] [--compile]
+    python benchmarks/train_step.py [--models resnet18 convnext_atto] [--variants lpwd cwd] [--batch 32] [--compile] [--compile-step]
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ def step_time(model, forward, opt, batches, device) -> float:
     return (time.perf_counter() - start) / len(batches)
 
 
-def measure(name: str, variant: str, compiled: bool, args, device) -> tuple[list[float], float, float]:
+def measure(name: str, variant: str, compiled: bool, args, device, compile_step: bool = False
+            ) -> tuple[list[float], float, float]:
     def build(seed=0):
         torch.manual_seed(seed)
         return timm.create_model(name, num_classes=10).to(device)
 
     ours_model, theirs_model = build(), build()
-    ours = lpwd.build_optimizer(ours_model, variant, 1e-3, 0.05, diagnostics_every=0,
+    ours = lpwd.build_optimizer(ours_model, variant, 1e-3, 0.05, diagnostics_every=0, compile_step=compile_step,
                                 **fastest_kernel(ours_model.parameters()))
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     theirs = torch.optim.AdamW(theirs_model.parameters(), lr=1e-3, weight_decay=0.05, **fused)
@@ -76,6 +79,8 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="steps per round")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--compile", action="store_true", help="also with torch.compile (slow to compile on a CPU)")
+    parser.add_argument("--compile-step", action="store_true",
+                        help="also cwd with compile_step=True (its kernel compiles in the warm-up)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -86,9 +91,12 @@ def main():
     print("|---|---|---|---|---|---|")
     for name in args.models:
         for compiled in ([False, True] if args.compile else [False]):
-            for variant in args.variants:
-                ratios, ours, theirs = measure(name, variant, compiled, args, device)
-                print(f"| {name} | {'compiled' if compiled else 'eager'} | {variant} | {1000 * theirs:.1f} | "
+            rows = [(v, False) for v in args.variants]
+            rows += [("cwd", True)] if args.compile_step else []
+            for variant, compile_step in rows:
+                ratios, ours, theirs = measure(name, variant, compiled, args, device, compile_step)
+                label = f"{variant} (compile_step)" if compile_step else variant
+                print(f"| {name} | {'compiled' if compiled else 'eager'} | {label} | {1000 * theirs:.1f} | "
                       f"{1000 * ours:.1f} | {statistics.median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f}) |",
                       flush=True)
 

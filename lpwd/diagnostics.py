@@ -64,6 +64,15 @@ class OpposingPenaltyProbe:
         """Sampled values of theta_t, read before the base update."""
         return torch.cat([torch.take(p.detach(), idx) for p, idx in self._indices(params)])
 
+    def sample_of(self, tensor_of) -> torch.Tensor:
+        """The sampled coordinates of ``tensor_of(param)`` (a tensor shaped like it; None reads as 0)."""
+        parts = []
+        for p, idx in self._index:
+            t = tensor_of(p)
+            parts.append(torch.take(t.detach(), idx) if t is not None else torch.zeros(idx.numel(), dtype=p.dtype,
+                                                                                       device=idx.device))
+        return torch.cat(parts)
+
     def record(self, before: torch.Tensor, shrink: torch.Tensor | None = None) -> None:
         """Compare with the values after the base update.
 
@@ -71,7 +80,7 @@ class OpposingPenaltyProbe:
         off theta_t before the update (``wd``); it is added back so that
         ``after`` is the landing point theta_t - lr * u_t.
         """
-        after = torch.cat([torch.take(p.detach(), idx) for p, idx in self._index])
+        after = self.sample_of(lambda p: p)
         if shrink is not None:
             after = after + shrink * before
         crossed = (before * after < 0).float().mean()

@@ -122,7 +122,7 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
     opt = lpwd.build_optimizer(
         model, params["variant"], float(params["lr"]), float(params["weight_decay"]) * scale, cfg.train.base,
         layer_schedule=params["layer_schedule"], decay_bias_and_norm=cfg.train.decay_bias_and_norm,
-        diagnostics_every=cfg.train.diagnostics_every, diagnostics_seed=seed, **extra,
+        diagnostics_every=cfg.train.diagnostics_every, diagnostics_seed=seed, compile_step=cfg.model.compile, **extra,
         **lpwd.fastest_kernel(model.parameters()),  # torch's own CPU default is the slow single-tensor loop
     )
     forward = torch.compile(model) if cfg.model.compile else model
