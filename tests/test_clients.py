@@ -61,7 +61,7 @@ class Classifier(L.LightningModule):
 
     def __init__(self, variant="lpwd", style="self"):
         super().__init__()
-        self.net, self.variant, self.style, self.decays = net(), variant, style, []
+        self.net, self.variant, self.style, self.decays, self.lr = net(), variant, style, [], LR
 
     def forward(self, x):
         return self.net(x)
@@ -71,7 +71,7 @@ class Classifier(L.LightningModule):
         return nn.functional.cross_entropy(self.net(x) if self.style == "net" else self(x), y)
 
     def configure_optimizers(self):
-        opt = lpwd.build_optimizer(self, self.variant, LR, LAM)
+        opt = lpwd.build_optimizer(self, self.variant, self.lr, LAM)
         self.decays = counting_decays(opt)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -121,6 +121,27 @@ def test_lightning_resumes_from_its_checkpoint_and_refits(tmp_path):
     fit(refit, batches=1, steps=2)
     fit(refit, batches=1, steps=2)  # a second fit builds a second optimizer over the same parameters
     assert refit.decays == [0, 1]
+
+
+def test_lightning_lr_find_then_fit(tmp_path):
+    """Tuner.lr_find builds an optimizer from configure_optimizers, trains with it and puts the weights
+    back; the fit after it builds another over the same parameters, which takes the decay over."""
+    from lightning.pytorch.tuner import Tuner
+    from torch.utils.data import DataLoader, TensorDataset
+
+    module = Classifier()
+    loader = DataLoader(TensorDataset(*dataset(1)), batch_size=BATCH)
+    trainer = L.Trainer(max_steps=STEPS, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(num_workers|does not have many workers).*")
+        finder = Tuner(trainer).lr_find(module, train_dataloaders=loader, num_training=5, early_stop_threshold=None,
+                                        update_attr=False)
+        assert len(finder.results["lr"]) == 5 and module.decays == list(range(5))  # the search trained
+        warnings.simplefilter("error", RuntimeWarning)  # no pending decay, no optimizer in the way
+        fit(module, batches=1, steps=STEPS)
+    assert module.decays == list(range(STEPS))
+    assert same(module.net.parameters(), eager("lpwd", 1, STEPS))
 
 
 # -- Hugging Face ------------------------------------------------------------------------------------
