@@ -109,7 +109,7 @@ def local_study_dir(given: str) -> Path:
 
 
 def _next_steps(cfg) -> str:
-    from .tracking import experiment_url, parent_of
+    from .tracking import arms_url, experiment_url, parent_of
 
     me, shown = invocation(), cfg.remote or cfg.study_dir
     lines = [f"results: {shown}", f"  {me} status {shown}", f"  {me} report {shown}"]
@@ -118,6 +118,7 @@ def _next_steps(cfg) -> str:
         url = experiment_url(run)
         if run.uri.startswith(("http://", "https://")):
             lines.append(f"  MLflow: {url}")
+            lines.append(f"  MLflow, the arms side by side: {arms_url(run)}")
         else:
             lines.append(f"  {me} ui --uri {run.uri}   # then open {url}")
     return "\n".join(lines)

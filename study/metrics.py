@@ -11,6 +11,8 @@ EPOCH_METRICS = [
     "final_test_acc", "paper_top10_test_acc", "images_per_s",
 ]
 TRIAL_PARAMS = ["arm", "variant", "layer_schedule", "lr", "weight_decay", "seed"]
+# accuracies: fractions in Ray and trials.csv, percentage points in MLflow (as in the report and its claims)
+ACCURACIES = frozenset(m for m in EPOCH_METRICS if "_acc" in m)
 
 
 

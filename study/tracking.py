@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from .errors import UserError
+from .metrics import ACCURACIES
 from .objectstore import mirrored_uri
 
 # a race in MLflow's telemetry lost whole trials' metrics under concurrency
@@ -207,6 +208,13 @@ def key_of(arm: str) -> str:
     return arm.replace(":", "-").replace("@", "-at-")
 
 
+UNITS_NOTE = ("Accuracies (`*_acc`, and the claims `best`, `grid_mean`, `lambda_regret`, ...) are in percentage "
+              "points, 0-100; `r_op`, `decay_fraction` and `decay_share` are fractions. Each trial is a run nested "
+              "under `study NAME`, and each arm has an `ARM summary` run there whose metrics the chart view compares "
+              "side by side.")
+SUMMARY_OF = "summary_of"  # the tag of an arm's summary run: the arm
+
+
 def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
     """Create (or, on resume, reuse) the study's experiment and parent run."""
     from .plan import read_plan
@@ -229,7 +237,8 @@ def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
     if experiment is not None and experiment.lifecycle_stage == "deleted":  # its name is taken until restored
         retry(lambda: c.restore_experiment(exp_id), "restore experiment")
         print(f"MLflow: experiment {cfg.name!r} was deleted; restored it for this study")
-    for key, value in EXPERIMENT_TAGS.items():  # an experiment made by hand or by an older version
+    note = {"mlflow.note.content": UNITS_NOTE.replace("NAME", cfg.name)}
+    for key, value in {**EXPERIMENT_TAGS, **note}.items():  # also an experiment made by hand or by an older version
         retry(lambda: c.set_experiment_tag(exp_id, key, value), "tag experiment")
     tags = {"study": cfg.name, "study_dir": place(study_dir), "mlflow.runName": f"study {cfg.name}", **source_tags()}
     parent = retry(lambda: c.create_run(exp_id, tags=tags), "create parent run")
@@ -289,6 +298,17 @@ def experiment_url(run: StudyRun, ui: str = "http://127.0.0.1:5000") -> str:
     return f"{base}/#/experiments/{run.experiment_id}?{TRAINING_VIEW}"
 
 
+def arms_url(run: StudyRun, ui: str = "http://127.0.0.1:5000") -> str:
+    """The chart view of the arms' summary runs only, side by side. A search filter and an order
+    other than by date make MLflow's UI list them flat rather than folded under the parent."""
+    from urllib.parse import quote
+
+    query = {"searchFilter": f"tags.{SUMMARY_OF} LIKE '%'", "orderByKey": "tags.`mlflow.runName`",
+             "orderByAsc": "true", "compareRunsMode": "CHART"}
+    return experiment_url(run, ui).replace("?", "/runs?" + "&".join(f"{k}={quote(v)}" for k, v in query.items())
+                                           + "&", 1)
+
+
 def end_study(study_dir: Path, status: str) -> None:
     """Mark the study's parent run (``FAILED`` after a crash, ``KILLED`` after Ctrl-C), if it is tracked."""
     try:
@@ -302,26 +322,50 @@ def end_study(study_dir: Path, status: str) -> None:
 
 def finish_study(run: StudyRun, artifacts: list[Path], verdict: str | None = None, summary=None,
                  status: str | None = "FINISHED") -> None:
-    """Attach the report, the verdict (Markdown) as the run's description and each arm's claims,
-    as ``<arm>.<claim>`` and, against the baseline, ``<arm>.diff_<claim>``."""
-    from mlflow.entities import Metric
-
-    from .claims import CLAIMS
-
+    """Attach the report and the verdict (Markdown) as the parent run's description, and log each
+    arm's claims to that arm's summary run (:func:`log_arm_summaries`)."""
     c = client(run.uri)
     if verdict:
         retry(lambda: c.set_tag(run.parent_run_id, "mlflow.note.content", verdict), "set description")
     if summary is not None:
-        now = int(time.time() * 1000)
-        names = [k for c in CLAIMS for k in (c, f"diff_{c}")]
-        metrics = [Metric(f"{key_of(r['arm'])}.{k}", float(r[k]), now, 0)
-                   for _, r in summary.iterrows() for k in names if k in r and r[k] == r[k]]
-        retry(lambda: c.log_batch(run.parent_run_id, metrics=metrics), "log summary metrics")
+        log_arm_summaries(run, summary, status)
     for path in artifacts:  # figures under figures/, where MLflow's artifact view previews them
         where = "figures" if path.suffix == ".png" else "report"
         retry(lambda: c.log_artifact(run.parent_run_id, str(path), where), f"attach {path.name}")
     if status:  # None: the study is not complete, the parent stays RUNNING
         retry(lambda: c.set_terminated(run.parent_run_id, status), "end parent run")
+
+
+def log_arm_summaries(run: StudyRun, summary, status: str | None) -> None:
+    """One run per arm, nested under the parent, with the same metric names for every arm (each
+    claim, ``diff_<claim>`` against the baseline, ``decay_share``) and the report's arm colour, so
+    MLflow's chart and table views put the arms side by side (:func:`arms_url`). The intervals are
+    in the parent's description and the report. A later report (after a resume) updates the same runs."""
+    from mlflow.entities import Metric, Param
+
+    from .claims import CLAIMS
+    from .plots import colours
+
+    c, now = client(run.uri), int(time.time() * 1000)
+    study = retry(lambda: c.get_run(run.parent_run_id), "read parent run").data.tags.get("study", "")
+    names = [f"{p}{k}" for p in ("", "diff_") for k in CLAIMS]
+    colour = colours(list(summary["arm"]))
+    for _, r in summary.iterrows():
+        arm = r["arm"]
+        query = f"tags.`mlflow.parentRunId` = '{run.parent_run_id}' and tags.{SUMMARY_OF} = '{arm}'"
+        found = retry(lambda: c.search_runs([run.experiment_id], query, max_results=1), "find arm summary run")
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            tags = {"mlflow.parentRunId": run.parent_run_id, "mlflow.runName": f"{arm} summary", SUMMARY_OF: arm,
+                    "study": study, "mlflow.runColor": colour[arm]}
+            run_id = retry(lambda: c.create_run(run.experiment_id, tags=tags), "create arm summary run").info.run_id
+            retry(lambda: c.log_batch(run_id, params=[Param("arm", arm)]), "log arm param")
+        values = {k: r[k] for k in names if k in r} | {"decay_share": r.get("effective_decay", float("nan"))}
+        metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if v == v]
+        retry(lambda: c.log_batch(run_id, metrics=metrics), "log arm summary metrics")
+        if status:  # None: the study is not complete; its summaries stay RUNNING with the parent
+            retry(lambda: c.set_terminated(run_id, status), "end arm summary run")
 
 
 class TrialRun:
@@ -364,7 +408,8 @@ class TrialRun:
         if epoch <= self._logged:
             return
         now = int(time.time() * 1000)
-        self._pending.extend(Metric(k, float(v), now, epoch) for k, v in metrics.items())
+        self._pending.extend(Metric(k, float(v) * (100 if k in ACCURACIES else 1), now, epoch)
+                             for k, v in metrics.items())
 
     def flush(self) -> None:
         batch, self._pending = self._pending, []

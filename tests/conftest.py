@@ -219,7 +219,7 @@ def children(db, experiment):
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, [r for r in runs if "ray_trial_id" in r.data.tags]  # trials (not the arms' summary runs)
 
 
 def final_metrics(rows):

@@ -149,7 +149,7 @@ def test_a_study_on_three_nodes_loses_one_and_finishes_every_trial_once(cluster,
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("nodes")
-    runs = [r for r in client.search_runs([experiment.experiment_id], max_results=100) if "mlflow.parentRunId" in r.data.tags]
+    runs = [r for r in client.search_runs([experiment.experiment_id], max_results=100) if "ray_trial_id" in r.data.tags]
     assert sorted(r.data.tags["ray_trial_id"] for r in runs) == sorted(r["trial_id"] for r in rows)  # one run each
     for run in runs:  # MLflow gets an epoch when it is checkpointed: none twice, none missing
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "images_per_s"))

@@ -73,6 +73,10 @@ def api(server, path, payload):
     return r.json()
 
 
+def present(value) -> bool:
+    return value is not None and value == value  # robustness.json writes NaN as null
+
+
 def test_mlflow_server_has_parent_and_one_child_per_trial(study):
     server = study["server"]
     exp = requests.get(f"{server}/api/2.0/mlflow/experiments/get-by-name",
@@ -80,8 +84,9 @@ def test_mlflow_server_has_parent_and_one_child_per_trial(study):
     runs = api(server, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000})["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
     parents = [r for r, t in zip(runs, tags) if "mlflow.parentRunId" not in t]
-    children = [(r, t) for r, t in zip(runs, tags) if "mlflow.parentRunId" in t]
-    assert len(parents) == 1
+    children = [(r, t) for r, t in zip(runs, tags) if "ray_trial_id" in t]
+    summaries = {t["summary_of"]: r for r, t in zip(runs, tags) if "summary_of" in t}
+    assert len(parents) == 1 and len(runs) == 1 + len(children) + len(summaries)
     parent_id = parents[0]["info"]["run_id"]
     assert len(children) == len({r["trial_id"] for r in study["rows"]})
     assert {t["ray_trial_id"] for _, t in children} == {r["trial_id"] for r in study["rows"]}
@@ -92,11 +97,16 @@ def test_mlflow_server_has_parent_and_one_child_per_trial(study):
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         assert CHILD_PARAMS <= set(params)
         epochs = int(next(r for r in study["rows"] if r["trial_id"] == t["ray_trial_id"])["epochs_done"])
+        row = next(r for r in study["rows"] if r["trial_id"] == t["ray_trial_id"])
         for metric in EPOCH_METRICS:
             history = requests.get(f"{server}/api/2.0/mlflow/metrics/get-history",
                                    params={"run_id": run["info"]["run_id"], "metric_key": metric}, timeout=30).json()
             steps = sorted({m["step"] for m in history.get("metrics", [])})
             assert steps == list(range(epochs)), (metric, t["mlflow.runName"], steps)
+        # accuracies in percentage points, as in the report (trials.csv keeps fractions)
+        last = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        assert last["test_acc_at_best_val"] == pytest.approx(100 * float(row["test_acc_at_best_val"]))
+        assert last["r_op"] == pytest.approx(float(row["r_op"]), nan_ok=True)
     # the report is attached to the parent run
     listed = requests.get(f"{server}/api/2.0/mlflow/artifacts/list",
                           params={"run_id": parent_id, "path": "report"}, timeout=30).json()
@@ -111,10 +121,20 @@ def test_mlflow_server_has_parent_and_one_child_per_trial(study):
     assert parent_tags["mlflow.note.content"] == markdown(parts)  # headline in bold, a bullet per part
     assert parent_tags["mlflow.note.content"].startswith(f"**{parts[0]}**")
     assert parent_tags["mlflow.source.name"] and "mlflow.source.git.commit" in parent_tags
-    parent_metrics = {m["key"] for m in api(server, "runs/search", {"experiment_ids": [exp["experiment_id"]],
-                      "filter": f"attributes.run_id = '{parent_id}'"})["runs"][0]["data"]["metrics"]}
-    assert {f"{arm}.{claim}" for arm in ("wd", "lpwd") for claim in CLAIMS} <= parent_metrics
-    assert {f"lpwd.diff_{claim}" for claim in CLAIMS} <= parent_metrics
+    # one summary run per arm, nested under the parent, with the same metric names (the chart view's series)
+    assert set(summaries) == {"wd", "lpwd"} and "metrics" not in parents[0]["data"]
+    report = {a["arm"]: a for a in json.loads((study["dir"] / "robustness.json").read_text())["arms"]}
+    for arm, run in summaries.items():
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert tags["mlflow.parentRunId"] == parent_id and tags["mlflow.runName"] == f"{arm} summary"
+        assert run["info"]["status"] == "FINISHED"
+        assert {claim for claim in CLAIMS if present(report[arm][claim])} <= set(metrics)
+        assert metrics["best"] == pytest.approx(report[arm]["best"]) and "decay_share" in metrics
+    assert {f"diff_{claim}" for claim in CLAIMS if present(report["lpwd"][f"diff_{claim}"])} <= {
+        m["key"] for m in summaries["lpwd"]["data"]["metrics"]}
+    notes = {t["key"]: t["value"] for t in exp.get("tags", [])}["mlflow.note.content"]
+    assert "percentage points" in notes and "summary" in notes
 
 
 def test_report_files(study):
@@ -200,7 +220,7 @@ def test_resume_of_finished_study_reruns_nothing(study):
         requests.get(f"{study['server']}/api/2.0/mlflow/experiments/get-by-name",
                      params={"experiment_name": "e2e"}, timeout=30).json()["experiment"]["experiment_id"]],
         "max_results": 1000})["runs"]
-    assert len(runs) == len({r["trial_id"] for r in after}) + 1  # no duplicate children, one parent
+    assert len(runs) == len({r["trial_id"] for r in after}) + 1 + 2  # no duplicate children, one parent, 2 arms
 
 
 def rendered_text(chromium, url, profile):
@@ -225,7 +245,7 @@ def test_mlflow_ui_opens_the_study_in_its_model_training_view(study, chromium, t
     assert url.endswith(f"/#/experiments/{exp['experiment_id']}?workflowType=machine_learning")
     text = rendered_text(chromium, url, tmp_path / "p1")
     trained = len({r["trial_id"] for r in study["rows"]})
-    assert "Runs" in text and "study e2e" in text and f"{trained + 1} matching runs" in text, text[:2000]
+    assert "Runs" in text and "study e2e" in text and f"{trained + 1 + 2} matching runs" in text, text[:2000]
     assert "Detect Issues" not in text and "Evaluations" not in text  # not the GenAI overview
     child = next(r for r in study["rows"] if r["arm"] == "lpwd" and float(r["weight_decay"]) == 0.1)
     page = url.replace("?", f"/runs/{child['mlflow_run_id']}?")
@@ -234,3 +254,20 @@ def test_mlflow_ui_opens_the_study_in_its_model_training_view(study, chromium, t
     assert "Evaluations" not in text
     for key in ("variant", "layer_schedule", "weight_decay"):
         assert key in text
+
+
+def test_mlflow_chart_view_puts_the_arms_side_by_side(study, chromium, tmp_path):
+    """The link the run prints opens MLflow's chart view on the arms' summary runs alone, listed flat
+    (one series per arm in every chart), each chart a metric every arm's run carries."""
+    server = study["server"]
+    exp = requests.get(f"{server}/api/2.0/mlflow/experiments/get-by-name",
+                       params={"experiment_name": "e2e"}, timeout=30).json()["experiment"]
+    runs = api(server, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000,
+                                       "filter": "tags.summary_of LIKE '%'"})["runs"]
+    keys = {m["key"] for r in runs for m in r["data"]["metrics"]}
+    url = next(line.split(": ", 1)[1] for line in study["stdout"].splitlines() if "the arms side by side: " in line)
+    assert url.startswith(f"{server}/#/experiments/{exp['experiment_id']}/runs?") and "compareRunsMode=CHART" in url
+    text = rendered_text(chromium, url, tmp_path / "p3")
+    assert "2 matching runs" in text and "wd summary" in text and "lpwd summary" in text, text[:3000]
+    assert f"Model metrics ({len(keys)})" in text, text[:3000]
+    assert "study e2e" not in text.split("matching runs")[0].split("Run Name")[-1]  # the parent is not listed

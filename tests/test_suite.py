@@ -54,5 +54,5 @@ def test_a_suite_runs_its_studies_then_compares_them_in_mlflow(tmp_path, mlflow_
     # every fine-tuned trial started from the one cached file: its SHA-256 is each child's param
     digest = json.loads(next(cache.glob("*.json")).read_text())["sha256"]
     tuned = client.get_experiment_by_name("suite-noisy-cnn-finetune").experiment_id
-    children = [r for r in client.search_runs([tuned]) if "mlflow.parentRunId" in r.data.tags]
+    children = [r for r in client.search_runs([tuned]) if "ray_trial_id" in r.data.tags]
     assert children and {r.data.params["pretrained_sha256"] for r in children} == {digest}
