@@ -125,7 +125,7 @@ def _next_steps(cfg) -> str:
 
 
 def cmd_run(cfg, report: bool, yes: bool = False) -> int:
-    from . import sweep
+    from . import localray, sweep
     from .studydir import owned
     from .tracking_watch import TrackingLost
 
@@ -138,6 +138,7 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
             if report:  # the report ends the parent run, FINISHED, with the verdict attached
                 from .report import write_report
 
+                print("report: the claims, the verdict and the figures", flush=True)
                 write_report(study_dir, cfg=cfg, baseline="wd" if "wd" in cfg.search.variants else arms_of(cfg)[0])
             else:  # every trial is done
                 _end_parent(study_dir, "FINISHED")
@@ -148,6 +149,7 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
             _end_parent(study_dir, "KILLED")
             print(f"\ninterrupted; nothing finished is lost. Resume with: {invocation()} resume {shown}",
                   file=sys.stderr)
+            localray.discard_logs()  # nothing went wrong: Ray's logs are not needed
             return 130
         except TrackingLost as e:  # the server is gone: nothing more can be written to it
             sweep.abandon_trials()
@@ -162,7 +164,10 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
                             f"resume with: {invocation()} resume {shown}") from None
         except Exception:
             _end_parent(study_dir, "FAILED")
+            for logs in localray.logs():
+                print(f"local Ray's logs: {logs}", file=sys.stderr)
             raise
+    localray.discard_logs()
     print(_next_steps(cfg))
     return 0
 

@@ -14,6 +14,11 @@ between (a driver killed before the address could be printed to it); if the
 warden itself is killed, ``ray start`` dies with it (a parent-death signal)
 and the driver's exit kills the group.
 
+Ray writes its session logs under a temp dir of the warden's (``ray-*`` in
+``RAY_TMPDIR``, else the system's). A driver whose study succeeded calls
+:func:`discard_logs`; the warden then removes that dir once the head is down.
+After a failure it stays, and the failure's message names it.
+
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is Ray's own switch (the default on
 macOS and Windows) that makes a node use the loopback address for all of its
 servers. The head and its driver share a token made for this study alone
@@ -42,6 +47,8 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 READY = "Ray runtime started."
 
 _wardens: list[subprocess.Popen] = []  # held for the driver's lifetime: the warden outlives nothing else
+_temp_dirs: list[Path] = []  # the heads' temp dirs (Ray's logs)
+DISCARD = "discard-on-exit"  # in a head's temp dir: the driver succeeded, remove the dir with the head
 _loopback = False
 
 
@@ -74,7 +81,23 @@ def start_head() -> str:
     if not line.startswith(LOOPBACK):
         raise UserError(f"local Ray did not start ({line[:300] or 'no output'}); "
                         "or run on a cluster with RAY_ADDRESS")
-    return line
+    address, _, temp = line.partition(" ")
+    _temp_dirs.append(Path(temp))
+    return address
+
+
+def logs() -> list[Path]:
+    """Where this driver's local Ray heads keep their logs."""
+    return [t / "session_latest" / "logs" for t in _temp_dirs]
+
+
+def discard_logs() -> None:
+    """The study succeeded: its local Ray's temp dir (its logs) goes with the head."""
+    for temp in _temp_dirs:
+        try:
+            (temp / DISCARD).touch()
+        except OSError:
+            pass
 
 
 def _kill_orphaned_head(warden: subprocess.Popen) -> None:
@@ -110,19 +133,39 @@ def _ray_cli() -> str:
 def warden(driver_pid: int) -> int:
     """Run the head until the driver exits, then take every process of this session down with it,
     whatever happens in between (the driver gone before the address could be printed included)."""
+    temp = tempfile.mkdtemp(prefix="ray-", dir=os.environ.get("RAY_TMPDIR"))
     try:
-        return _run_head(driver_pid)
+        return _run_head(driver_pid, temp)
     except BaseException:  # a closed pipe, a signal, a bug: never leave the head behind
         return 1
     finally:
+        if os.path.exists(os.path.join(temp, DISCARD)):
+            # a process of its own, outside this group, removes the dir once the group is gone
+            subprocess.Popen([sys.executable, "-c", _REMOVE_WHEN_GONE, str(os.getpgid(0)), temp],
+                             start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
         os.killpg(0, signal.SIGKILL)
 
 
-def _run_head(driver_pid: int) -> int:
+# remove a dir once no process of a group is left (checked for a minute at most)
+_REMOVE_WHEN_GONE = """
+import os, shutil, sys, time
+group, temp = int(sys.argv[1]), sys.argv[2]
+for _ in range(600):
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        break
+    time.sleep(0.1)
+shutil.rmtree(temp, ignore_errors=True)
+"""
+
+
+def _run_head(driver_pid: int, temp: str) -> int:
+    """``temp``: the head's own temp dir, so a user's `ray status` or ray.init("auto") keeps finding
+    their own cluster, not ours."""
     driver = os.pidfd_open(driver_pid)  # before anything slow: the driver may already be gone
     gcs, client, agent = _free_port(), _free_port(), _free_port()
-    # its own temp dir: a user's `ray status` or ray.init("auto") keeps finding their own cluster, not ours
-    temp = tempfile.mkdtemp(prefix="ray-", dir=os.environ.get("RAY_TMPDIR"))
     head = subprocess.Popen([_ray_cli(), "start", "--head", "--block", f"--port={gcs}", f"--temp-dir={temp}",
                              f"--node-ip-address={LOOPBACK}", f"--ray-client-server-port={client}",
                              f"--dashboard-agent-listen-port={agent}", "--include-dashboard=false",
@@ -137,7 +180,7 @@ def _run_head(driver_pid: int) -> int:
     if head.poll() is not None:
         print(f"failed: {last} (Ray's logs: {temp}/session_latest/logs)", flush=True)
         return 1
-    print(f"{LOOPBACK}:{gcs}", flush=True)  # raises if the driver is gone already: the group dies all the same
+    print(f"{LOOPBACK}:{gcs} {temp}", flush=True)  # raises if the driver is gone already: the group dies all the same
     # keep draining ray start's output, so that it never blocks on a full pipe
     threading.Thread(target=lambda: [None for _ in head.stdout], daemon=True).start()
     select.select([driver, os.pidfd_open(head.pid)], [], [])

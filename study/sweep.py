@@ -353,6 +353,8 @@ def init_ray() -> None:
     # per-epoch checkpoints of second-long trials snapshot often by design; the warning is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     address = os.environ.get("RAY_ADDRESS")
+    print(f"Ray: connecting to {address}" if address else "Ray: starting a local head (127.0.0.1, ends with "
+          "this command)", flush=True)
     if not address and localray.available():  # loopback only, and stopped with this driver
         address = localray.start_head()
     ray.init(address=address, include_dashboard=False if not address else None,
@@ -387,6 +389,7 @@ def run_study(cfg: StudyConfig, yes: bool = False) -> Path:
 
 
 def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
+    import ray
     from ray import tune
 
     from .shared import check_shared
@@ -452,6 +455,8 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
                     stop=watch,
                 ),
             )
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        print(f"sweep: {total} trials to train, {cfg.resources.cpu:g} CPU each, {cpus} CPUs in Ray", flush=True)
         results = tuner.fit()
         raise_if_lost()
         finished = sum(bool(r.metrics) and r.metrics.get("finished") == 1 for r in results)

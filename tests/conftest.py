@@ -123,6 +123,14 @@ def no_ray_left(ray_tmp, timeout: float = 60):
     assert not left, f"Ray processes outlived their driver: {left}"
 
 
+def ray_logs_left(ray_tmp, timeout: float = 60) -> list[str]:
+    """The local Ray temp dirs (``ray-*``, its logs) left in ``ray_tmp`` once its removal had ``timeout`` s."""
+    deadline = time.time() + timeout
+    while list(Path(ray_tmp).glob("ray-*")) and time.time() < deadline:
+        time.sleep(0.2)
+    return [p.name for p in Path(ray_tmp).glob("ray-*")]
+
+
 def listeners(pids) -> list[str]:
     """Local addresses (ip:port) that these processes listen on, from ``ss -ltnp``."""
     out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout

@@ -16,7 +16,7 @@ from study.report import trial_reports
 from study.table import read_rows
 from study.trial import EPOCH_METRICS
 
-from .conftest import (ARGS, PYTHON, children, final_metrics, listeners, no_ray_left, ray_processes, run_study_cli,
+from .conftest import (ARGS, PYTHON, children, final_metrics, listeners, no_ray_left, ray_logs_left, ray_processes, run_study_cli,
                        short_tmpdir, shows_a_traceback, study_env, tiny_args)
 
 pytestmark = pytest.mark.slow
@@ -328,6 +328,7 @@ def test_trial_that_keeps_failing_is_errored_and_the_others_complete(tmp_path):
     ray_tmp = short_tmpdir("r")
     run_study_cli(["resume", str(study_dir)], tmp_path, study_env(RAY_TMPDIR=ray_tmp))
     no_ray_left(ray_tmp)
+    assert ray_logs_left(ray_tmp) == []  # the resume succeeded: its local Ray's logs went with it
     rows = read_rows(study_dir)
     assert all(r["status"] == "TERMINATED" and r["epochs_done"] == "6" for r in rows), rows
     assert {r["trial_id"]: r for r in rows if r["trial_id"] != killed} == done
@@ -371,6 +372,7 @@ def test_a_disk_that_fills_mid_sweep_ends_in_one_line_with_the_resume_command(tm
     no_ray_left(ray_tmp)
     study_dir = storage / "full"
     assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(list(Path(ray_tmp).glob("ray-*"))) == 1  # a failed study keeps its local Ray's logs
     assert not shows_a_traceback(proc.stderr), proc.stderr[-3000:]
     # the driver's own last line (lines that Ray forwards from trials may still arrive after it)
     last = [line for line in proc.stderr.strip().splitlines() if "pid=" not in line][-1]
