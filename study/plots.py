@@ -162,8 +162,8 @@ def effective_decay_curves(g: Grid, effective: dict[str, float], label: str) -> 
                                      hovertemplate="λ_eff=%{x:.3g}<br>best η on validation %{customdata}"
                                                    "<br>%{y:.1f} pt<extra></extra>",
                                      line={"color": colour[arm]}))
-    fig.update_layout(title="accuracy against effective decay (at each λ, the η best on validation; 95% t-intervals "
-                            "over seeds)",
+    fig.update_layout(title="accuracy against effective decay<br><sup>at each λ, the η best on validation; "
+                            "95% t-intervals over seeds</sup>",
                       xaxis={"title": "effective decay rate λ_eff = λ · mean(λ_l / λ)", "type": "log", "dtick": 1},
                       yaxis_title=f"{label} (points)", height=420)
     return fig
@@ -182,8 +182,8 @@ def training_curves(histories: dict[tuple[str, str], pd.DataFrame], arms: list[s
                                      line={"color": colour[arm], "dash": "solid" if which == "best" else "dot"}),
                           row=1, col=col)
             fig.update_xaxes(title_text="epoch", row=1, col=col)
-    fig.update_layout(title="training curves: each arm's best cell (solid) and worst cell (dotted), seed "
-                            "of the first finished trial", height=460,
+    fig.update_layout(title="training curves<br><sup>each arm's best cell (solid) and worst cell (dotted), seed "
+                            "of the first finished trial</sup>", height=460,
                       legend={"orientation": "h", "y": -0.25})
     return fig
 

@@ -186,14 +186,28 @@ def chromium() -> str:
 
 LAYOUT_PROBE = """<script>window.addEventListener('load', () => setTimeout(() => {
   const figs = [...document.querySelectorAll('.main-svg')].map(e => e.getBoundingClientRect().right);
+  const fonts = {}, clipped = [];
+  document.querySelectorAll('.js-plotly-plot').forEach(plot => {
+    const box = plot.getBoundingClientRect();
+    plot.querySelectorAll('text').forEach(t => {
+      const r = t.getBoundingClientRect();
+      if (!t.textContent.trim() || !r.width) return;
+      const kind = t.closest('[class]').getAttribute('class').split(' ')[0];
+      (fonts[kind] = fonts[kind] || []).push(parseFloat(getComputedStyle(t).fontSize));
+      if (/title/.test(kind) && (r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1))
+        clipped.push(t.textContent);
+    });
+  });
   document.body.setAttribute('data-layout', JSON.stringify(
-    {page: document.documentElement.scrollWidth, view: window.innerWidth, figs: figs}));
+    {page: document.documentElement.scrollWidth, view: window.innerWidth, figs: figs, fonts: fonts, clipped: clipped}));
 }, 1000));</script></body>"""
 
 
 def layout_in_chromium(chromium: str, page: Path, width: int, scratch: Path) -> tuple[dict, str]:
     """(layout, DOM) of ``page`` in headless Chromium at ``width`` px: the page's scroll width, the
-    window's and the right edge of every Plotly figure, measured by the page itself once loaded."""
+    window's, the right edge of every Plotly figure, the font sizes (px) of its texts by kind (the class
+    Plotly gives them: ``xtick``, ``heatmap-label``, ``g-gtitle``, ...) and the titles that reach
+    outside their figure, measured by the page itself once loaded."""
     import html
     import re
 

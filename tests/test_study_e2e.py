@@ -162,6 +162,10 @@ def test_report_fits_the_window_without_horizontal_overflow(study, chromium, tmp
     layout, _ = layout_in_chromium(chromium, study["dir"] / "report.html", width, tmp_path)
     assert layout["view"] == width and layout["page"] <= width, layout
     assert len(layout["figs"]) >= 6 and max(layout["figs"]) <= width, layout
+    # readable at both widths: no text under 12 px, heatmap cells in one size in every panel, no title cut off
+    sizes = layout["fonts"]
+    assert min(min(v) for v in sizes.values()) >= 12 and len(set(sizes["heatmap-label"])) == 1, sizes
+    assert layout["clipped"] == [], layout["clipped"]
 
 
 def test_report_renders_in_headless_chromium(study, chromium, tmp_path):
