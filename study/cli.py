@@ -313,11 +313,17 @@ def cmd_suite(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from .tracking import resolve_uri
+    import socket
 
-    from .tracking import TRAINING_VIEW
+    from .tracking import TRAINING_VIEW, resolve_uri
 
     uri = resolve_uri(args.uri)
+    with socket.socket() as probe:  # the printed address must be the one that opens
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as e:
+            raise UserError(f"--port {args.port}: {args.host}:{args.port} is not free ({e.strerror}; another "
+                            f"MLflow UI?); pass another, e.g. --port {args.port + 1}") from None
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port}/#/?{TRAINING_VIEW}  (Ctrl-C to stop)", flush=True)
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                "--host", args.host, "--port", str(args.port), "--workers", "1"])

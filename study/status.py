@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from .analysis import arm_of, best_cells, cells, scored
-from .config import planned_trials
+from .config import planned_trials, trained_trials
 from .studydir import holder, load_study
 from .table import fixed_columns, read_table
 
@@ -30,27 +30,37 @@ def study_counts(study_dir: Path) -> tuple[Counter, list[dict]]:
     return counts, rows
 
 
-def timing(study_dir: Path, rows: list[dict], counts: Counter) -> str:
-    """Elapsed time from the first to the latest report of any trial, and the ETA at that pace."""
+def timing(study_dir: Path, rows: list[dict]) -> str:
+    """The trials to train (as the run's progress bar counts them: a shared trial once), how long trials
+    have been running and the ETA at that pace. The time is the union of each trial's first-to-last
+    report span, so the hours a stopped study waited for its resume are not in it."""
     from .report import trial_reports
 
-    reports = [trial_reports(Path(study_dir), row) for row in {x["trial_id"]: x for x in rows}.values()]
-    stamps = [r["timestamp"] for mine in reports for r in mine[:1] + mine[-1:]]
-    if not stamps:
-        return ""
-    elapsed = max(stamps) - min(stamps)
-    done, left = counts["done"], counts["pending"] + counts["running"]
-    eta = f", ETA {elapsed / done * left / 60:.1f} min at that pace while a driver runs" if done and left else ""
-    return f"trials ran for {elapsed / 60:.1f} min{eta}"
+    trials = {x["trial_id"]: x for x in rows}.values()
+    spans = sorted((mine[0]["timestamp"], mine[-1]["timestamp"])
+                   for mine in (trial_reports(Path(study_dir), row) for row in trials) if mine)
+    running, end = 0.0, float("-inf")
+    for start, stop in spans:  # the union of the spans
+        running += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    total = trained_trials(load_study(study_dir))
+    finished = sum(r["status"] in ("TERMINATED", "ERROR") for r in trials)
+    line = f"trials to train: {finished} of {total} finished"
+    if not spans:
+        return line
+    line += f"; trials ran for {running / 60:.1f} min"
+    if finished and total > finished:
+        line += f", ETA {running / finished * (total - finished) / 60:.1f} min at that pace while a driver runs"
+    return line
 
 
 def print_status(study_dir: Path, shown: str | None = None) -> None:
     """``shown``: how the user named the study (an object-store URI, whose files are read from its mirror)."""
     counts, rows = study_counts(study_dir)
     console = Console()
-    console.print(f"[bold]{shown or study_dir}[/]: " + ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "pending", "errored")),
-                  soft_wrap=True)
-    when = timing(study_dir, rows, counts)
+    console.print(f"[bold]{shown or study_dir}[/]: planned trials " + ", ".join(
+        f"{counts[k]} {k}" for k in ("done", "running", "pending", "errored")), soft_wrap=True)
+    when = timing(study_dir, rows)
     if when:
         console.print(when, soft_wrap=True)
     if counts["running"]:

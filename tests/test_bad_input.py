@@ -435,3 +435,15 @@ def test_status_names_arms_whole_and_offers_resume_only_without_a_driver(workdir
         assert main(["status", str(d)]) == 0
         out = capsys.readouterr().out
         assert f"running: a study run (pid {pid}" in out and "resume with" not in out, out
+
+
+def test_ui_on_a_port_in_use_is_one_line_naming_another(workdir, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rc = main(["ui", "--port", str(port)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1 and f"--port {port}:" in err and f"--port {port + 1}" in err, err

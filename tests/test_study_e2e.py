@@ -188,7 +188,10 @@ def test_report_renders_in_headless_chromium(study, chromium, tmp_path):
 
 def test_status_command(study):
     proc = run_study_cli(["status", str(study["dir"])], study["dir"])
-    assert f"{len(study['rows'])} done, 0 running, 0 pending, 0 errored" in proc.stdout
+    assert f"planned trials {len(study['rows'])} done, 0 running, 0 pending, 0 errored" in proc.stdout
+    trained = len({r["trial_id"] for r in study["rows"]})  # what the run's progress bar counts
+    assert f"trials to train: {trained} of {trained} finished; trials ran for" in proc.stdout
+    assert f"sweep: {trained} trials to train" in study["stdout"] and "ETA" not in proc.stdout  # nothing left
 
 
 def test_a_truncated_table_is_rebuilt_from_the_trial_folders(study, tmp_path):
