@@ -130,6 +130,7 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
     from .tracking_watch import TrackingLost
 
     study_dir, shown = cfg.study_dir, cfg.remote or cfg.study_dir
+    localray.resume_hint = f"{invocation()} resume {shown}"
     sweep.preflight(cfg, yes)
     sweep.prepare_study_dir(cfg)
     with owned(study_dir, "run"), pushed(cfg):  # the sweep and its report, one owner throughout

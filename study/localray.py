@@ -48,6 +48,7 @@ READY = "Ray runtime started."
 
 _wardens: list[subprocess.Popen] = []  # held for the driver's lifetime: the warden outlives nothing else
 _temp_dirs: list[Path] = []  # the heads' temp dirs (Ray's logs)
+resume_hint = ""  # the command that resumes this driver's study, said if its head dies under it
 DISCARD = "discard-on-exit"  # in a head's temp dir: the driver succeeded, remove the dir with the head
 _loopback = False
 
@@ -72,8 +73,9 @@ def available() -> bool:
 
 def start_head() -> str:
     """Start a warden-owned local Ray head for this process; returns its GCS address."""
-    warden = subprocess.Popen([sys.executable, "-m", "study.localray", str(os.getpid())],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    # the warden's stderr is the driver's: the one line it may have to say (the head died) reaches the user
+    warden = subprocess.Popen([sys.executable, "-m", "study.localray", str(os.getpid()), resume_hint],
+                              stdout=subprocess.PIPE, text=True,
                               start_new_session=True, env={**os.environ, **LOOPBACK_ENV})
     _wardens.append(warden)
     atexit.register(_kill_orphaned_head, warden)
@@ -130,12 +132,12 @@ def _ray_cli() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
-def warden(driver_pid: int) -> int:
+def warden(driver_pid: int, hint: str = "") -> int:
     """Run the head until the driver exits, then take every process of this session down with it,
     whatever happens in between (the driver gone before the address could be printed included)."""
     temp = tempfile.mkdtemp(prefix="ray-", dir=os.environ.get("RAY_TMPDIR"))
     try:
-        return _run_head(driver_pid, temp)
+        return _run_head(driver_pid, temp, hint)
     except BaseException:  # a closed pipe, a signal, a bug: never leave the head behind
         return 1
     finally:
@@ -161,9 +163,10 @@ shutil.rmtree(temp, ignore_errors=True)
 """
 
 
-def _run_head(driver_pid: int, temp: str) -> int:
+def _run_head(driver_pid: int, temp: str, hint: str) -> int:
     """``temp``: the head's own temp dir, so a user's `ray status` or ray.init("auto") keeps finding
-    their own cluster, not ours."""
+    their own cluster, not ours. ``hint``: how to resume, said if the head dies before the driver
+    (a killed GCS ends the driver from inside Ray's C++ core, where it cannot say it)."""
     driver = os.pidfd_open(driver_pid)  # before anything slow: the driver may already be gone
     gcs, client, agent = _free_port(), _free_port(), _free_port()
     head = subprocess.Popen([_ray_cli(), "start", "--head", "--block", f"--port={gcs}", f"--temp-dir={temp}",
@@ -183,11 +186,15 @@ def _run_head(driver_pid: int, temp: str) -> int:
     print(f"{LOOPBACK}:{gcs} {temp}", flush=True)  # raises if the driver is gone already: the group dies all the same
     # keep draining ray start's output, so that it never blocks on a full pipe
     threading.Thread(target=lambda: [None for _ in head.stdout], daemon=True).start()
-    select.select([driver, os.pidfd_open(head.pid)], [], [])
+    ready, _, _ = select.select([driver, os.pidfd_open(head.pid)], [], [])
+    if driver not in ready:  # the head went first: the driver's Ray ends it shortly, without a word
+        print(f"error: the study's local Ray stopped under it (a process of its head died; logs: {temp}/"
+              f"session_latest/logs); nothing finished is lost" + (f". Resume with: {hint}" if hint else ""),
+              file=sys.stderr, flush=True)
     # the driver is gone: its trials are lost with it and every result is already checkpointed, so
     # there is nothing to drain; the caller kills this session's group at once, this warden last
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(warden(int(sys.argv[1])))
+    sys.exit(warden(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""))

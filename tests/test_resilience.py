@@ -148,6 +148,21 @@ def trial_workers(ray_tmp):
 SHIFT = 10  # checkpoint names moved past what Ray's saved state knows
 
 
+def test_a_killed_gcs_ends_the_study_with_the_resume_command(tmp_path):
+    """Ray's core ends the driver itself once its GCS is gone (C++, no Python handler runs); the local
+    head's warden sees the head die first and says how to resume, and nothing of that Ray is left."""
+    driver, env, ray_tmp = start_driver("nogcs", tmp_path, RAY_gcs_rpc_server_reconnect_timeout_s="5")
+    wait_for(tmp_path / "studies" / "nogcs", done=0)
+    (gcs,) = [pid for pid in ray_processes(ray_tmp) if b"gcs_server" in Path(f"/proc/{pid}/cmdline").read_bytes()[:300]]
+    os.kill(gcs, signal.SIGKILL)
+    out, err = driver_output(driver, timeout=180)
+    no_ray_left(ray_tmp)
+    assert driver.returncode != 0 and not shows_a_traceback(err), err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("error: the study's local Ray stopped under it")]
+    assert len(said) == 1 and said[0].endswith(f"Resume with: {PYTHON} -m study resume "
+                                                f"{tmp_path / 'studies' / 'nogcs'}"), err[-3000:]
+
+
 def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     driver, env, ray_tmp = start_driver("killed", tmp_path)
     study_dir = tmp_path / "studies" / "killed"
