@@ -35,20 +35,30 @@ def _grid(table: pd.DataFrame, values: str, lrs, wds) -> pd.DataFrame:
     return table.pivot(index="lr", columns="weight_decay", values=values).reindex(index=lrs, columns=wds)
 
 
-def _panels(arms: list[str], titles: list[str]) -> go.Figure:
-    fig = make_subplots(rows=1, cols=len(arms), subplot_titles=titles, shared_yaxes=True, horizontal_spacing=0.02)
-    for i in range(1, len(arms) + 1):
-        fig.update_xaxes(title_text="decay rate λ", type="category", row=1, col=i)
-    fig.update_yaxes(title_text="learning rate η", type="category", row=1, col=1)
-    return fig
+def _panels(arms: list[str], titles: list[str], per_row: int | None = None) -> tuple[go.Figure, list[dict]]:
+    """One heatmap panel per arm, ``per_row`` to a row (all in one row by default); returns the figure
+    and each panel's ``row``/``col``, and sets its height (440 px for one row)."""
+    per_row = per_row or len(arms)
+    rows = -(-len(arms) // per_row)
+    # rows 330 px apart, 120 of them between panels: the axis title above, the next panel's title below
+    fig = make_subplots(rows=rows, cols=per_row, subplot_titles=titles, shared_yaxes=True, horizontal_spacing=0.02,
+                        vertical_spacing=120 / (330 * rows))
+    where = [{"row": i // per_row + 1, "col": i % per_row + 1} for i in range(len(arms))]
+    for w in where:
+        fig.update_xaxes(title_text="decay rate λ", type="category", **w)
+        if w["col"] == 1:
+            fig.update_yaxes(title_text="learning rate η", type="category", **w)
+    fig.update_layout(height=440 if rows == 1 else 160 + 330 * rows)
+    return fig, where
 
 
-def heatmaps(df: pd.DataFrame, g: Grid, label: str, runs: dict | None = None) -> go.Figure:
-    """Test accuracy per (λ, η) cell and arm; colour = points below the validation-chosen best cell."""
+def heatmaps(df: pd.DataFrame, g: Grid, label: str, runs: dict | None = None, per_row: int | None = None) -> go.Figure:
+    """Test accuracy per (λ, η) cell and arm; colour = points below the validation-chosen best cell.
+    ``per_row``: panels to a row (default: all in one; an image for a narrow viewer takes 2)."""
     c = cells(df)
     top = best_cells(c)["mean"].mean()
-    fig = _panels(g.arms, g.arms)
-    for i, arm in enumerate(g.arms, start=1):
+    fig, where = _panels(g.arms, g.arms, per_row)
+    for arm, w in zip(g.arms, where):
         mine = c[c["arm"] == arm]
         mean, sd, div = (_grid(mine, col, g.lrs, g.wds) for col in ("mean", "sd", "diverged"))
         text = [[("" if np.isnan(m) else f"{m:.1f}") + ("" if np.isnan(s) else f"<br>±{s:.1f}") + (" ✗" if d > 0 else "")
@@ -59,16 +69,17 @@ def heatmaps(df: pd.DataFrame, g: Grid, label: str, runs: dict | None = None) ->
             z=np.clip(mean.values - top, -CLIP, 0), x=_ticks(g.wds), y=_ticks(g.lrs), text=text,
             texttemplate="%{text}", customdata=links, coloraxis="coloraxis",
             hovertemplate=f"{arm}<br>η=%{{y}} λ=%{{x}}<br>{label} %{{text}}<br>%{{customdata}}<extra></extra>",
-        ), row=1, col=i)
+        ), **w)
     fig.update_layout(
         title={"text": f"{label}, mean ± sd over seeds (points)<br><sup>colour: points below the best cell chosen "
                        f"on validation ({top:.1f}), clipped at −{CLIP:g}; ✗ diverged (chance); ⚠ η·λ ≥ 1</sup>"},
         coloraxis={"colorscale": "Viridis", "cmin": -CLIP, "cmax": 0,
-                   "colorbar": {"title": "pts vs best", "thickness": 12}}, height=440)
+                   "colorbar": {"title": "pts vs best", "thickness": 12}})
     return fig
 
 
-def difference_heatmaps(g: Grid, baseline: str, test: str, correction: str, alpha: float) -> go.Figure | None:
+def difference_heatmaps(g: Grid, baseline: str, test: str, correction: str, alpha: float,
+                        per_row: int | None = None) -> go.Figure | None:
     """Arm − baseline per cell (paired over seeds); * marks cells significant after one correction over
     every panel's λ > 0 cells; λ = 0 is one trial shared by all arms, shown as such."""
     others = [a for a in g.arms if a != baseline]
@@ -76,8 +87,8 @@ def difference_heatmaps(g: Grid, baseline: str, test: str, correction: str, alph
         return None
     cmp = compare_cells(g, baseline, test, correction, alpha)
     bound = max([float(cmp["diff"].abs().max()) if len(cmp) else 0.0, 1.0])
-    fig = _panels(others, [f"{a} − {baseline}" for a in others])
-    for i, a in enumerate(others, start=1):
+    fig, where = _panels(others, [f"{a} − {baseline}" for a in others], per_row)
+    for a, w in zip(others, where):
         d = cmp[cmp["arm"] == a]
         z, sig = _grid(d, "diff", g.lrs, g.wds), _grid(d.assign(s=d["significant"].astype(float)), "s", g.lrs, g.wds)
         text = [["shared" if wd == 0 and not np.isnan(v) else ("" if np.isnan(v) else f"{v:+.1f}")
@@ -86,13 +97,13 @@ def difference_heatmaps(g: Grid, baseline: str, test: str, correction: str, alph
         fig.add_trace(go.Heatmap(z=z.values, x=_ticks(g.wds), y=_ticks(g.lrs), text=text, texttemplate="%{text}",
                                  coloraxis="coloraxis",
                                  hovertemplate=f"{a} − {baseline}<br>η=%{{y}} λ=%{{x}}<br>%{{text}} pt<extra></extra>"),
-                      row=1, col=i)
+                      **w)
     tested = int(cmp["p"].notna().sum())
     fig.update_layout(title={"text": f"difference to {baseline}, points, paired by seed<br><sup>* significant: {test} "
                                      f"test over seeds, {correction} correction over all {tested} λ > 0 cells shown, "
                                      f"α = {alpha:g}; λ = 0 is one trial shared by every arm; ⚠ η·λ ≥ 1</sup>"},
                       coloraxis={"colorscale": "RdBu", "cmid": 0, "cmin": -bound, "cmax": bound,
-                                 "colorbar": {"title": "pts", "thickness": 12}}, height=440)
+                                 "colorbar": {"title": "pts", "thickness": 12}})
     return fig
 
 

@@ -136,7 +136,10 @@ def print_summary(table: pd.DataFrame, parts: list[str], label: str, title: str 
 
     # a terminal wraps at its own width; a log (CI, ray job logs) gets the table unwrapped
     console = Console(width=None if sys.stdout.isatty() else 200)
-    t = Table(title=title or f"robustness: {label}, points [{CONFIDENCE:.0%} t-interval over seeds]; ▸ primary claims")
+    # the title on a line of its own: as a table title it would wrap at the (narrower) table's width
+    console.print(title or f"robustness: {label}, points [{CONFIDENCE:.0%} t-interval over seeds]; ▸ primary claims",
+                  soft_wrap=True, highlight=False, style="italic")
+    t = Table()
     for i, col in enumerate(table.columns):
         t.add_column(col, overflow="fold", justify="left" if i == 0 else "right")
     for _, r in table.iterrows():
@@ -296,9 +299,12 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
 
         os.environ.setdefault("BROWSER_PATH", browser)
         pngs = [out / f"{name}.png" for name in figures]
-        # one Chromium for every figure (plotly's batched export), not one per figure
-        pio.write_images(list(figures.values()), pngs, scale=1,
-                         width=[1400 if n in ("heatmaps", "difference", "training_curves") else 900 for n in figures])
+        # images for narrow viewers (MLflow's artifact view shows them about 550 px wide): 900 px wide,
+        # larger type, heatmap panels two to a row; one Chromium for every figure (plotly's batched export)
+        images = {**figures, "heatmaps": heatmaps(df, g, label, per_row=2),
+                  "difference": difference_heatmaps(g, baseline, test, correction, 0.05, per_row=2)}
+        images = [images[n].update_layout(font={"size": 15}) for n in figures]
+        pio.write_images(images, pngs, scale=1, width=900, height=[f.layout.height or 500 for f in images])
         artifacts += pngs
     print_summary(shown, parts, label)
     print(f"report: {html}")
