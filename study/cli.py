@@ -23,58 +23,74 @@ from pathlib import Path
 from .errors import UserError
 
 
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every default that means something shown, once (not "None", not a flag's False)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="study", description="LPWD robustness studies on Ray Tune + MLflow.")
+    helpful = {"formatter_class": _ShowDefaults}
+    where = "a study dir (studies/NAME) or its object-store address (s3://BUCKET/PREFIX/NAME)"
+    p = argparse.ArgumentParser(prog="study", description="LPWD robustness studies on Ray Tune + MLflow.", **helpful)
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run (or resume) a study from a YAML config")
-    run.add_argument("config")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    run = sub.add_parser("run", help="run (or resume) a study from a YAML config", **helpful)
+    run.add_argument("config", help="the study's YAML file (configs/quick.yaml; every key in configs/README.md)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one config key, YAML value (--set train.epochs=3 --set search.seeds=[0,1]); "
+                          "repeatable")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
     run.add_argument("--yes", action="store_true", help="run a study of more than 5000 planned trials")
-    resume = sub.add_parser("resume", help="finish an interrupted study")
-    resume.add_argument("study_dir")
-    status = sub.add_parser("status", help="progress of a study")
-    status.add_argument("study_dir")
-    report = sub.add_parser("report", help="the verdict, robustness metrics, heatmaps and curves")
-    report.add_argument("study_dir")
+    resume = sub.add_parser("resume", help="finish an interrupted study", **helpful)
+    resume.add_argument("study_dir", help=where)
+    status = sub.add_parser("status", help="progress of a study", **helpful)
+    status.add_argument("study_dir", help=where)
+    report = sub.add_parser("report", help="the verdict, robustness metrics, heatmaps and curves", **helpful)
+    report.add_argument("study_dir", help=where)
     report.add_argument("--metric", default="test_acc_at_best_val",
-                        help="reported test metric: test_acc_at_best_val (default), final_test_acc, "
+                        help="reported test metric: test_acc_at_best_val, final_test_acc, "
                              "paper_top10_test_acc (the paper's, test-selected epochs); cells are always chosen on validation")
-    report.add_argument("--baseline", default="wd", help="arm every other arm is compared with (default wd = AdamW/SGDW)")
+    report.add_argument("--baseline", default="wd", help="arm every other arm is compared with (wd = AdamW/SGDW)")
     report.add_argument("--test", default="t", choices=["t", "wilcoxon", "signflip"],
-                        help="paired test per cell over seeds (default t)")
+                        help="paired test per cell over seeds")
     report.add_argument("--correction", default="holm", choices=["holm", "bh", "none"],
-                        help="multiple-comparison correction across cells (default holm)")
+                        help="multiple-comparison correction across cells")
     report.add_argument("--out", default=None, help="folder for report.html and figures (default: the study dir)")
     report.add_argument("--json", action="store_true",
                         help="print the answers and summary numbers as JSON (robustness.json's content) and stop: "
                              "no figures, no MLflow, nothing written")
-    compare = sub.add_parser("compare", help="pool the answers of several finished studies (forest plot, pooled verdict)")
-    compare.add_argument("study_dirs", nargs="+", metavar="STUDY_DIR")
+    compare = sub.add_parser("compare", help="pool the answers of several finished studies (forest plot, pooled verdict)",
+                             **helpful)
+    compare.add_argument("study_dirs", nargs="+", metavar="STUDY_DIR", help=f"two or more finished studies: {where}")
     _compare_options(compare)
-    suite = sub.add_parser("suite", help="run (or resume) several studies in turn, then compare them")
+    suite = sub.add_parser("suite", help="run (or resume) several studies in turn, then compare them", **helpful)
     suite.add_argument("suite", nargs="+", metavar="CONFIG_OR_DIR",
                        help="study YAML files, or a folder of them (configs/suite)")
     suite.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="applied to every study of the suite")
     suite.add_argument("--yes", action="store_true", help="run studies of more than 5000 planned trials")
     _compare_options(suite)
-    trial = sub.add_parser("trial", help="run one cell in this process (no Ray)")
-    trial.add_argument("config")
-    trial.add_argument("--variant", required=True)
-    trial.add_argument("--lr", type=float, required=True)
-    trial.add_argument("--weight-decay", type=float, required=True)
-    trial.add_argument("--seed", type=int, default=0)
-    trial.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ui = sub.add_parser("ui", help="the MLflow UI on the study's tracking store")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.add_argument("--host", default="127.0.0.1")
+    trial = sub.add_parser("trial", help="run one cell in this process (no Ray, no study dir touched)", **helpful)
+    trial.add_argument("config", help="the study YAML whose data, model and training the cell uses")
+    trial.add_argument("--variant", required=True, help="none, l2, wd, rwd, pwd, lpwd, cwd, or lpwd:SCHEDULE "
+                                                        "(lpwd:linear_normalized)")
+    trial.add_argument("--lr", type=float, required=True, help="learning rate η")
+    trial.add_argument("--weight-decay", type=float, required=True, help="decay rate λ")
+    trial.add_argument("--seed", type=int, default=0, help="the seed (init, split and batch order)")
+    trial.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config key (as for run)")
+    ui = sub.add_parser("ui", help="the MLflow UI on the study's tracking store", **helpful)
+    ui.add_argument("--port", type=int, default=5000, help="port to serve on (refused if in use)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to serve on")
     ui.add_argument("--uri", default=None, help="tracking store (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    data = sub.add_parser("data", help="dataset tools")
+    data = sub.add_parser("data", help="dataset tools", **helpful)
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    fetch = data_sub.add_parser("fetch", help="download a CIFAR archive and check its MD5")
-    fetch.add_argument("name")
-    fetch.add_argument("--root", required=True)
+    fetch = data_sub.add_parser("fetch", help="download a CIFAR archive and check its MD5", **helpful)
+    fetch.add_argument("name", help="which archive: cifar10 or cifar100")
+    fetch.add_argument("--root", required=True, help="folder to put it in (the config's data.root)")
     return p
 
 
@@ -218,14 +234,22 @@ def cmd_trial(args) -> int:
     """One cell in this process: no Ray, no study dir, nothing of the study's records touched."""
     from lpwd import SCHEDULE_NAMES
 
-    from .config import load_config
+    from .config import VARIANT_NAMES, did_you_mean, load_config
     from .trial import PrintReporter, run_trial
 
     cfg = load_config(args.config, args.overrides)
     variant, _, schedule = args.variant.partition(":")
-    if schedule and (variant != "lpwd" or schedule not in SCHEDULE_NAMES):
+    if variant not in VARIANT_NAMES:
+        guess = did_you_mean(args.variant, [*VARIANT_NAMES, *(f"lpwd:{s}" for s in SCHEDULE_NAMES)])
+        raise UserError(f"--variant {args.variant}: not a variant" + (f" (did you mean {guess}?)" if guess else "")
+                        + f"; use one of {', '.join(VARIANT_NAMES)}, or lpwd:SCHEDULE")
+    if schedule and variant != "lpwd":
         raise UserError(f"--variant {args.variant}: only lpwd takes a layer schedule (lpwd:SCHEDULE, one of "
                         f"{list(SCHEDULE_NAMES)})")
+    if schedule and schedule not in SCHEDULE_NAMES:
+        guess = did_you_mean(schedule, SCHEDULE_NAMES)
+        raise UserError(f"--variant {args.variant}: unknown layer schedule" + (f" (did you mean lpwd:{guess}?)" if guess
+                        else "") + f"; use lpwd:SCHEDULE with one of {list(SCHEDULE_NAMES)}")
     if not 0 <= args.seed < 2**32:
         raise UserError(f"--seed {args.seed}: use a seed from 0 to 2**32 - 1")
     params = {"variant": variant, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,

@@ -104,7 +104,11 @@ def check(settings: list[Setting], arms: list[str] | None) -> tuple[str, list[st
     for s in settings:
         missing = [a for a in [baseline, *arms] if a not in s.arms]
         if missing:
-            raise UserError(f"compare: {s.where} has no arm {', '.join(missing)} (its arms: {', '.join(s.arms)}); "
+            from .config import did_you_mean
+
+            guesses = [g for g in (did_you_mean(m, s.arms) for m in missing) if g]
+            hint = f"; did you mean {', '.join(guesses)}?" if guesses else ""
+            raise UserError(f"compare: {s.where} has no arm {', '.join(missing)} (its arms: {', '.join(s.arms)}{hint}); "
                             f"rerun it with that arm, or compare --arms {','.join(a for a in arms if a not in missing)}")
         for arm in arms:
             for question, claim in primary.items():

@@ -21,6 +21,7 @@ from .errors import UserError
 from .objectstore import SCHEMES, is_remote, mirror_dir
 
 Variant = Literal["none", "l2", "wd", "rwd", "pwd", "lpwd", "cwd"]
+VARIANT_NAMES = Variant.__args__
 
 
 class Strict(BaseModel):
@@ -313,18 +314,50 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def did_you_mean(word, choices) -> str | None:
+    """The closest of ``choices`` to a mistyped ``word`` (standard library's difflib), or None."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys a config section at ``loc`` (a validation error's location, its last part the key) accepts."""
+    from typing import get_args
+
+    model: type[BaseModel] = StudyConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        inner = [t for t in (field.annotation, *get_args(field.annotation)) if isinstance(t, type)
+                 and issubclass(t, BaseModel)] if field is not None else []
+        if not inner:
+            return []
+        model = inner[0]
+    return list(model.model_fields)
+
+
 def describe(error: ValidationError, source: str) -> str:
     """The first validation error as one actionable line."""
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
     msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key; see configs/README.md for the accepted keys"
     shown = first.get("input")
     got = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(shown, dict) else f" (got {shown!r:.80})"
     more = f" [+{len(error.errors()) - 1} more]" if len(error.errors()) > 1 else ""
     key = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or where  # --set takes whole lists
-    return f"config error in {source}: {where}: {msg}{got}; fix it in the file or with --set {key}=...{more}"
+    fix = f"fix it in the file or with --set {key}=..."
+    if first["type"] == "extra_forbidden":
+        guess = did_you_mean(first["loc"][-1], _keys_at(first["loc"]))
+        msg = "unknown key" + (f" (did you mean {'.'.join([*map(str, first['loc'][:-1]), guess])}?)" if guess else
+                               "; see configs/README.md for the accepted keys")
+        fix = "rename it in the file or in --set" if guess else fix
+    elif first["type"] == "literal_error":
+        guess = did_you_mean(shown, [c.strip(" '") for c in first["ctx"]["expected"].replace(" or ", ",").split(",")])
+        got = f" (got {shown!r:.80}; did you mean {guess!r}?)" if guess else got
+    return f"config error in {source}: {where}: {msg}{got}; {fix}{more}"
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> StudyConfig:

@@ -161,7 +161,11 @@ def check_choices(table: pd.DataFrame, metric: str, baseline: str, test: str, co
     known = list(dict.fromkeys(arm_of(table)))
     resolved = ALIASES.get(baseline.lower(), baseline)
     if resolved not in known:
-        raise UserError(f"--baseline {baseline!r} is not an arm of this study; use one of {known} (adamw = wd)")
+        from .config import did_you_mean
+
+        guess = did_you_mean(baseline, known)
+        raise UserError(f"--baseline {baseline!r} is not an arm of this study"
+                        + (f" (did you mean {guess!r}?)" if guess else "") + f"; use one of {known} (adamw = wd)")
     if test not in TESTS:
         raise UserError(f"--test {test!r} unknown; use one of {list(TESTS)}")
     if correction not in CORRECTIONS:

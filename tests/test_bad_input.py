@@ -37,7 +37,9 @@ def existing_study(workdir):
 CASES = [
     # (id, args, expected in the one-line message)
     ("unknown key", ["run", QUICK, "--set", "colour=blue"], "colour: unknown key"),
-    ("unknown nested key", ["run", QUICK, "--set", "train.epoch=3"], "train.epoch: unknown key"),
+    ("unknown nested key", ["run", QUICK, "--set", "train.epoch=3"],
+     "train.epoch: unknown key (did you mean train.epochs?); rename it"),
+    ("mistyped variant", ["run", QUICK, "--set", "search.variants=[wd,lpdw]"], "(got 'lpdw'; did you mean 'lpwd'?)"),
     ("wrong type", ["run", QUICK, "--set", "train.epochs=many"], "train.epochs"),
     ("empty lr grid", ["run", QUICK, "--set", "search.lr=[]"], "search.lr"),
     ("lr zero", ["run", QUICK, "--set", "search.lr=[0.0]"], "search.lr"),
@@ -72,6 +74,8 @@ CASES = [
                                     "--seed", "-1"], "--seed -1: use a seed from 0"),
     ("trial with a schedule on pwd", ["trial", QUICK, "--variant", "pwd:linear", "--lr", "1e-3", "--weight-decay",
                                       "0"], "only lpwd takes a layer schedule"),
+    ("trial with a mistyped schedule", ["trial", QUICK, "--variant", "lpwd:linear_normalised", "--lr", "1e-3",
+                                        "--weight-decay", "0"], "(did you mean lpwd:linear_normalized?)"),
     ("a repeated seed", ["run", QUICK, "--set", "search.seeds=[0,0,1]"], "search.seeds: 0 listed more than once"),
     ("YAML nested thousands deep", ["run", QUICK, "--set", "name=" + "[" * 5000 + "]" * 5000],
      "nested more than 32 levels deep"),
@@ -166,6 +170,7 @@ def finished_study(workdir):
 
 @pytest.mark.parametrize("option,value,expected", [
     ("--baseline", "nope", "--baseline 'nope' is not an arm of this study; use one of ['wd', 'lpwd']"),
+    ("--baseline", "lpdw", "--baseline 'lpdw' is not an arm of this study (did you mean 'lpwd'?)"),
     ("--metric", "test_acc", "--metric 'test_acc' is not a metric of this study"),
     # an exact test whose smallest p-value (2 / 2^2) cannot pass the correction draws maps without stars
     ("--test", "signflip", "--test signflip: with 2 seeds its smallest p-value is 0.5, which cannot pass the holm "
@@ -447,3 +452,23 @@ def test_ui_on_a_port_in_use_is_one_line_naming_another(workdir, capsys):
         rc = main(["ui", "--port", str(port)])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.splitlines()) == 1 and f"--port {port}:" in err and f"--port {port + 1}" in err, err
+
+
+def test_every_argument_of_every_command_says_what_it_is():
+    import argparse
+
+    from study.cli import _parser
+
+    def commands(parser, path=("study",)):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from commands(sub, (*path, name))
+        yield " ".join(path), parser
+
+    for name, parser in commands(_parser()):
+        bare = [a.dest for a in parser._actions if not a.help and not isinstance(a, argparse._SubParsersAction)]
+        assert not bare, f"{name}: {bare} have no help"
+    status = _parser()._subparsers._group_actions[0].choices["status"].format_help()
+    assert "s3://BUCKET/PREFIX/NAME" in status
+    assert "(default: 5000)" in _parser()._subparsers._group_actions[0].choices["ui"].format_help()
