@@ -106,7 +106,8 @@ def check(settings: list[Setting], arms: list[str] | None) -> tuple[str, list[st
         if missing:
             from .config import did_you_mean
 
-            guesses = [g for g in (did_you_mean(m, s.arms) for m in missing) if g]
+            # an arm no study has is likely mistyped in --arms; one the first study has is simply missing here
+            guesses = [g for g in (did_you_mean(m, s.arms) for m in missing if m not in first.arms) if g]
             hint = f"; did you mean {', '.join(guesses)}?" if guesses else ""
             raise UserError(f"compare: {s.where} has no arm {', '.join(missing)} (its arms: {', '.join(s.arms)}{hint}); "
                             f"rerun it with that arm, or compare --arms {','.join(a for a in arms if a not in missing)}")
