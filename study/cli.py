@@ -137,6 +137,7 @@ def _next_steps(cfg) -> str:
             lines.append(f"  MLflow, the arms side by side: {arms_url(run)}")
         else:
             lines.append(f"  {me} ui --uri {run.uri}   # then open {url}")
+            lines.append(f"    the arms side by side: {arms_url(run)}")
     return "\n".join(lines)
 
 
