@@ -183,18 +183,21 @@ def effective_decay_curves(g: Grid, effective: dict[str, float], label: str) -> 
 def training_curves(histories: dict[tuple[str, str], pd.DataFrame], arms: list[str]) -> go.Figure:
     """Validation accuracy, R_op and weight norm per epoch: each arm's best cell (solid) and worst (dotted)."""
     fig = make_subplots(rows=1, cols=3, subplot_titles=["validation accuracy (points)",
-                                                        "R_op (opposing penalty rate)", "weight norm"])
+                                                        "R_op (share of weights crossing 0)", "weight norm"])
     colour = colours(arms)
     for (arm, which), (label, h) in histories.items():
         for col, key in enumerate(["val_acc", "r_op", "weight_norm"], start=1):
             y = h[key] * (100 if key == "val_acc" else 1)
+            # R_op is probed every diagnostics_every-th step: an epoch without a probed step has no value,
+            # and the line is drawn across it rather than broken
             fig.add_trace(go.Scatter(x=h["epoch"], y=y, name=f"{arm} {which}: {label}", legendgroup=f"{arm}{which}",
-                                     showlegend=col == 1, mode="lines",
+                                     showlegend=col == 1, mode="lines", connectgaps=True,
                                      line={"color": colour[arm], "dash": "solid" if which == "best" else "dot"}),
                           row=1, col=col)
             fig.update_xaxes(title_text="epoch", row=1, col=col)
     fig.update_layout(title="training curves<br><sup>each arm's best cell (solid) and worst cell (dotted), seed "
-                            "of the first finished trial</sup>", height=460,
+                            "of the first finished trial; R_op drawn across epochs it was not probed in</sup>",
+                      height=460,
                       legend={"orientation": "h", "y": -0.25})
     return fig
 
