@@ -62,7 +62,8 @@ class OpposingPenaltyProbe:
 
     def snapshot(self, params: list[torch.Tensor]) -> torch.Tensor:
         """Sampled values of theta_t, read before the base update."""
-        return torch.cat([torch.take(p.detach(), idx) for p, idx in self._indices(params)])
+        self._indices(params)
+        return self.sample_of(lambda p: p)
 
     def sample_of(self, tensor_of) -> torch.Tensor:
         """The sampled coordinates of ``tensor_of(param)`` (a tensor shaped like it; None reads as 0)."""

@@ -22,15 +22,16 @@ STATES = {"TERMINATED": "done", "RUNNING": "running", "PENDING": "pending", "PAU
           "INTERRUPTED": "pending", "ERROR": "errored"}
 
 
-def study_counts(study_dir: Path) -> tuple[Counter, list[dict]]:
+def study_counts(study_dir: Path) -> tuple[Counter, list[dict], int]:
+    """Planned trials by state, the table's rows, and how many trials there are to train."""
     cfg = load_study(study_dir)
     rows = read_table(study_dir, fixed_columns(cfg))  # status only reads: a rebuilt table is not written
     counts = Counter(STATES.get(r["status"], "pending") for r in rows)
     counts["pending"] += max(0, planned_trials(cfg) - len(rows))
-    return counts, rows
+    return counts, rows, trained_trials(cfg)
 
 
-def timing(study_dir: Path, rows: list[dict]) -> str:
+def timing(study_dir: Path, rows: list[dict], total: int) -> str:
     """The trials to train (as the run's progress bar counts them: a shared trial once), how long trials
     have been running and the ETA at that pace. The time is the union of each trial's first-to-last
     report span, so the hours a stopped study waited for its resume are not in it."""
@@ -43,7 +44,6 @@ def timing(study_dir: Path, rows: list[dict]) -> str:
     for start, stop in spans:  # the union of the spans
         running += max(0.0, stop - max(start, end))
         end = max(end, stop)
-    total = trained_trials(load_study(study_dir))
     finished = sum(r["status"] in ("TERMINATED", "ERROR") for r in trials)
     line = f"trials to train: {finished} of {total} finished"
     if not spans:
@@ -56,11 +56,11 @@ def timing(study_dir: Path, rows: list[dict]) -> str:
 
 def print_status(study_dir: Path, shown: str | None = None) -> None:
     """``shown``: how the user named the study (an object-store URI, whose files are read from its mirror)."""
-    counts, rows = study_counts(study_dir)
+    counts, rows, to_train = study_counts(study_dir)
     console = Console()
     console.print(f"[bold]{shown or study_dir}[/]: planned trials " + ", ".join(
         f"{counts[k]} {k}" for k in ("done", "running", "pending", "errored")), soft_wrap=True)
-    when = timing(study_dir, rows)
+    when = timing(study_dir, rows, to_train)
     if when:
         console.print(when, soft_wrap=True)
     if counts["running"]:
