@@ -125,19 +125,19 @@ def local_study_dir(given: str) -> Path:
 
 
 def _next_steps(cfg) -> str:
-    from .tracking import arms_url, experiment_url, parent_of
+    from .tracking import arms_url, parent_of, trials_url
 
     me, shown = invocation(), cfg.remote or cfg.study_dir
     lines = [f"results: {shown}", f"  {me} status {shown}", f"  {me} report {shown}"]
     run = parent_of(cfg.study_dir)
     if run is not None:
-        url = experiment_url(run)
         if run.uri.startswith(("http://", "https://")):
-            lines.append(f"  MLflow: {url}")
+            lines.append(f"  MLflow, the trials: {trials_url(run)}")
             lines.append(f"  MLflow, the arms side by side: {arms_url(run)}")
         else:
-            lines.append(f"  {me} ui --uri {run.uri}   # then open {url}")
-            lines.append(f"    the arms side by side: {arms_url(run)}")
+            lines.append(f"  {me} ui --uri {run.uri}   # then open the trials at")
+            lines.append(f"    {trials_url(run)}")
+            lines.append(f"    and the arms side by side at {arms_url(run)}")
     return "\n".join(lines)
 
 

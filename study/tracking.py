@@ -23,6 +23,7 @@ from typing import Callable, TypeVar
 
 from .errors import UserError
 from .metrics import ACCURACIES
+from .mlflow_views import save_views, view_url
 from .objectstore import mirrored_uri
 
 # a race in MLflow's telemetry lost whole trials' metrics under concurrency
@@ -210,8 +211,9 @@ def key_of(arm: str) -> str:
 
 UNITS_NOTE = ("Accuracies (`*_acc`, and the claims `best`, `grid_mean`, `lambda_regret`, ...) are in percentage "
               "points, 0-100; `r_op`, `decay_fraction` and `decay_share` are fractions. Each trial is a run nested "
-              "under `study NAME`, and each arm has an `ARM summary` run there whose metrics the chart view compares "
-              "side by side.")
+              "under `study NAME`, and each arm has a summary run there, named after the arm, whose metrics the "
+              "chart view compares side by side. The Views menu has the study's views: `NAME: trials` and "
+              "`NAME: arms side by side`.")
 SUMMARY_OF = "summary_of"  # the tag of an arm's summary run: the arm
 
 
@@ -226,6 +228,7 @@ def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
         check_reachable(uri)
         run = follow_move(run, study_dir)
         retry(lambda: client(uri).update_run(run.parent_run_id, status="RUNNING"), "reopen parent run")
+        save_views(client(uri), run.experiment_id, run.parent_run_id, cfg.name, longest_trial_name(cfg))
         return run
     check_reachable(uri)
     c = client(uri)
@@ -249,6 +252,7 @@ def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
         retry(lambda: c.log_batch(parent.info.run_id, params=params[i:i + 100]), "log study params")
     retry(lambda: c.log_text(parent.info.run_id, config_text, "study.yaml"), "log config artifact")
     run = StudyRun(uri, exp_id, parent.info.run_id, place(study_dir))
+    save_views(c, exp_id, run.parent_run_id, cfg.name, longest_trial_name(cfg))
     saved.write_text(json.dumps(asdict(run)))
     return run
 
@@ -298,15 +302,25 @@ def experiment_url(run: StudyRun, ui: str = "http://127.0.0.1:5000") -> str:
     return f"{base}/#/experiments/{run.experiment_id}?{TRAINING_VIEW}"
 
 
-def arms_url(run: StudyRun, ui: str = "http://127.0.0.1:5000") -> str:
-    """The chart view of the arms' summary runs only, side by side. A search filter and an order
-    other than by date make MLflow's UI list them flat rather than folded under the parent."""
-    from urllib.parse import quote
+def trials_url(run: StudyRun, ui: str = "http://127.0.0.1:5000") -> str:
+    """The study's trials, flat, names whole, with their cell and accuracy columns (its ``NAME: trials`` view)."""
+    return view_url(experiment_url(run, ui), run.parent_run_id, "trials")
 
-    query = {"searchFilter": f"tags.{SUMMARY_OF} LIKE '%'", "orderByKey": "tags.`mlflow.runName`",
-             "orderByAsc": "true", "compareRunsMode": "CHART"}
-    return experiment_url(run, ui).replace("?", "/runs?" + "&".join(f"{k}={quote(v)}" for k, v in query.items())
-                                           + "&", 1)
+
+def arms_url(run: StudyRun, ui: str = "http://127.0.0.1:5000") -> str:
+    """The chart view of the arms' summary runs alone, side by side (its ``NAME: arms side by side`` view)."""
+    return view_url(experiment_url(run, ui), run.parent_run_id, "arms", chart=True)
+
+
+def longest_trial_name(cfg) -> int:
+    """How long the study's longest trial name is (an Optuna trial's η and λ at their longest)."""
+    from .config import arms, trained_grid
+    from .metrics import trial_name
+
+    if cfg.search.mode == "grid":
+        return max(len(trial_name(t)) for t in trained_grid(cfg))
+    return max(len(trial_name({**a, "lr": 1.23e-05, "weight_decay": 1.23e-05, "seed": max(cfg.search.seeds)}))
+               for a in arms(cfg))
 
 
 def end_study(study_dir: Path, status: str) -> None:
@@ -356,9 +370,14 @@ def log_arm_summaries(run: StudyRun, summary, status: str | None) -> None:
         found = retry(lambda: c.search_runs([run.experiment_id], query, max_results=1), "find arm summary run")
         if found:
             run_id = found[0].info.run_id
+            if found[0].data.tags.get("mlflow.runName") != arm:  # e.g. `ARM summary`: the legend names arms
+                retry(lambda: c.set_tag(run_id, "mlflow.runName", arm), "rename arm summary run")
         else:
-            tags = {"mlflow.parentRunId": run.parent_run_id, "mlflow.runName": f"{arm} summary", SUMMARY_OF: arm,
-                    "study": study, "mlflow.runColor": colour[arm]}
+            tags = {"mlflow.parentRunId": run.parent_run_id, "mlflow.runName": arm, SUMMARY_OF: arm,
+                    "study": study, "mlflow.runColor": colour[arm],
+                    "mlflow.note.content": f"The summary of arm `{arm}` in study `{study}`: its claims in percentage "
+                    "points, `diff_*` against the baseline arm, `decay_share` (λ_eff / λ). Their intervals and tests "
+                    "are in the parent run's description and the report."}
             run_id = retry(lambda: c.create_run(run.experiment_id, tags=tags), "create arm summary run").info.run_id
             retry(lambda: c.log_batch(run_id, params=[Param("arm", arm)]), "log arm param")
         values = {k: r[k] for k in names if k in r} | {"decay_share": r.get("effective_decay", float("nan"))}

@@ -221,6 +221,75 @@ def layout_in_chromium(chromium: str, page: Path, width: int, scratch: Path) -> 
     return json.loads(html.unescape(re.search(r'data-layout="([^"]*)"', dom).group(1))), dom
 
 
+class ChromiumPage:
+    """A page in headless Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``:
+    commands on fd 3, answers on fd 4, each JSON message ending in NUL), for what ``--dump-dom`` cannot tell:
+    the layout of a page built by its own scripts, such as whether a text is cut by its cell."""
+
+    def __init__(self, chromium: str, url: str, profile: Path, width: int = 1400, height: int = 1000):
+        import fcntl
+
+        commands, self._out = os.pipe()
+        self._in, answers = os.pipe()
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (commands, answers)]  # out of the way of 3 and 4
+
+        def on_fds_3_and_4():
+            os.dup2(high[0], 3)
+            os.dup2(high[1], 4)
+
+        self.proc = subprocess.Popen(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--remote-debugging-pipe",
+             f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
+            preexec_fn=on_fds_3_and_4, pass_fds=(3, 4), start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for fd in (commands, answers, *high):
+            os.close(fd)
+        self._buffer, self._id, self._session = b"", 0, None
+        try:
+            target = self.call("Target.createTarget", url="about:blank")["targetId"]
+            self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+            self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                      mobile=False)
+            self.call("Page.navigate", url=url)
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, method: str, **params) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params}
+        os.write(self._out, json.dumps({**message, **({"sessionId": self._session} if self._session else {})})
+                 .encode() + b"\0")
+        while True:  # events arrive in between; the answer carries our id
+            while b"\0" not in self._buffer:
+                chunk = os.read(self._in, 1 << 16)
+                if not chunk:
+                    raise RuntimeError(f"Chromium closed its DevTools pipe during {method}")
+                self._buffer += chunk
+            raw, self._buffer = self._buffer.split(b"\0", 1)
+            answer = json.loads(raw)
+            if answer.get("id") == self._id:
+                if "error" in answer:
+                    raise RuntimeError(f"{method}: {answer['error']}")
+                return answer["result"]
+
+    def wait_for(self, expression: str, timeout: float = 120):
+        """The value of a JavaScript expression once it is truthy (the page renders in its own time)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+            if value or time.monotonic() > deadline:
+                return value
+            time.sleep(0.5)
+
+    def close(self):
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        os.close(self._in)
+        os.close(self._out)
+
+
 def tiny_args(name: str, *extra: str) -> list[str]:
     """A small but real grid study on digits."""
     return ["run", str(ROOT / "configs" / "quick.yaml"), "--set", f"name={name}", "--set", "train.epochs=3",

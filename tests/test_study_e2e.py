@@ -15,7 +15,7 @@ from study.claims import CLAIMS
 from study.trial import EPOCH_METRICS
 from study.verdict import markdown
 
-from .conftest import PYTHON, layout_in_chromium, run_study_cli, study_env, tiny_args
+from .conftest import PYTHON, ChromiumPage, layout_in_chromium, run_study_cli, study_env, tiny_args
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -127,14 +127,18 @@ def test_mlflow_server_has_parent_and_one_child_per_trial(study):
     for arm, run in summaries.items():
         metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-        assert tags["mlflow.parentRunId"] == parent_id and tags["mlflow.runName"] == f"{arm} summary"
+        assert tags["mlflow.parentRunId"] == parent_id and tags["mlflow.runName"] == arm
         assert run["info"]["status"] == "FINISHED"
         assert {claim for claim in CLAIMS if present(report[arm][claim])} <= set(metrics)
         assert metrics["best"] == pytest.approx(report[arm]["best"]) and "decay_share" in metrics
     assert {f"diff_{claim}" for claim in CLAIMS if present(report["lpwd"][f"diff_{claim}"])} <= {
         m["key"] for m in summaries["lpwd"]["data"]["metrics"]}
     notes = {t["key"]: t["value"] for t in exp.get("tags", [])}["mlflow.note.content"]
-    assert "percentage points" in notes and "summary" in notes
+    assert "percentage points" in notes and "summary run" in notes and "e2e: trials" in notes
+    # the study's two saved views, in MLflow's Views menu (experiment tags that the UI reads)
+    views = {k: json.loads(v)["name"] for k, v in {t["key"]: t["value"] for t in exp["tags"]}.items()
+             if k.startswith("mlflow.sharedViewState.")}
+    assert sorted(views.values()) == ["e2e: arms side by side", "e2e: trials"]
 
 
 def test_report_files(study):
@@ -242,20 +246,54 @@ def rendered_text(chromium, url, profile):
     return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom)))
 
 
-def test_mlflow_ui_opens_the_study_in_its_model_training_view(study, chromium, tmp_path):
+# what MLflow's runs table shows once the study's saved view is applied (its name on the Views button):
+# the count of matching runs, the column headers, each run's name and the names cut short by their cell
+RUNS_TABLE = """(() => {
+  const m = document.body.innerText.match(/(\\d+) matching runs/);
+  const names = [...document.querySelectorAll('.ag-cell a[href*="/runs/"]')];
+  if (!m || !names.length || !document.body.innerText.includes(VIEW)) return null;
+  const cut = names.filter(a => {
+    const cell = a.closest('.ag-cell');
+    for (let e = a.firstElementChild || a; e !== cell; e = e.parentElement)
+      if (e.scrollWidth > e.clientWidth + 1) return true;
+    return a.getBoundingClientRect().right > cell.getBoundingClientRect().right + 1;
+  }).map(a => a.textContent);
+  const headers = [...document.querySelectorAll('.ag-header-cell')].map(h => h.innerText.trim());
+  return {matching: +m[1], headers: headers, names: names.map(a => a.textContent), cut: cut,
+          text: document.body.innerText};
+})()"""
+
+
+def runs_table(chromium, url, view, profile, expected):
+    """The runs table of ``url`` in Chromium once the saved view ``view`` lists ``expected`` runs."""
+    page = ChromiumPage(chromium, url, profile, width=2400, height=1600)  # every column and row drawn
+    try:
+        probe = RUNS_TABLE.replace("VIEW", json.dumps(view))
+        return page.wait_for(f"(() => {{ const t = {probe}; return t && t.matching === {expected} ? t : null; }})()") \
+            or page.wait_for(probe, timeout=1)
+    finally:
+        page.close()
+
+
+def test_mlflow_ui_lists_the_trials_with_their_names_whole(study, chromium, tmp_path):
+    """The printed link opens the study's own saved view in MLflow's model-training view: this study's
+    trials, flat, with the η, λ, seed and accuracy columns, and no run name cut by its column."""
     server = study["server"]
     exp = requests.get(f"{server}/api/2.0/mlflow/experiments/get-by-name",
                        params={"experiment_name": "e2e"}, timeout=30).json()["experiment"]
     tags = {t["key"]: t["value"] for t in exp.get("tags", [])}
     assert tags["mlflow.experimentKind"] == "custom_model_development"
-    url = next(line.split("MLflow: ")[1] for line in study["stdout"].splitlines() if "MLflow: " in line)
-    assert url.endswith(f"/#/experiments/{exp['experiment_id']}?workflowType=machine_learning")
-    text = rendered_text(chromium, url, tmp_path / "p1")
-    trained = len({r["trial_id"] for r in study["rows"]})
-    assert "Runs" in text and "study e2e" in text and f"{trained + 1 + 2} matching runs" in text, text[:2000]
-    assert "Detect Issues" not in text and "Evaluations" not in text  # not the GenAI overview
+    url = next(line.split(": ", 1)[1] for line in study["stdout"].splitlines() if "MLflow, the trials: " in line)
+    assert url.startswith(f"{server}/#/experiments/{exp['experiment_id']}/runs?viewStateShareKey=")
+    assert "workflowType=machine_learning" in url
+    trained = {r["trained_as"] for r in study["rows"]}
+    table = runs_table(chromium, url, "e2e: trials", tmp_path / "p1", len(trained))
+    assert table and table["matching"] == len(trained), table
+    assert sorted(table["names"]) == sorted(trained) and table["cut"] == [], table
+    assert {"lr", "weight_decay", "seed", "best_val_acc", "test_acc_at_best_val"} <= set(table["headers"])
+    assert "Detect Issues" not in table["text"] and "Evaluations" not in table["text"]  # not the GenAI overview
     child = next(r for r in study["rows"] if r["arm"] == "lpwd" and float(r["weight_decay"]) == 0.1)
-    page = url.replace("?", f"/runs/{child['mlflow_run_id']}?")
+    page = url.split("/runs?")[0] + f"/runs/{child['mlflow_run_id']}?workflowType=machine_learning"
     text = rendered_text(chromium, page, tmp_path / "p2")
     assert child["trained_as"] in text and "Parent run" in text and "study e2e" in text, text[:2000]
     assert "Evaluations" not in text
@@ -264,8 +302,8 @@ def test_mlflow_ui_opens_the_study_in_its_model_training_view(study, chromium, t
 
 
 def test_mlflow_chart_view_puts_the_arms_side_by_side(study, chromium, tmp_path):
-    """The link the run prints opens MLflow's chart view on the arms' summary runs alone, listed flat
-    (one series per arm in every chart), each chart a metric every arm's run carries."""
+    """The link the run prints opens MLflow's chart view on the arms' summary runs alone, named after
+    the arms and listed flat (one series per arm in every chart), each chart a metric every arm's run carries."""
     server = study["server"]
     exp = requests.get(f"{server}/api/2.0/mlflow/experiments/get-by-name",
                        params={"experiment_name": "e2e"}, timeout=30).json()["experiment"]
@@ -274,7 +312,6 @@ def test_mlflow_chart_view_puts_the_arms_side_by_side(study, chromium, tmp_path)
     keys = {m["key"] for r in runs for m in r["data"]["metrics"]}
     url = next(line.split(": ", 1)[1] for line in study["stdout"].splitlines() if "the arms side by side: " in line)
     assert url.startswith(f"{server}/#/experiments/{exp['experiment_id']}/runs?") and "compareRunsMode=CHART" in url
-    text = rendered_text(chromium, url, tmp_path / "p3")
-    assert "2 matching runs" in text and "wd summary" in text and "lpwd summary" in text, text[:3000]
-    assert f"Model metrics ({len(keys)})" in text, text[:3000]
-    assert "study e2e" not in text.split("matching runs")[0].split("Run Name")[-1]  # the parent is not listed
+    table = runs_table(chromium, url, "e2e: arms side by side", tmp_path / "p3", 2)
+    assert table and sorted(table["names"]) == ["lpwd", "wd"] and table["cut"] == [], table
+    assert f"Model metrics ({len(keys)})" in " ".join(table["text"].split()), table["text"][:3000]
