@@ -11,7 +11,9 @@ there, and prints their links:
   seeds together), the Run Name column as wide as the longest name, and the η, λ, seed
   and accuracy columns next to it;
 - ``NAME: arms side by side``: the arms' summary runs alone, which the chart view draws
-  as one series per arm in every chart.
+  as one bar per arm in every chart: each claim beside its difference to the baseline, two
+  charts to a row (MLflow's default three leave the titles cut), an arrow naming the
+  direction that is better.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ VIEW_TAG = "mlflow.sharedViewState."  # MLflow's prefix for a saved view of an e
 RUN_NAME_COLUMN = "attributes.`Run Name`"
 TRIAL_COLUMNS = ["params.`lr`", "params.`weight_decay`", "params.`seed`",
                  "metrics.`best_val_acc`", "metrics.`test_acc_at_best_val`", "metrics.`val_acc`"]
+CHARTS_TITLE = "Each claim (↑ higher is better, ↓ lower) and its difference to the baseline"
 # px per character of a run name in MLflow's table font, and what the row spends before the name
 # (checkbox, colour dot, padding); measured on MLflow 3.17's runs table in Chromium
 CHAR_PX, NAME_PAD_PX = 6.5, 56
@@ -50,11 +53,26 @@ def save_views(client, experiment_id: str, parent_run_id: str, study: str, longe
     trials = {"searchFilter": f"{mine} and tags.ray_trial_id LIKE '%'", **by_name,
               "selectedColumns": TRIAL_COLUMNS, "columnOrder": [RUN_NAME_COLUMN, *TRIAL_COLUMNS],
               "columnWidths": {RUN_NAME_COLUMN: round(NAME_PAD_PX + CHAR_PX * longest_name)}}
-    arms = {"searchFilter": f"{mine} and tags.{SUMMARY_OF} LIKE '%'", **by_name}
+    arms = {"searchFilter": f"{mine} and tags.{SUMMARY_OF} LIKE '%'", **by_name, **claim_charts()}
     for which, title, state in (("trials", "trials", trials), ("arms", "arms side by side", arms)):
         value = _state(f"{study}: {title}", state)
         retry(lambda: client.set_experiment_tag(experiment_id, VIEW_TAG + view_id(parent_run_id, which), value),
               f"save the {title} view")
+
+
+def claim_charts() -> dict:
+    """The chart view's layout for the arms: one section, two charts to a row, each claim on the left
+    and its difference to the baseline on the right, then the decay share."""
+    from .claims import CLAIMS
+
+    section = "claims"
+    charts = [(f"{prefix}{c.name}", f"{prefix}{c.name} {'↑' if c.higher_is_better else '↓'}")
+              for c in CLAIMS.values() for prefix in ("", "diff_")] + [("decay_share", "decay_share (λ_eff / λ)")]
+    return {"compareRunSections": [{"uuid": section, "name": CHARTS_TITLE, "display": True, "isReordered": False,
+                                    "deleted": False, "isGenerated": True, "columns": 2, "cardHeight": 300}],
+            "compareRunCharts": [{"uuid": f"{section}-{key}", "type": "BAR", "deleted": False, "isGenerated": True,
+                                  "metricSectionId": section, "metricKey": key, "displayName": title}
+                                 for key, title in charts]}
 
 
 def view_url(experiment_url: str, parent_run_id: str, which: str, chart: bool = False) -> str:

@@ -314,4 +314,6 @@ def test_mlflow_chart_view_puts_the_arms_side_by_side(study, chromium, tmp_path)
     assert url.startswith(f"{server}/#/experiments/{exp['experiment_id']}/runs?") and "compareRunsMode=CHART" in url
     table = runs_table(chromium, url, "e2e: arms side by side", tmp_path / "p3", 2)
     assert table and sorted(table["names"]) == ["lpwd", "wd"] and table["cut"] == [], table
-    assert f"Model metrics ({len(keys)})" in " ".join(table["text"].split()), table["text"][:3000]
+    from study.mlflow_views import CHARTS_TITLE
+
+    assert f"{CHARTS_TITLE} ({len(keys)})" in " ".join(table["text"].split()), table["text"][:3000]
