@@ -12,8 +12,7 @@ there, and prints their links:
   and accuracy columns next to it;
 - ``NAME: arms side by side``: the arms' summary runs alone, which the chart view draws
   as one bar per arm in every chart: each claim beside its difference to the baseline, two
-  charts to a row (MLflow's default three leave the titles cut), an arrow naming the
-  direction that is better.
+  charts to a row (MLflow's default three cut the titles).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ VIEW_TAG = "mlflow.sharedViewState."  # MLflow's prefix for a saved view of an e
 RUN_NAME_COLUMN = "attributes.`Run Name`"
 TRIAL_COLUMNS = ["params.`lr`", "params.`weight_decay`", "params.`seed`",
                  "metrics.`best_val_acc`", "metrics.`test_acc_at_best_val`", "metrics.`val_acc`"]
-CHARTS_TITLE = "Each claim (↑ higher is better, ↓ lower) and its difference to the baseline"
+CHARTS_TITLE = "Arm summaries"
 # px per character of a run name in MLflow's table font, and what the row spends before the name
 # (checkbox, colour dot, padding); measured on MLflow 3.17's runs table in Chromium
 CHAR_PX, NAME_PAD_PX = 6.5, 56
@@ -66,13 +65,11 @@ def claim_charts() -> dict:
     from .claims import CLAIMS
 
     section = "claims"
-    charts = [(f"{prefix}{c.name}", f"{prefix}{c.name} {'↑' if c.higher_is_better else '↓'}")
-              for c in CLAIMS.values() for prefix in ("", "diff_")] + [("decay_share", "decay_share (λ_eff / λ)")]
+    charts = [f"{prefix}{name}" for name in CLAIMS for prefix in ("", "diff_")] + ["decay_share"]
     return {"compareRunSections": [{"uuid": section, "name": CHARTS_TITLE, "display": True, "isReordered": False,
                                     "deleted": False, "isGenerated": True, "columns": 2, "cardHeight": 300}],
             "compareRunCharts": [{"uuid": f"{section}-{key}", "type": "BAR", "deleted": False, "isGenerated": True,
-                                  "metricSectionId": section, "metricKey": key, "displayName": title}
-                                 for key, title in charts]}
+                                  "metricSectionId": section, "metricKey": key} for key in charts]}
 
 
 def view_url(experiment_url: str, parent_run_id: str, which: str, chart: bool = False) -> str:

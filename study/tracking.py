@@ -363,6 +363,9 @@ def log_arm_summaries(run: StudyRun, summary, status: str | None) -> None:
     c, now = client(run.uri), int(time.time() * 1000)
     study = retry(lambda: c.get_run(run.parent_run_id), "read parent run").data.tags.get("study", "")
     names = [f"{p}{k}" for p in ("", "diff_") for k in CLAIMS]
+    directions = "; ".join(f"{way} is better: " + ", ".join(f"`{c.name}`" for c in CLAIMS.values()
+                                                             if c.higher_is_better == (way == "higher"))
+                           for way in ("higher", "lower"))
     colour = colours(list(summary["arm"]))
     for _, r in summary.iterrows():
         arm = r["arm"]
@@ -375,8 +378,8 @@ def log_arm_summaries(run: StudyRun, summary, status: str | None) -> None:
         else:
             tags = {"mlflow.parentRunId": run.parent_run_id, "mlflow.runName": arm, SUMMARY_OF: arm,
                     "study": study, "mlflow.runColor": colour[arm],
-                    "mlflow.note.content": f"The summary of arm `{arm}` in study `{study}`: its claims in percentage "
-                    "points, `diff_*` against the baseline arm, `decay_share` (λ_eff / λ). Their intervals and tests "
+                    "mlflow.note.content": f"The summary of arm `{arm}` in study `{study}`: its claims, `diff_*` "
+                    f"against the baseline arm, `decay_share` (λ_eff / λ). {directions}. Their intervals and tests "
                     "are in the parent run's description and the report."}
             run_id = retry(lambda: c.create_run(run.experiment_id, tags=tags), "create arm summary run").info.run_id
             retry(lambda: c.log_batch(run_id, params=[Param("arm", arm)]), "log arm param")

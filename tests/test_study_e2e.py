@@ -128,6 +128,7 @@ def test_mlflow_server_has_parent_and_one_child_per_trial(study):
         metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
         assert tags["mlflow.parentRunId"] == parent_id and tags["mlflow.runName"] == arm
+        assert "lower is better: `lambda_regret`" in tags["mlflow.note.content"]  # the description says which way
         assert run["info"]["status"] == "FINISHED"
         assert {claim for claim in CLAIMS if present(report[arm][claim])} <= set(metrics)
         assert metrics["best"] == pytest.approx(report[arm]["best"]) and "decay_share" in metrics
