@@ -28,8 +28,8 @@ RUN_NAME_COLUMN = "attributes.`Run Name`"
 TRIAL_COLUMNS = ["params.`lr`", "params.`weight_decay`", "params.`seed`",
                  "metrics.`best_val_acc`", "metrics.`test_acc_at_best_val`", "metrics.`val_acc`"]
 CHARTS_TITLE = "Arm summaries"
-# px per character of a run name in MLflow's table font, and what the row spends before the name
-# (checkbox, colour dot, padding); measured on MLflow 3.17's runs table in Chromium
+# px per character of a run name in MLflow's table font (about 5.6 on MLflow 3.17 in Chromium on Linux;
+# 6.5 leaves room for wider system fonts), and what the cell spends before the name (colour dot, padding)
 CHAR_PX, NAME_PAD_PX = 6.5, 56
 
 

@@ -363,8 +363,8 @@ def log_arm_summaries(run: StudyRun, summary, status: str | None) -> None:
     c, now = client(run.uri), int(time.time() * 1000)
     study = retry(lambda: c.get_run(run.parent_run_id), "read parent run").data.tags.get("study", "")
     names = [f"{p}{k}" for p in ("", "diff_") for k in CLAIMS]
-    directions = "; ".join(f"{way} is better: " + ", ".join(f"`{c.name}`" for c in CLAIMS.values()
-                                                             if c.higher_is_better == (way == "higher"))
+    directions = "; ".join(f"{way} is better: " + ", ".join(f"`{claim.name}`" for claim in CLAIMS.values()
+                                                             if claim.higher_is_better == (way == "higher"))
                            for way in ("higher", "lower"))
     colour = colours(list(summary["arm"]))
     for _, r in summary.iterrows():
