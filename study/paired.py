@@ -156,9 +156,9 @@ def compare_cells(g, baseline: str, test: str = "t", correction: str = "holm", a
                     continue
                 shared = wd == 0
                 r = paired_difference(x[both] - y[both], confidence)
+                p = r.p if test == "t" else paired_p(x[both] - y[both], test)  # the t-test's p: already there
                 rows.append({"arm": arm, "lr": lr, "weight_decay": wd, "shared": shared, "n": r.n, "diff": r.diff,
-                             "ci_low": r.lo, "ci_high": r.hi,
-                             "p": float("nan") if shared else paired_p(x[both] - y[both], test)})
+                             "ci_low": r.lo, "ci_high": r.hi, "p": float("nan") if shared else p})
     columns = ["arm", "lr", "weight_decay", "shared", "n", "diff", "ci_low", "ci_high", "p"]
     out = pd.DataFrame(rows, columns=columns)
     out["p_adj"] = adjust(out["p"].to_numpy(), correction)
