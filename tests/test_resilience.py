@@ -384,16 +384,17 @@ def test_a_disk_that_fills_mid_sweep_ends_in_one_line_with_the_resume_command(tm
     storage = tmp_path / "studies"
     storage.mkdir()
     ray_tmp = short_tmpdir("f")
-    # the driver (and the Ray it starts) in a mount namespace of its own, with a 1 MiB tmpfs over the
+    # the driver (and the Ray it starts) in a mount namespace of its own, with a 256 KiB tmpfs over the
     # storage folder: the first checkpoints fill it
     command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-               'mount -t tmpfs -o size=1m none "$0" && exec "$@"', str(storage),
+               'mount -t tmpfs -o size=256k none "$0" && exec "$@"', str(storage),
                PYTHON, "-m", "study", *tiny_args("full", *ARGS, "--set", f"storage={storage}")]
     proc = subprocess.run(command, cwd=tmp_path, env=study_env(RAY_TMPDIR=ray_tmp), capture_output=True, text=True,
                           timeout=600)
     no_ray_left(ray_tmp)
     study_dir = storage / "full"
     assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "sweep: 8 trials to train" in proc.stdout  # it filled mid-sweep, not before
     assert len(list(Path(ray_tmp).glob("ray-*"))) == 1  # a failed study keeps its local Ray's logs
     assert not shows_a_traceback(proc.stderr), proc.stderr[-3000:]
     # the driver's own last line (lines that Ray forwards from trials may still arrive after it)
