@@ -62,9 +62,9 @@ def test_trial_throughput_compares_against_the_bare_loop():
 def test_sweep_overhead_runs_a_real_ray_sweep():
     ray_tmp = short_tmpdir("b")
     try:
-        out = run_benchmark("sweep_overhead.py", "--trials", "2", "--epochs", "1", "--rounds", "1",
+        out = run_benchmark("sweep_overhead.py", "--trials", "1", "--epochs", "1", "--rounds", "1",
                             env=study_env(RAY_TMPDIR=ray_tmp, TMPDIR=ray_tmp))
-        assert "1 epochs per trial" in out and "slope of 2 -> 6 trials" in out
+        assert "1 epochs per trial" in out and "slope of 1 -> 3 trials" in out
         ratio = re.search(r"\*\*ratio in-process / study per trial\*\* \| \*\*(-?[0-9.]+) ", out)
         assert ratio and math.isfinite(float(ratio.group(1))), out
         deadline = time.time() + 20  # a clean exit stops the local Ray it started, within seconds
