@@ -43,20 +43,32 @@ def _state(name: str, state: dict) -> str:
     return json.dumps({"name": name, "createdAt": int(time.time() * 1000), "state": packed})
 
 
-def save_views(client, experiment_id: str, parent_run_id: str, study: str, longest_name: int) -> None:
-    """Write (or rewrite, on resume) the study's two views onto its experiment."""
-    from .tracking import SUMMARY_OF, retry
+def save_views(run, cfg) -> None:
+    """Write (or rewrite, on resume) the study's two views onto the experiment of ``run`` (its ``StudyRun``)."""
+    from .tracking import SUMMARY_OF, client, retry
 
-    mine = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    mine = f"tags.`mlflow.parentRunId` = '{run.parent_run_id}'"
     by_name = {"orderByKey": "tags.`mlflow.runName`", "orderByAsc": True}
     trials = {"searchFilter": f"{mine} and tags.ray_trial_id LIKE '%'", **by_name,
               "selectedColumns": TRIAL_COLUMNS, "columnOrder": [RUN_NAME_COLUMN, *TRIAL_COLUMNS],
-              "columnWidths": {RUN_NAME_COLUMN: round(NAME_PAD_PX + CHAR_PX * longest_name)}}
+              "columnWidths": {RUN_NAME_COLUMN: round(NAME_PAD_PX + CHAR_PX * longest_trial_name(cfg))}}
     arms = {"searchFilter": f"{mine} and tags.{SUMMARY_OF} LIKE '%'", **by_name, **claim_charts()}
+    c = client(run.uri)
     for which, title, state in (("trials", "trials", trials), ("arms", "arms side by side", arms)):
-        value = _state(f"{study}: {title}", state)
-        retry(lambda: client.set_experiment_tag(experiment_id, VIEW_TAG + view_id(parent_run_id, which), value),
+        value = _state(f"{cfg.name}: {title}", state)
+        retry(lambda: c.set_experiment_tag(run.experiment_id, VIEW_TAG + view_id(run.parent_run_id, which), value),
               f"save the {title} view")
+
+
+def longest_trial_name(cfg) -> int:
+    """How long the study's longest trial name is (an Optuna trial's η and λ at their longest)."""
+    from .config import arms, trained_grid
+    from .metrics import trial_name
+
+    if cfg.search.mode == "grid":
+        return max(len(trial_name(t)) for t in trained_grid(cfg))
+    return max(len(trial_name({**a, "lr": 1.23e-05, "weight_decay": 1.23e-05, "seed": max(cfg.search.seeds)}))
+               for a in arms(cfg))
 
 
 def claim_charts() -> dict:

@@ -228,7 +228,7 @@ def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
         check_reachable(uri)
         run = follow_move(run, study_dir)
         retry(lambda: client(uri).update_run(run.parent_run_id, status="RUNNING"), "reopen parent run")
-        save_views(client(uri), run.experiment_id, run.parent_run_id, cfg.name, longest_trial_name(cfg))
+        save_views(run, cfg)
         return run
     check_reachable(uri)
     c = client(uri)
@@ -252,7 +252,7 @@ def start_study(cfg, study_dir: Path, config_text: str) -> StudyRun:
         retry(lambda: c.log_batch(parent.info.run_id, params=params[i:i + 100]), "log study params")
     retry(lambda: c.log_text(parent.info.run_id, config_text, "study.yaml"), "log config artifact")
     run = StudyRun(uri, exp_id, parent.info.run_id, place(study_dir))
-    save_views(c, exp_id, run.parent_run_id, cfg.name, longest_trial_name(cfg))
+    save_views(run, cfg)
     saved.write_text(json.dumps(asdict(run)))
     return run
 
@@ -310,17 +310,6 @@ def trials_url(run: StudyRun, ui: str = "http://127.0.0.1:5000") -> str:
 def arms_url(run: StudyRun, ui: str = "http://127.0.0.1:5000") -> str:
     """The chart view of the arms' summary runs alone, side by side (its ``NAME: arms side by side`` view)."""
     return view_url(experiment_url(run, ui), run.parent_run_id, "arms", chart=True)
-
-
-def longest_trial_name(cfg) -> int:
-    """How long the study's longest trial name is (an Optuna trial's η and λ at their longest)."""
-    from .config import arms, trained_grid
-    from .metrics import trial_name
-
-    if cfg.search.mode == "grid":
-        return max(len(trial_name(t)) for t in trained_grid(cfg))
-    return max(len(trial_name({**a, "lr": 1.23e-05, "weight_decay": 1.23e-05, "seed": max(cfg.search.seeds)}))
-               for a in arms(cfg))
 
 
 def end_study(study_dir: Path, status: str) -> None:
