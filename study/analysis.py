@@ -33,7 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from .claims import CLAIMS, PRIMARY_DEFAULT, TIE, Claim, SeedGrids, per_seed
-from .paired import Difference, adjust, compare_cells, paired_difference
+from .paired import Difference, adjust, compare_cells, paired_difference, ratio_interval
 
 CHANCE = {"digits": 0.1, "mnist1d": 0.1, "mnist1d_noisy": 0.1, "cifar10": 0.1, "cifar100": 0.01}
 CONFIDENCE = 0.95
@@ -45,9 +45,40 @@ MIN_SEEDS = 3
 SELECTED_BY = {"test_acc_at_best_val": "best_val_acc", "final_test_acc": "val_acc",
                "paper_top10_test_acc": "best_val_acc", "best_val_acc": "best_val_acc", "val_acc": "val_acc"}
 ANSWERS = ("shown", "shown worse", "not shown", "cannot be shown")
+# a control arm is an instrument of the decomposition, never a contender: it gets no answer and
+# stays out of Holm's family (a contender's answer must not depend on the controls a config runs)
+CONTROL = "control"
 # the control arm: pwd trained at lpwd's decay mass, and the arms lpwd's edge is split by
 MASS_ARM = "pwd@lpwd-mass"
 DECOMPOSITION = {"placement": ("pwd", "wd"), "decay mass": (MASS_ARM, "pwd"), "layer shape": ("lpwd", MASS_ARM)}
+# the share of lpwd's edge over pwd that decay mass explains reads as "mostly mass" above this,
+# "mostly layer shape" below it, when its whole interval is on that side
+MOSTLY = 0.5
+
+
+def is_control(arm: str) -> bool:
+    """pwd at lpwd's mass, and lpwd's layer shape at pwd's mass (a ``*_normalized`` schedule)."""
+    return arm == MASS_ARM or (arm.startswith("lpwd:") and arm.endswith("_normalized"))
+
+
+def contenders(arms: list[str], baseline: str) -> list[str]:
+    """The verdict's default family: every arm but the baseline and the controls."""
+    return [a for a in arms if a != baseline and not is_control(a)]
+
+
+def resolution_of(scores) -> float:
+    """The step of the accuracies in points (100 / test images), read from the trials' own numbers:
+    the largest step of which every value is a whole multiple; 0 when none is (continuous, hand-made)."""
+    x = np.asarray(scores, float)
+    u = np.unique(np.round(x[np.isfinite(x)], 9))
+    if len(u) < 2:
+        return 0.0
+    gap = float(np.diff(u).min())
+    for k in range(1, 21):  # few trials may never differ by exactly one image: try its fractions
+        steps = (u - u[0]) / (gap / k)
+        if np.all(np.abs(steps - np.round(steps)) < 1e-4):
+            return gap / k
+    return 0.0
 
 
 def arm_of(table: pd.DataFrame) -> pd.Series:
@@ -89,6 +120,7 @@ class Grid:
     val: np.ndarray
     test: np.ndarray
     diverged: np.ndarray  # [arm, lr, lambda]: diverged seeds
+    resolution: float = 0.0  # points per test image (``resolution_of``), the floor of every standard error
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -109,7 +141,8 @@ def grid(df: pd.DataFrame, arms: list[str] | None = None) -> Grid:
         at = (pos[r.arm], li[r.lr], wi[r.weight_decay], si[r.seed])
         val[at], test[at] = r.select, r.score
         div[at[:3]] += r.diverged
-    return Grid(arms, lrs, wds, seeds, val, test, div)
+    # a diverged trial scores chance, which is no count of test images: it says nothing of the step
+    return Grid(arms, lrs, wds, seeds, val, test, div, resolution_of(df.loc[df["diverged"] == 0, "score"]))
 
 
 def _nanmean(x: np.ndarray, axis) -> np.ndarray:
@@ -138,53 +171,108 @@ def paired_seeds(stat: np.ndarray, arms: list[int]) -> np.ndarray:
     return np.flatnonzero(np.isfinite(stat[arms]).all(axis=0))
 
 
-def paired(diffs: np.ndarray, confidence: float = CONFIDENCE) -> Difference:
+def paired(diffs: np.ndarray, confidence: float = CONFIDENCE, resolution: float = 0.0) -> Difference:
     """``paired_difference``; below ``MIN_SEEDS`` pairs the mean difference only, no interval or p-value."""
-    d = paired_difference(diffs, confidence)
+    d = paired_difference(diffs, confidence, resolution)
     return d if d.n >= MIN_SEEDS else replace(d, lo=math.nan, hi=math.nan, p=math.nan, se=math.nan)
 
 
-def compare(stat: np.ndarray, a: int, b: int, confidence: float = CONFIDENCE) -> tuple[Difference, np.ndarray]:
+def compare(stat: np.ndarray, a: int, b: int, confidence: float = CONFIDENCE,
+            resolution: float = 0.0) -> tuple[Difference, np.ndarray]:
     """Arm a − arm b on one claim's per-seed statistic ``[arm, seed]``; also the seeds used."""
     both = paired_seeds(stat, [a, b])
-    return paired(stat[a, both] - stat[b, both], confidence), both
+    return paired(stat[a, both] - stat[b, both], confidence, resolution), both
 
 
-def own_interval(x: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """Mean of an arm's per-seed statistic and its t-interval (NaN interval below ``MIN_SEEDS``)."""
+def own_interval(x: np.ndarray, confidence: float = CONFIDENCE, bounds: tuple[float, float] = (-math.inf, math.inf),
+                 resolution: float = 0.0) -> tuple[float, float, float, bool]:
+    """Mean of an arm's per-seed statistic, its t-interval clipped to what the quantity can be
+    (``bounds``), and whether it was clipped. NaN interval below ``MIN_SEEDS``."""
     x = x[np.isfinite(x)]
     mean = float(x.mean()) if len(x) else math.nan
     if len(x) < MIN_SEEDS:
-        return mean, math.nan, math.nan
-    if np.ptp(x) <= TIE:
-        return mean, mean, mean
-    lo, hi = stats.t.interval(confidence, len(x) - 1, loc=mean, scale=stats.sem(x))
-    return mean, float(lo), float(hi)
+        return mean, math.nan, math.nan, False
+    d = paired_difference(x, confidence, resolution)  # the interval of a mean, floored like a difference's
+    lo, hi = max(d.lo, bounds[0]), min(d.hi, bounds[1])
+    return mean, lo, hi, (lo, hi) != (d.lo, d.hi)
 
 
-def decompose(per_seed_stats: dict[str, np.ndarray], arms: list[str], primary: dict[str, str],
-              alpha: float = ALPHA) -> dict | None:
-    """lpwd − wd on each primary claim as placement + decay mass + layer shape, on the seeds all
-    four arms completed; and the share of lpwd's edge over pwd that decay mass explains."""
+def _share(num: np.ndarray, den: np.ndarray, resolution: float) -> dict:
+    r = ratio_interval(num, den, CONFIDENCE, resolution)
+    return {"ratio": r.ratio, "lo": r.lo, "hi": r.hi, "bounded": r.bounded}
+
+
+def reading(edge: Difference, share: dict, alpha: float = ALPHA) -> str:
+    """Which part carries lpwd's difference from pwd, in words the intervals allow: ``no edge`` (its
+    interval spans 0), ``mostly decay mass`` / ``mostly layer shape`` (the share's whole interval
+    above / below ``MOSTLY``), else ``both``."""
+    if not (math.isfinite(edge.p) and edge.p < alpha) or not share["bounded"]:
+        return "no edge"
+    if share["lo"] >= MOSTLY:
+        return "mostly decay mass"
+    if share["hi"] <= MOSTLY:
+        return "mostly layer shape"
+    return "both"
+
+
+def decompose(per_seed_stats: dict[str, np.ndarray], g: SeedGrids, arms: list[str], lrs: list[float],
+              primary: dict[str, str], alpha: float = ALPHA, resolution: float = 0.0) -> dict | None:
+    """lpwd − wd as placement + decay mass + layer shape, on the seeds all four arms completed.
+
+    ``claims``: per question, on its primary claim, each part's paired difference and the share of
+    lpwd's edge over pwd that decay mass explains (Fieller's interval; ``bounded`` False when the
+    edge is not clearly away from 0, and then no share is stated).
+
+    ``cells``: the same split of test accuracy cell by cell, for every λ > 0 and η (``per_lr``) and
+    averaged over η (``parts``), each with its paired interval (uncorrected: the decomposition
+    describes, the verdict's answers decide); and per λ the mass share and its ``reading``. The
+    split holds exactly in every cell, and the share moves with λ, so it is drawn as curves.
+    """
     needed = {"wd", "pwd", "lpwd", MASS_ARM}
     if not needed <= set(arms):
         return None
     idx = {a: arms.index(a) for a in needed}
-    out = {}
+    seeds = paired_seeds(np.stack([per_seed_stats[n] for n in primary.values()]).min(axis=0), list(idx.values()))
+    if not len(seeds):
+        return None
+
+    def diff(stat, x, y):
+        return paired(stat[idx[x]] - stat[idx[y]], resolution=resolution)
+
+    claims = {}
     for question, name in primary.items():
-        stat = per_seed_stats[name]
-        seeds = paired_seeds(stat, list(idx.values()))
+        stat = per_seed_stats[name][:, seeds]
+        parts = {part: diff(stat, *pair) for part, pair in DECOMPOSITION.items()}
+        edge = diff(stat, "lpwd", "pwd")
+        share = _share(stat[idx[MASS_ARM]] - stat[idx["pwd"]], stat[idx["lpwd"]] - stat[idx["pwd"]], resolution)
+        claims[question] = {"claim": name, "seeds": len(seeds), "total": asdict(diff(stat, "lpwd", "wd")),
+                            "parts": {k: asdict(v) for k, v in parts.items()}, "edge_over_pwd": asdict(edge),
+                            "mass_share": share, "reading": reading(edge, share, alpha)}
+    decaying = g.decaying
+    test = g.test[:, seeds][..., decaying]  # [arm, seed, lr, λ > 0]
+    by_lambda = test.mean(axis=2)  # [arm, seed, λ]: the η-mean accuracy at each λ
+    I, J = test.shape[2:]
 
-        def diff(x, y):
-            return paired(stat[idx[x], seeds] - stat[idx[y], seeds])
+    def split(x: np.ndarray) -> dict:
+        """{part: Difference} of lpwd − wd's parts on per-seed values x [arm, seed]."""
+        return {"total": diff(x, "lpwd", "wd"), **{part: diff(x, *pair) for part, pair in DECOMPOSITION.items()},
+                "edge over pwd": diff(x, "lpwd", "pwd")}
 
-        parts = {part: diff(*pair) for part, pair in DECOMPOSITION.items()}
-        edge = diff("lpwd", "pwd")
-        share = parts["decay mass"].diff / edge.diff if edge.p < alpha and abs(edge.diff) > TIE else None
-        out[question] = {"claim": name, "seeds": len(seeds), "total": asdict(diff("lpwd", "wd")),
-                         "parts": {k: asdict(v) for k, v in parts.items()}, "edge_over_pwd": asdict(edge),
-                         "mass_share_of_edge_over_pwd": share}
-    return out
+    per_lambda = [split(by_lambda[..., j]) for j in range(J)]
+    shares = [_share(by_lambda[idx[MASS_ARM], :, j] - by_lambda[idx["pwd"], :, j],
+                     by_lambda[idx["lpwd"], :, j] - by_lambda[idx["pwd"], :, j], resolution) for j in range(J)]
+    per_cell = [[split(test[..., i, j]) for j in range(J)] for i in range(I)]
+    names = list(per_lambda[0])
+
+    def table(rows) -> dict:
+        return {part: {k: [getattr(r[part], k) for r in rows] for k in ("diff", "lo", "hi", "p")} for part in names}
+
+    cells = {"lambdas": [float(w) for w in g.wds[decaying]], "lrs": [float(x) for x in lrs], "seeds": len(seeds),
+             "parts": table(per_lambda),
+             "per_lr": [table(row) for row in per_cell],
+             "mass_share": {k: [s[k] for s in shares] for k in ("ratio", "lo", "hi", "bounded")},
+             "reading": [reading(per_lambda[j]["edge over pwd"], shares[j], alpha) for j in range(J)]}
+    return {"claims": claims, "cells": cells}
 
 
 def expected_best_of_k(val: np.ndarray, test: np.ndarray, ks: np.ndarray | None = None) -> np.ndarray:
@@ -252,12 +340,15 @@ def bookkeeping(table: pd.DataFrame) -> pd.DataFrame:
 
 def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baseline: str = "wd",
               test: str = "t", correction: str = "holm", alpha: float = ALPHA, effective_decay: dict | None = None,
-              arms: list[str] | None = None, primary: dict[str, str] | None = None) -> pd.DataFrame:
+              arms: list[str] | None = None, primary: dict[str, str] | None = None,
+              family: list[str] | None = None) -> pd.DataFrame:
     """One row per arm: descriptive numbers, every claim with its interval, and the paired
-    comparison with the baseline; the primary claims' answers (Holm across arms per question).
+    comparison with the baseline; the primary claims' answers (Holm across the family per question).
 
     ``effective_decay``: {arm: lambda_eff / lambda} (recorded when the study is planned,
-    see ``study.plan``), reported as given. ``primary``: {question: claim name}.
+    see ``study.plan``), reported as given. ``primary``: {question: claim name}. ``family``: the
+    arms whose answers are the verdict (``verdict.arms``; default every arm but the baseline and
+    the controls); Holm's correction runs over them alone, and every other arm is a ``control``.
     """
     primary = {**PRIMARY_DEFAULT, **(primary or {})}
     df = scored(table, metric)
@@ -266,6 +357,9 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
     books = bookkeeping(table)
     c = cells(df)
     b = g.arms.index(baseline) if baseline in g.arms else None
+    family = [a for a in (family if family is not None else contenders(g.arms, baseline)) if a in g.arms]
+    lambdas = np.asarray([w for w in g.wds if w > 0], float)
+    undefined = {k: why for k, claim in CLAIMS.items() if (why := claim.undefined(lambdas))}
     per_cell = compare_cells(g, baseline, test, correction, alpha) if b is not None else None
     rows = []
     for a, arm in enumerate(g.arms):
@@ -289,10 +383,13 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
             "diverged_cells": int((mine["diverged"] > 0).sum()),
             "sign_flip_cells": int((mine["lr"] * mine["weight_decay"] >= 1).sum()),
         }
-        for k in CLAIMS:
-            row[k], row[f"{k}_lo"], row[f"{k}_hi"] = own_interval(stat[k][a])
+        for k, claim in CLAIMS.items():
+            row[k], row[f"{k}_lo"], row[f"{k}_hi"], row[f"{k}_clipped"] = own_interval(
+                stat[k][a], bounds=claim.bounds(lambdas), resolution=g.resolution)
             if b is not None and a != b:
-                d, seeds = compare(stat[k], a, b)
+                d, seeds = compare(stat[k], a, b, resolution=g.resolution)
+                if k in undefined:
+                    d = replace(d, lo=math.nan, hi=math.nan, p=math.nan, se=math.nan)
                 row.update({f"diff_{k}": d.diff, f"diff_{k}_lo": d.lo, f"diff_{k}_hi": d.hi, f"p_{k}": d.p,
                             f"n_{k}": d.n, f"se_{k}": d.se,
                             f"{k}_paired": float(stat[k][a, seeds].mean()) if len(seeds) else float("nan"),
@@ -308,18 +405,22 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
         rows.append(row)
     out = pd.DataFrame(rows)
     if b is not None and len(g.arms) > 1:
-        others = out["arm"] != baseline
-        for question, name in primary.items():  # one family per question: Holm across the arms
-            p = out.loc[others, f"p_{name}"].to_numpy(dtype=float)
-            out.loc[others, f"p_adj_{question}"] = adjust(p, "holm")
+        members = out["arm"].isin(family)
+        for question, name in primary.items():  # one family per question: Holm across the declared arms
+            p = out.loc[members, f"p_{name}"].to_numpy(dtype=float)
+            out[f"p_adj_{question}"] = np.nan
+            if members.any():
+                out.loc[members, f"p_adj_{question}"] = adjust(p, "holm")
             out[f"answer_{question}"] = [
+                "" if r["arm"] == baseline else CONTROL if r["arm"] not in family else
                 answer(CLAIMS[name], r[f"diff_{name}"], int(r[f"n_{name}"]), r[f"p_adj_{question}"], alpha)
-                if r["arm"] != baseline else "" for _, r in out.iterrows()]
+                for _, r in out.iterrows()]
     out.attrs.update({"metric": metric, "selected_by": SELECTED_BY[metric], "baseline": baseline, "test": test,
                       "correction": correction, "alpha": alpha, "confidence": CONFIDENCE, "min_seeds": MIN_SEEDS,
                       "seeds": len(g.seeds), "primary": primary, "cells_per_arm": g.shape[1] * g.shape[2],
-                      "decaying_cells": int(np.sum(np.asarray(g.wds) > 0)) * g.shape[1],
-                      "decomposition": decompose(stat, g.arms, primary, alpha)})
+                      "decaying_cells": int(np.sum(np.asarray(g.wds) > 0)) * g.shape[1], "family": family,
+                      "resolution": g.resolution, "undefined": undefined,
+                      "decomposition": decompose(stat, seed_grids(g), g.arms, g.lrs, primary, alpha, g.resolution)})
     return out
 
 

@@ -11,7 +11,16 @@ For a scenario and a seed count, ``measure`` simulates ``replicates`` studies
   any arm (Holm across arms): the family's error rate with several identical arms;
 * how often any cell of the per-cell maps was starred (one correction over all arms).
 
-``benchmarks/calibration.py`` prints the full table; the test suite runs a smaller
+``measure_pooling`` does the same for the sentences ``study compare`` writes: several
+settings, each a simulated study through ``summarize`` and ``report.answers_json``, pooled
+by ``compare.compare`` itself; it counts the pooled answers, the heterogeneity test, I² ≥
+50%, the coverage of the pooled interval and of the prediction interval (a new setting's
+true effect drawn from the settings'), and the settings counted "shown".
+
+``measure_decomposition`` puts four-arm studies through ``summarize`` and counts how
+often a mass share is printed and how often its interval covers the true share.
+
+``benchmarks/calibration.py`` prints the full tables; the test suite runs a smaller
 seeded version and fails if a claim's false-positive rate is above α beyond its
 sampling error, or a primary claim's coverage is below 93%.
 """
@@ -24,8 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .analysis import ALPHA, summarize
-from .claims import CLAIMS, PRIMARY_DEFAULT, SeedGrids, per_seed
-from .simulate import SCENARIOS, Scenario, Shape, simulate, simulate_arrays
+from .claims import CLAIMS, PRIMARY_DEFAULT, QUESTIONS, SeedGrids, per_seed
+from .simulate import SCENARIOS, SHAPES, Scenario, Shape, simulate, simulate_arrays
 
 SEEDS = (3, 5, 10)
 TRUTH_SEEDS = 20000
@@ -92,3 +101,88 @@ def measure(scenario: Scenario, seeds: int, replicates: int, seed: int = 0, shap
 
 def calibrate(replicates: int, seeds=SEEDS, scenarios=tuple(SCENARIOS), seed: int = 0) -> list[Rates]:
     return [measure(SCENARIOS[name], n, replicates, seed) for name in scenarios for n in seeds]
+
+
+# settings to pool: 7 like the suite's, all null; a true robustness effect in 2 of them only; in all 7 alike
+POOLING = {
+    "7 null": (SCENARIOS["null"],) * 7,
+    "2 of 7 robust": (SCENARIOS["null"],) * 5 + (Scenario("robust", recover=0.3),) * 2,
+    "7 robust": (SCENARIOS["robust"],) * 7,
+}
+
+
+@dataclass
+class PoolingRates:
+    scenario: str
+    seeds: int
+    replicates: int
+    shown: dict = field(default_factory=dict)  # question -> pooled answer shown or shown worse
+    covered: dict = field(default_factory=dict)  # question -> pooled interval covers the settings' mean truth
+    heterogeneity: dict = field(default_factory=dict)  # question -> bootstrap test rejects homogeneity
+    i2_half: dict = field(default_factory=dict)  # question -> I² ≥ 50%
+    predicted: dict = field(default_factory=dict)  # question -> prediction interval covers a new setting's truth
+    any_setting: dict = field(default_factory=dict)  # question -> at least one setting answered shown/shown worse
+
+
+def _answers(study, name: str):
+    from .compare import Setting
+    from .report import answers_json
+    from .verdict import verdict_parts
+
+    s = summarize(study, arms=["wd", "lpwd"])
+    context = {"dataset": "digits", "model": "small_cnn", "start": "from scratch", "base": "adam", "epochs": 10,
+               "seeds": int(study["seed"].nunique())}
+    return Setting(name, name, context, answers_json(s, verdict_parts(s)), None)
+
+
+def measure_pooling(name: str, seeds: int, replicates: int, seed: int = 0) -> PoolingRates:
+    """Pooled answers over the settings of ``POOLING[name]``, each simulated and analysed as a study."""
+    from .compare import compare
+
+    settings = POOLING[name]
+    rng = np.random.default_rng([seed, seeds, zlib.crc32(name.encode())])
+    truths = [true_differences(sc) for sc in settings]
+    counts = {k: {q: 0 for q in QUESTIONS} for k in ("shown", "covered", "heterogeneity", "i2_half", "predicted",
+                                                     "any_setting")}
+    for _ in range(replicates):
+        studies = [_answers(simulate(sc, seeds, rng), f"setting{i}") for i, sc in enumerate(settings)]
+        result = compare(studies)
+        for q, claim in PRIMARY_DEFAULT.items():
+            p = result["pooled"]["lpwd"][q]
+            truth = [t[claim] for t in truths]
+            new = truth[rng.integers(len(truth))]
+            counts["shown"][q] += p["answer"] in ("shown", "shown worse")
+            counts["covered"][q] += bool(p["lo"] <= np.mean(truth) <= p["hi"])
+            counts["heterogeneity"][q] += bool(p["p_heterogeneity"] < ALPHA)
+            counts["i2_half"][q] += bool(p["i2"] >= 0.5)
+            counts["predicted"][q] += bool(p["pred_lo"] <= new <= p["pred_hi"])
+            by = p["settings_by_answer"]
+            counts["any_setting"][q] += bool(by["shown"] or by["shown worse"])
+    return PoolingRates(name, seeds, replicates, **{k: {q: v / replicates for q, v in c.items()}
+                                                     for k, c in counts.items()})
+
+
+@dataclass
+class ShareRates:
+    scenario: str
+    seeds: int
+    replicates: int
+    truth: float | None  # the true share of lpwd's edge over pwd that is decay mass (None: 0/0, any value)
+    printed: float = 0.0  # a share was stated (its Fieller interval bounded)
+    covered: float = float("nan")  # of the stated shares, those whose interval covers the truth
+
+
+def measure_decomposition(scenario: Scenario, truth: float | None, seeds: int, replicates: int,
+                          seed: int = 0) -> ShareRates:
+    """How often the λ-regret mass share is stated, and how often its interval covers ``truth``
+    (with identical arms every value is true: the share is 0/0; counted as covered)."""
+    rng = np.random.default_rng([seed, seeds, zlib.crc32(scenario.name.encode())])
+    printed = covered = 0
+    for _ in range(replicates):
+        d = summarize(simulate(scenario, seeds, rng), arms=list(scenario.arms)).attrs["decomposition"]
+        share = d["claims"]["more_robust"]["mass_share"]
+        if share["bounded"]:
+            printed += 1
+            covered += truth is None or share["lo"] - 1e-9 <= truth <= share["hi"] + 1e-9
+    return ShareRates(scenario.name, seeds, replicates, truth, printed / replicates,
+                      covered / printed if printed else float("nan"))

@@ -62,9 +62,19 @@ class Claim:
     higher_is_better: bool
     statistic: Callable[[SeedGrids], np.ndarray]  # -> [arm, seed]
     note: str = ""  # its limit, shown where the claim is
+    # what the quantity can be on a grid with these λ > 0 values: its intervals are clipped there
+    bounds: Callable[[np.ndarray], tuple[float, float]] = lambda lambdas: (-np.inf, np.inf)
+    min_lambdas: int = 1  # λ > 0 values the claim needs to mean anything (a shape needs two)
 
     def better_sign(self) -> int:
         return 1 if self.higher_is_better else -1
+
+    def undefined(self, lambdas: np.ndarray) -> str | None:
+        """Why the claim says nothing on this grid (``lambdas``: its λ > 0 values), or None."""
+        if len(lambdas) < self.min_lambdas:
+            return (f"the grid has {len(lambdas)} λ > 0 value{'s' if len(lambdas) != 1 else ''}, and "
+                    f"{self.short} needs {self.min_lambdas} (with one it is 0 by construction): add λ values")
+        return None
 
     @property
     def reading(self) -> str:
@@ -181,21 +191,30 @@ def near_optimal_2pt(g: SeedGrids) -> np.ndarray:
     return _only_complete(close, val, test)
 
 
+def _points(lambdas):
+    return 0.0, 100.0
+
+
+def _decades(lambdas):
+    return 0.0, float(np.log10(lambdas.max() / lambdas.min())) if len(lambdas) else 0.0
+
+
 CLAIMS: dict[str, Claim] = {c.name: c for c in (
     Claim("best", "better", "tuned test accuracy (each seed's validation-best cell)", "tuned accuracy", "pt",
-          True, tuned),
+          True, tuned, bounds=_points),
     Claim("lambda_regret", "more_robust", "λ-regret: points lost off each η's own best λ (mean over η and "
-          "λ > 0)", "λ-regret", "pt", False, lambda_regret),
+          "λ > 0)", "λ-regret", "pt", False, lambda_regret, bounds=lambda lambdas: (-100.0, 100.0), min_lambdas=2),
     Claim("lambda_regret_best_lr", "more_robust", "λ-regret at its best η only (mean over λ > 0)",
-          "λ-regret at best η", "pt", False, lambda_regret_best_lr),
+          "λ-regret at best η", "pt", False, lambda_regret_best_lr, bounds=lambda lambdas: (-100.0, 100.0),
+          min_lambdas=2),
     Claim("grid_mean", "better", "grid mean over λ > 0", "grid mean", "pt", True, grid_mean,
-          "mixes level and shape"),
+          "mixes level and shape", bounds=_points),
     Claim("near_optimal_2pt", "better", "near-optimal area (≤ 2 pt of the best of any arm)", "near-optimal area",
-          "share", True, near_optimal_2pt, "mixes level and shape"),
+          "share", True, near_optimal_2pt, "mixes level and shape", bounds=lambda lambdas: (0.0, 1.0)),
     Claim("decay_spread", "more_robust", "λ-spread at its best η (max − min over λ > 0)", "λ-spread", "pt", False,
-          decay_spread),
+          decay_spread, bounds=_points, min_lambdas=2),
     Claim("lambda_width", "more_robust", f"λ-width: decades of λ within {WIDTH_WITHIN:g} pt of its own best",
-          "λ-width", "decades", True, lambda_width),
+          "λ-width", "decades", True, lambda_width, bounds=_decades, min_lambdas=2),
 )}
 PRIMARY_DEFAULT = {"better": "best", "more_robust": "lambda_regret"}
 

@@ -6,11 +6,17 @@ study's trials by the same code as its report. ``compare`` checks the studies ca
 pooled (one baseline, the same primary claims, every compared arm in every study, seeds
 enough for an interval), then, per arm and question:
 
-* counts the settings where the study's own test shows the claim ("in k of n settings");
+* counts the settings by their own answer (shown / shown worse / not shown / cannot be
+  shown), with a Clopper–Pearson interval for the share of settings like these that show it;
 * pools the per-study effects with random effects and the Hartung–Knapp–Sidik–Jonkman
-  interval (``study.pooling``), Holm-corrected across the arms compared, like a study's
-  answers; and reports the heterogeneity and an exact sign test beside it;
+  interval (``study.pooling``), Holm-corrected across the contenders compared, like a
+  study's answers; with the heterogeneity (a bootstrap test that knows each standard error
+  was estimated from a few seeds, τ and its interval, I²) and a prediction interval for a
+  new setting; an exact sign test, Holm-corrected the same way, is exploratory;
 * draws a forest plot per question.
+
+Control arms (``pwd@lpwd-mass``, ``lpwd:*_normalized``) are pooled when asked for with
+``--arms``, with uncorrected p-values, and never enter the contenders' family.
 
 Its words come from the numbers only, in the same vocabulary as a study's verdict.
 """
@@ -27,17 +33,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import ALPHA, ANSWERS
+from .analysis import ALPHA, ANSWERS, CONTROL, contenders, is_control
 from .claims import CLAIMS, QUESTIONS
 from .config import repeated_values
 from .errors import UserError
 from .paired import holm
-from .pooling import SE_FLOOR, random_effects, sign_test, significant
-from .verdict import difference, display_name, markdown
+from .pooling import SE_FLOOR, random_effects, share_interval, sign_test, significant
+from .verdict import difference, display_name, interval, magnitude, markdown, percent_interval
 
 MIN_STUDIES = 2
-METHOD = ("random effects (DerSimonian–Laird τ²) with the modified Hartung–Knapp–Sidik–Jonkman t-interval on "
-          "k − 1 degrees of freedom")
+METHOD = ("random effects with the modified Hartung–Knapp–Sidik–Jonkman t-interval on k − 1 degrees of freedom; "
+          "heterogeneity by a parametric bootstrap of Q that redraws each study's variance from its seeds' χ², τ with "
+          "its Q-profile interval, and a prediction interval on k − 2 degrees of freedom")
 
 
 @dataclass
@@ -100,7 +107,7 @@ def check(settings: list[Setting], arms: list[str] | None) -> tuple[str, list[st
         if s.answers["settings"]["primary"] != primary:
             raise UserError(f"compare: {s.where} declares primary claims {s.answers['settings']['primary']}, "
                             f"{first.where} {primary}; compare studies that declared the same verdict claims")
-    arms = arms or [a for a in first.arms if a != baseline]
+    arms = arms or contenders(first.arms, baseline)
     for s in settings:
         missing = [a for a in [baseline, *arms] if a not in s.arms]
         if missing:
@@ -124,6 +131,7 @@ def check(settings: list[Setting], arms: list[str] | None) -> tuple[str, list[st
 def compare(settings: list[Setting], arms: list[str] | None = None) -> dict:
     """The comparison as data: per study and arm the primary effects, per arm and question the pooled one."""
     baseline, arms, primary = check(settings, arms)
+    family = [a for a in arms if not is_control(a)]
     studies = []
     for s in settings:
         row = {"study": s.name, "where": s.where, **s.context, "arms": {}}
@@ -131,40 +139,48 @@ def compare(settings: list[Setting], arms: list[str] | None = None) -> dict:
             comp = s.comparison(arm)
             row["arms"][arm] = {q: {**comp["claims"][primary[q]], "answer": comp["answers"][q]} for q in QUESTIONS}
             row["arms"][arm]["effective_decay"] = next(a for a in s.answers["arms"] if a["arm"] == arm)["effective_decay"]
-        decomposition = s.answers.get("decomposition") or {}
-        row["mass_share_of_edge_over_pwd"] = {q: d["mass_share_of_edge_over_pwd"] for q, d in decomposition.items()}
+        decomposition = (s.answers.get("decomposition") or {}).get("claims", {})
+        row["mass_share"] = {q: d["mass_share"] for q, d in decomposition.items()}
         row["run_id"] = getattr(s.run, "parent_run_id", None)
         studies.append(row)
     pooled: dict = {arm: {} for arm in arms}
+    n = len(studies)
     for question, claim in primary.items():
         fits, left_out = {}, {}
         for arm in arms:
-            # a study whose every seed differs by exactly the same amount (both arms chose the one shared
-            # λ = 0 trial on every seed) has no standard error: no weight can be given to it
+            # only a study of hand-made, continuous numbers can have no standard error at all: accuracies
+            # in whole test images always have one (``paired.se_floor``), so such studies are weighted
             effects = [r["arms"][arm][question] for r in studies]
             kept = [e for e in effects if e["se"] > SE_FLOOR]
             left_out[arm] = [r["study"] for r, e in zip(studies, effects) if e["se"] <= SE_FLOOR]
             if len(kept) >= MIN_STUDIES:
-                fits[arm] = random_effects([e["diff"] for e in kept], [e["se"] for e in kept])
-        adjusted = dict(zip(fits, holm([f.p for f in fits.values()]))) if fits else {}
+                fits[arm] = random_effects([e["diff"] for e in kept], [e["se"] for e in kept], [e["df"] for e in kept])
+        signs = {arm: sign_test([r["arms"][arm][question]["diff"] for r in studies]) for arm in arms}
+        members = [a for a in family if a in fits]
+        adjusted = dict(zip(members, holm([fits[a].p for a in members]))) if members else {}
+        sign_adjusted = dict(zip(family, holm([signs[a]["p_sign"] for a in family]))) if family else {}
         for arm in arms:
             sign = CLAIMS[claim].better_sign()
             counts = {a: [r["study"] for r in studies if r["arms"][arm][question]["answer"] == a] for a in ANSWERS}
-            signs = sign_test([r["arms"][arm][question]["diff"] for r in studies])
+            shown_lo, shown_hi = share_interval(len(counts["shown"]), n)
             entry = {"claim": claim, "answer": "cannot be shown", "p_adj": float("nan"), "settings_by_answer": counts,
-                     "left_out": left_out[arm], "favour": signs["positive"] if sign > 0 else signs["negative"],
-                     **signs}
+                     "shown_share_lo": shown_lo, "shown_share_hi": shown_hi, "left_out": left_out[arm],
+                     "favour": signs[arm]["positive"] if sign > 0 else signs[arm]["negative"], **signs[arm],
+                     "p_sign_adj": float(sign_adjusted.get(arm, signs[arm]["p_sign"])), "control": arm not in family}
             if arm in fits:
-                fit, p_adj = fits[arm], float(adjusted[arm])
-                answer = "not shown" if not significant(p_adj) else "shown" if fit.estimate * sign > 0 else "shown worse"
-                entry |= {**fit.as_dict(), "p_adj": p_adj, "answer": answer, "family": len(fits)}
+                fit = fits[arm]
+                p_adj = float(adjusted.get(arm, fit.p))
+                answer = (CONTROL if arm not in family else "not shown" if not significant(p_adj)
+                          else "shown" if fit.estimate * sign > 0 else "shown worse")
+                entry |= {**fit.as_dict(), "p_adj": p_adj, "answer": answer, "family": len(members)}
             else:
-                entry |= dict.fromkeys(("estimate", "lo", "hi", "se", "p", "tau", "i2", "q", "p_heterogeneity"),
-                                       float("nan")) | {"k": len(studies) - len(left_out[arm])}
+                entry |= dict.fromkeys(("estimate", "lo", "hi", "se", "p", "tau", "tau_lo", "tau_hi", "i2", "q",
+                                        "p_heterogeneity", "pred_lo", "pred_hi"), float("nan"))
+                entry |= {"k": n - len(left_out[arm]), "family": len(members)}
             pooled[arm][question] = entry
     bases = sorted({r["base"] for r in studies})
     result = {"baseline": baseline, "baseline_name": display_name(baseline, bases[0]) if len(bases) == 1
-              else f"{baseline} (AdamW/SGDW)", "arms": arms, "primary": primary, "method": METHOD,
+              else f"{baseline} (AdamW/SGDW)", "arms": arms, "family": family, "primary": primary, "method": METHOD,
               "alpha": ALPHA, "studies": studies, "pooled": pooled}
     result["parts"] = verdict_parts(result)
     return result
@@ -174,38 +190,67 @@ def _listed(names: list[str]) -> str:
     return ", ".join(names)
 
 
+def _est(p: dict) -> str:
+    return difference(p["claim"], p["estimate"], p["lo"], p["hi"])
+
+
+def counts_text(p: dict, n: int) -> str:
+    """``4 shown, 0 shown worse, 3 not shown of 7 settings (shown in 57% [18%, 90%] of settings like these)``."""
+    by = p["settings_by_answer"]
+    words = ", ".join(f"{len(by[a])} {a}" for a in ANSWERS if by[a] or a in ("shown", "shown worse", "not shown"))
+    return (f"{words} of {n} settings (shown in {100 * p['shown_share_lo']:.0f}–{100 * p['shown_share_hi']:.0f}% "
+            "of settings like these, Clopper–Pearson)")
+
+
+def heterogeneity_text(p: dict, alpha: float) -> str:
+    """What the scatter of the settings' effects says, in words its test allows."""
+    claim = p["claim"]
+    tau = magnitude(claim, p["tau"], p["tau_lo"], p["tau_hi"])
+    ph = p["p_heterogeneity"]
+    test = "bootstrap p " + ("< 0.001" if ph < 0.001 else f"= {ph:.3f}")
+    if p["p_heterogeneity"] < alpha:
+        return f"the settings differ in size beyond their seeds' noise ({test}; τ = {tau}; I² = {100 * p['i2']:.0f}%)"
+    return f"no difference between the settings shown ({test}; τ = {tau}; I² = {100 * p['i2']:.0f}%)"
+
+
+def pooled_text(p: dict) -> str:
+    p_text = "p < 0.001" if p["p_adj"] < 0.001 else f"p = {p['p_adj']:.3f}"
+    which = ("uncorrected, a control" if p["control"] else
+             f"Holm-corrected across {p['family']} arms" if p["family"] > 1 else "")
+    words = f"pooled {CLAIMS[p['claim']].short} {_est(p)}, {p_text}" + (f" {which}" if which else "")
+    if math.isfinite(p["pred_lo"]):
+        words += f"; a new setting like these: {interval(p['claim'], p['pred_lo'], p['pred_hi'])}"
+    return words
+
+
 def question_sentence(result: dict, arm: str, question: str) -> str:
-    """``more robust to λ? shown in 5 of 7 settings (...); pooled λ-regret −3.1 pt [...]: shown; ...``"""
+    """``more robust to λ? 4 shown, … of 7 settings (…); pooled λ-regret −3.1 pt [...], p = …; …``"""
     p = result["pooled"][arm][question]
     claim = CLAIMS[p["claim"]]
     n = len(result["studies"])
     by = p["settings_by_answer"]
-    # the settings with an answer are named; the ones without are counted
-    detail = [f"{ans} in {_listed(by[ans])}" for ans in ("shown", "shown worse") if by[ans]]
-    detail += [f"{ans} in {len(by[ans])}" for ans in ("not shown", "cannot be shown") if 0 < len(by[ans]) < n]
-    words = [f"{QUESTIONS[question]}? shown in {len(by['shown'])} of {n} settings"
-             + (f" ({'; '.join(detail)})" if detail else "")]
+    named = [f"{ans} in {_listed(by[ans])}" for ans in ("shown", "shown worse") if by[ans]]
+    words = [f"{QUESTIONS[question]}? {counts_text(p, n)}" + (f": {'; '.join(named)}" if named else "")]
     if p["left_out"]:
-        words.append(f"{_listed(p['left_out'])} left out of the pooled estimate (every seed's difference is the "
-                     "same, e.g. both arms chose the one shared λ = 0 trial: no standard error to weight it by)")
+        words.append(f"{_listed(p['left_out'])} left out of the pooled estimate (hand-made numbers with no "
+                     "standard error to weight them by)")
     if p["answer"] == "cannot be shown":
         words.append(f"pooled: cannot be shown ({p['k']} setting{'s' if p['k'] != 1 else ''} with a standard error, "
                      f"{MIN_STUDIES} needed)")
     else:
-        pooled = difference(p["claim"], p["estimate"], 0.0, p["lo"], p["hi"])
-        p_text = "p < 0.001" if p["p_adj"] < 0.001 else f"p = {p['p_adj']:.3f}"
-        words.append(f"pooled over {p['k']} settings {claim.short} {pooled} ({claim.reading}), {p_text}"
-                     + (f" Holm-corrected across {p['family']} arms" if p["family"] > 1 else "") + f": {p['answer']}")
-        tau = difference(p["claim"], p["tau"], 0.0, float("nan"), float("nan")).lstrip("+")
-        words.append(f"heterogeneity I² = {100 * p['i2']:.0f}%, τ = {tau}")
-    words.append(f"{p['favour']} of {n} settings favour {arm} (exact sign test p = {p['p_sign']:.3f})")
+        words.append(f"{pooled_text(p)} ({claim.reading}): {p['answer'] if p['answer'] != CONTROL else 'not asked of a control'}")
+        words.append(heterogeneity_text(p, result["alpha"]))
+    words.append(f"exploratory: {p['favour']} of {n} settings favour {arm} (exact sign test p = {p['p_sign']:.3f}"
+                 + (f", Holm-corrected across {len(result['family'])} arms p = {p['p_sign_adj']:.3f}"
+                    if not p["control"] and len(result["family"]) > 1 else "") + ")")
     return "; ".join(words)
 
 
 def verdict_parts(result: dict) -> list[str]:
-    """The headline (LPWD or the first arm, both questions), one part per arm, then the limits."""
+    """The headline (LPWD or the first contender, both questions), one part per arm, then the limits."""
     arms, n = result["arms"], len(result["studies"])
-    lead = "lpwd" if "lpwd" in arms else arms[0]
+    family = result["family"] or arms
+    lead = "lpwd" if "lpwd" in family else family[0]
     studies = result["studies"]
 
     def kinds(key: str) -> str:
@@ -214,21 +259,26 @@ def verdict_parts(result: dict) -> list[str]:
     heads = []
     for question in QUESTIONS:
         p = result["pooled"][lead][question]
-        heads.append(f"{QUESTIONS[question]}? {p['answer']} (pooled {CLAIMS[p['claim']].short} "
-                     f"{difference(p['claim'], p['estimate'], 0.0, p['lo'], p['hi'])}; shown in "
-                     f"{len(p['settings_by_answer']['shown'])} of {n} settings; {p['favour']} of {n} favour {lead}, "
-                     f"sign test p = {p['p_sign']:.3f})")
+        head = f"{QUESTIONS[question]}? {p['answer']}"
+        if p["answer"] != "cannot be shown":
+            head += f" ({pooled_text(p)}; {heterogeneity_text(p, result['alpha'])}; {counts_text(p, n)})"
+        heads.append(head)
     name = lead.upper() if lead == "lpwd" else lead
     parts = [f"{name} vs {result['baseline_name']} across {n} settings: " + "; ".join(heads) + "."]
     for arm in arms:
-        parts.append(f"{arm} vs {result['baseline_name']}: "
+        parts.append(f"{arm}{' (control)' if arm not in family else ''} vs {result['baseline_name']}: "
                      + ". ".join(question_sentence(result, arm, q) for q in QUESTIONS) + ".")
+    shares = [(r["study"], r["mass_share"].get("more_robust")) for r in studies if r["mass_share"].get("more_robust")]
+    if shares:
+        parts.append("How much of lpwd's λ-regret edge over pwd is decay mass, per setting (Fieller's 95% interval; "
+                     "none where the edge is not clearly away from 0): "
+                     + "; ".join(f"{name}: {percent_interval(share)}" for name, share in shares) + ".")
     seeds = sorted({r["seeds"] for r in studies})
     seeds_text = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
     parts.append(f"Scope: {n} settings (datasets {kinds('dataset')}; models {kinds('model')}; {kinds('start')}; "
                  f"base optimizers {kinds('base')}), {seeds_text} seeds each. Pooled: {result['method']}, at "
-                 f"α = {result['alpha']:g}; it generalises to settings like these, not to every setting. \"Shown in "
-                 "k of n settings\" counts each study's own Holm-corrected test.")
+                 f"α = {result['alpha']:g}; it generalises to settings like these, not to every setting. The counts "
+                 "are each study's own Holm-corrected answer.")
     return parts
 
 
@@ -248,18 +298,17 @@ def table(result: dict) -> pd.DataFrame:
             for q in QUESTIONS:
                 e = r["arms"][arm][q]
                 claim = result["primary"][q]
-                row[f"{QUESTIONS[q]}: {CLAIMS[claim].short}"] = difference(claim, e["diff"], 0.0, e["lo"], e["hi"]) + _p_adj(e)
+                row[f"{QUESTIONS[q]}: {CLAIMS[claim].short}"] = difference(claim, e["diff"], e["lo"], e["hi"]) + _p_adj(e)
                 row[f"{QUESTIONS[q]}?"] = e["answer"]
-            share = r["mass_share_of_edge_over_pwd"].get("more_robust") if arm == "lpwd" else None
+            share = r["mass_share"].get("more_robust") if arm == "lpwd" else None
             row["λ_eff/λ"] = f"{r['arms'][arm]['effective_decay']:.2f}"
-            row["decay-mass share (robust)"] = "-" if share is None else f"{100 * share:.0f}%"
+            row["decay-mass share (robust)"] = "-" if not share or not share["bounded"] else percent_interval(share)
             rows.append(row)
     for arm in result["arms"]:
         row = {"study": "pooled", "dataset": "", "model": "", "start": "", "base": "", "seeds": "", "arm": arm}
         for q in QUESTIONS:
             p = result["pooled"][arm][q]
-            row[f"{QUESTIONS[q]}: {CLAIMS[p['claim']].short}"] = (difference(p["claim"], p["estimate"], 0.0, p["lo"], p["hi"])
-                                                                  + _p_adj(p))
+            row[f"{QUESTIONS[q]}: {CLAIMS[p['claim']].short}"] = _est(p) + _p_adj(p)
             row[f"{QUESTIONS[q]}?"] = p["answer"]
         row["λ_eff/λ"], row["decay-mass share (robust)"] = "", ""
         rows.append(row)
@@ -277,8 +326,8 @@ def _p_adj(effect: dict) -> str:
 def markdown_summary(result: dict, times: dict[str, float] | None = None) -> str:
     """compare.md: the verdict and, for the lead arm, one row per setting and the pooled row, in
     Markdown (a README or a paper's appendix quotes it as it is, so the words match the numbers)."""
-    arms = result["arms"]
-    lead = "lpwd" if "lpwd" in arms else arms[0]
+    family = result["family"] or result["arms"]
+    lead = "lpwd" if "lpwd" in family else family[0]
     claims = {q: CLAIMS[result["primary"][q]] for q in QUESTIONS}
     head = ["setting", "data", "model", "start", "base"] + [f"{QUESTIONS[q]}? {claims[q].short}" for q in QUESTIONS]
     head += ["minutes"] if times else []
@@ -287,18 +336,18 @@ def markdown_summary(result: dict, times: dict[str, float] | None = None) -> str
         cells = [r["study"], r["dataset"], r["model"], r["start"], r["base"]]
         for q in QUESTIONS:
             e = r["arms"][lead][q]
-            cells.append(f"{difference(result['primary'][q], e['diff'], 0.0, e['lo'], e['hi'])}{_p_adj(e)}: {e['answer']}")
+            cells.append(f"{difference(result['primary'][q], e['diff'], e['lo'], e['hi'])}{_p_adj(e)}: {e['answer']}")
         if times:
             cells.append(f"{times.get(r['study'], float('nan')) / 60:.1f}")
         lines.append(f"| {' | '.join(cells)} |")
     pooled = ["**pooled**", "", "", "", ""]
     for q in QUESTIONS:
         p = result["pooled"][lead][q]
-        pooled.append(f"**{difference(p['claim'], p['estimate'], 0.0, p['lo'], p['hi'])}{_p_adj(p)}: {p['answer']}**")
+        pooled.append(f"**{_est(p)}{_p_adj(p)}: {p['answer']}**")
     lines.append(f"| {' | '.join(pooled + ([''] if times else []))} |")
     caption = (f"{lead} − {result['baseline_name']} per setting: each study's primary claims (mean paired difference "
                "over seeds, 95% t-interval, Holm-corrected p, the study's own answer); pooled: random effects, HKSJ "
-               "interval, p Holm-corrected across the arms compared.")
+               "interval, p Holm-corrected across the contenders compared.")
     return markdown(result["parts"]) + "\n\n" + caption + "\n\n" + "\n".join(lines) + "\n"
 
 
@@ -373,7 +422,8 @@ def log_run(result: dict, artifacts: list[Path], uri: str, name: str) -> str:
     metrics, now = [], int(time.time() * 1000)
     for arm, per in result["pooled"].items():
         for q, p in per.items():
-            for k in ("estimate", "lo", "hi", "p_adj", "i2", "tau", "p_sign"):
+            for k in ("estimate", "lo", "hi", "p_adj", "i2", "tau", "tau_lo", "tau_hi", "p_heterogeneity", "pred_lo",
+                      "pred_hi", "p_sign"):
                 if math.isfinite(p[k]):
                     metrics.append(Metric(f"{key_of(arm)}.pooled_{p['claim']}_{k}", float(p[k]), now, 0))
     retry(lambda: c.log_batch(rid, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()]),

@@ -174,10 +174,13 @@ class TrackingConfig(Strict):
 
 
 class VerdictConfig(Strict):
-    """The pre-declared primary claim of each question (study/claims.py); the rest are exploratory."""
+    """The pre-declared primary claim of each question (study/claims.py), the rest exploratory; and the
+    arms whose answers are the verdict (Holm's family). Default: every arm but the baseline and the
+    controls (pwd@lpwd-mass, lpwd:*_normalized), which are instruments of the decomposition."""
 
     better: Literal[tuple(claims_for("better"))] = PRIMARY_DEFAULT["better"]  # type: ignore[valid-type]
     more_robust: Literal[tuple(claims_for("more_robust"))] = PRIMARY_DEFAULT["more_robust"]  # type: ignore[valid-type]
+    arms: Optional[list[str]] = Field(None, min_length=1)
 
 
 class StudyConfig(Strict):
@@ -235,6 +238,22 @@ class StudyConfig(Strict):
             if DATA_DIMS[pretrain.data] != DATA_DIMS[self.data.name]:
                 raise ValueError(f"model.pretrain.data: {pretrain.data} has another input shape or class count "
                                  f"than {self.data.name}; pretrain on a task of the same shape")
+        return self
+
+    @model_validator(mode="after")
+    def verdict_arms_are_arms(self):
+        if self.verdict.arms is not None:
+            names = [a["arm"] for a in arms(self)]
+            baseline = "wd" if "wd" in self.search.variants else self.search.variants[0]
+            for arm in self.verdict.arms:
+                if arm not in names or arm == baseline:
+                    guess = did_you_mean(arm, names)
+                    raise ValueError(f"{arm} is not an arm this study compares with {baseline}"
+                                     + (f" (did you mean {guess}?)" if guess and guess != arm else "")
+                                     + f"; list arms of {', '.join(n for n in names if n != baseline)}")
+            repeated = repeated_values(self.verdict.arms)
+            if repeated:
+                raise ValueError(f"verdict.arms: {', '.join(repeated)} listed more than once; list each arm once")
         return self
 
     @property

@@ -51,23 +51,64 @@ class Difference:
         return self.n - 1
 
 
-def paired_difference(d: np.ndarray, confidence: float = 0.95) -> Difference:
-    """Mean of per-seed differences with its t-interval and the paired t-test's p-value.
+def se_floor(resolution: float, n: int) -> float:
+    """The smallest standard error a mean of n paired differences of accuracies in steps of
+    ``resolution`` points can honestly have: h/√(6n) (rounding to whole images alone)."""
+    return resolution / math.sqrt(6 * n) if n else math.nan
 
-    Without spread (all differences equal within ``TIE``) the interval is the point and
-    the p-value the exact sign-flip test's. NaN below two pairs.
+
+def paired_difference(d: np.ndarray, confidence: float = 0.95, resolution: float = 0.0) -> Difference:
+    """Mean of per-seed differences with its t-interval and the paired t-test's p-value, the
+    standard error floored at ``se_floor(resolution, n)``.
+
+    Without a resolution and without spread (all differences equal within ``TIE``) the
+    interval is the point and the p-value the exact sign-flip test's. NaN below two pairs.
     """
     d = np.asarray(d, dtype=float)
     n = len(d)
     if n < 2:
         return Difference(float(d.mean()) if n else math.nan, math.nan, math.nan, math.nan, n, math.nan)
     mean = float(d.mean())
-    if np.ptp(d) <= TIE:
+    se = max(float(d.std(ddof=1)) / math.sqrt(n) if np.ptp(d) > TIE else 0.0, se_floor(resolution, n))
+    if se == 0.0:
         return Difference(mean, mean, mean, paired_p(d), n, 0.0)
-    res = stats.ttest_1samp(d, 0.0)
-    ci = res.confidence_interval(confidence)
-    return Difference(mean, float(ci.low), float(ci.high), float(res.pvalue), n,
-                      float(stats.sem(d)))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * se  # the same interval as ttest_1samp's
+    return Difference(mean, mean - half, mean + half, float(2 * stats.t.sf(abs(mean) / se, n - 1)), n, se)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Fieller's interval for mean(num) / mean(den) over paired seeds; ``bounded`` is False when the
+    denominator is not clearly away from 0 (its t-test not significant at 1 − confidence): then
+    no finite interval exists and no ratio is worth printing."""
+
+    ratio: float
+    lo: float
+    hi: float
+    bounded: bool
+
+
+def ratio_interval(num: np.ndarray, den: np.ndarray, confidence: float = 0.95, resolution: float = 0.0) -> Ratio:
+    """Fieller's confidence set for ρ = E[num] / E[den] from paired per-seed values: every ρ for which
+    the t-test of mean(num − ρ·den) = 0 does not reject. Exact under normality for any true ρ,
+    including ρ near the edge of the denominator's significance, where a delta-method or bootstrap
+    interval of the ratio undercovers."""
+    num, den = np.asarray(num, float), np.asarray(den, float)
+    n = len(num)
+    if n < 2:
+        return Ratio(math.nan, math.nan, math.nan, False)
+    a, b = num.mean(), den.mean()
+    cov = np.cov(num, den, ddof=1) / n
+    floor = se_floor(resolution, n) ** 2
+    vaa, vbb, vab = max(cov[0, 0], floor), max(cov[1, 1], floor), cov[0, 1]
+    t2 = stats.t.ppf(0.5 + confidence / 2, n - 1) ** 2
+    qa, qb, qc = b * b - t2 * vbb, a * b - t2 * vab, a * a - t2 * vaa  # qa ρ² − 2 qb ρ + qc ≤ 0
+    ratio = a / b if b != 0 else math.nan
+    disc = qb * qb - qa * qc
+    if qa <= 0 or disc < 0:
+        return Ratio(float(ratio), -math.inf, math.inf, False)
+    root = math.sqrt(disc)
+    return Ratio(float(ratio), float((qb - root) / qa), float((qb + root) / qa), True)
 
 
 def sign_flip_p(diffs: np.ndarray) -> float:
@@ -140,8 +181,8 @@ def compare_cells(g, baseline: str, test: str = "t", correction: str = "holm", a
     One family: the correction runs over every arm's cells together, as the page shows
     them together. λ = 0 cells are one shared trial (difference exactly 0): listed with
     ``shared`` and never tested. Columns: arm, lr, weight_decay, shared, n (pairs), diff
-    (mean paired difference, points), ci_low/ci_high (t-interval; the point without
-    spread, NaN below 2 pairs), p, p_adj and significant (p_adj < alpha).
+    (mean paired difference, points), ci_low/ci_high (t-interval, its standard error floored at
+    the grid's resolution; NaN below 2 pairs), p, p_adj and significant (p_adj < alpha).
     """
     b = g.arms.index(baseline)
     rows = []
@@ -155,7 +196,7 @@ def compare_cells(g, baseline: str, test: str = "t", correction: str = "holm", a
                 if not both.any():
                     continue
                 shared = wd == 0
-                r = paired_difference(x[both] - y[both], confidence)
+                r = paired_difference(x[both] - y[both], confidence, g.resolution)
                 p = r.p if test == "t" else paired_p(x[both] - y[both], test)  # the t-test's p: already there
                 rows.append({"arm": arm, "lr": lr, "weight_decay": wd, "shared": shared, "n": r.n, "diff": r.diff,
                              "ci_low": r.lo, "ci_high": r.hi, "p": float("nan") if shared else p})

@@ -180,6 +180,48 @@ def effective_decay_curves(g: Grid, effective: dict[str, float], label: str) -> 
     return fig
 
 
+PART_STYLE = {"total": ("lpwd − wd", "#222222", "solid"), "placement": ("placement: pwd − wd", "#1f77b4", "dot"),
+              "decay mass": ("decay mass: pwd@lpwd-mass − pwd", "#d62728", "solid"),
+              "layer shape": ("layer shape: lpwd − pwd@lpwd-mass", "#2ca02c", "dash")}
+
+
+def decomposition_curves(decomposition: dict | None, per_row: int = 3) -> go.Figure | None:
+    """lpwd − wd split into placement, decay mass and layer shape, λ by λ: the test accuracy averaged
+    over η in the first panel, then one panel per η. Error bars: 95% paired t-intervals over seeds
+    (uncorrected). The parts add up to the total in every cell, and where mass closes lpwd's edge over
+    pwd and where layer shape carries it changes with λ, which one share cannot show."""
+    if not decomposition:
+        return None
+    c = decomposition["cells"]
+    panels = [("mean over η", c["parts"])] + [(f"η = {lr:g}", row) for lr, row in zip(c["lrs"], c["per_lr"])]
+    if len(c["lrs"]) == 1:
+        panels = panels[:1]
+    cols = min(per_row, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for t, _ in panels], shared_yaxes=True,
+                        horizontal_spacing=0.04, vertical_spacing=0.16)
+    x = c["lambdas"]
+    for k, (title, table) in enumerate(panels):
+        r, col = k // cols + 1, k % cols + 1
+        for part, (name, colour, dash) in PART_STYLE.items():
+            d = table[part]
+            up = [h - m for h, m in zip(d["hi"], d["diff"])]
+            down = [m - lo for m, lo in zip(d["diff"], d["lo"])]
+            fig.add_trace(go.Scatter(x=x, y=d["diff"], mode="lines+markers", name=name, legendgroup=part,
+                                     showlegend=k == 0, line={"color": colour, "dash": dash},
+                                     error_y={"type": "data", "array": up, "arrayminus": down, "visible": True},
+                                     hovertemplate=f"{name}<br>λ=%{{x:g}}<br>%{{y:+.1f}} pt<extra>{title}</extra>"),
+                          row=r, col=col)
+        fig.add_hline(y=0, line={"color": "#999", "width": 1}, row=r, col=col)
+        fig.update_xaxes(type="log", tickvals=x, ticktext=_ticks(x), title_text="λ" if r == rows else None,
+                         row=r, col=col)
+    fig.update_yaxes(title_text="points", row=1, col=1)
+    fig.update_layout(title=f"lpwd − wd, split λ by λ<br><sup>test accuracy, {c['seeds']} seeds, 95% paired "
+                            "t-intervals (uncorrected); the parts add up to the total in every cell</sup>",
+                      height=330 * rows + 150, legend={"orientation": "h", "y": -0.18 if rows == 1 else -0.08})
+    return fig
+
+
 def training_curves(histories: dict[tuple[str, str], pd.DataFrame], arms: list[str]) -> go.Figure:
     """Validation accuracy, R_op and weight norm per epoch: each arm's best cell (solid) and worst (dotted)."""
     fig = make_subplots(rows=1, cols=3, subplot_titles=["validation accuracy (points)",

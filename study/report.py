@@ -17,7 +17,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from .analysis import ALPHA, CONFIDENCE, SELECTED_BY, arm_of, best_cells, cells, grid, scored, summarize
+from .analysis import ALPHA, CONFIDENCE, CONTROL, SELECTED_BY, arm_of, best_cells, cells, grid, scored, summarize
 from .claims import CLAIMS, QUESTIONS
 from .errors import UserError
 from .paired import CORRECTIONS, TESTS, seeds_needed, smallest_p
@@ -25,7 +25,8 @@ from .table import fixed_columns, read_table, reports_in
 from .verdict import markdown, verdict_parts
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
-FIGURES = ("heatmaps", "difference", "tuning_curves", "cell_distribution", "effective_decay", "training_curves")
+FIGURES = ("heatmaps", "difference", "decomposition", "tuning_curves", "cell_distribution", "effective_decay",
+           "training_curves")
 ALIASES = {"adamw": "wd", "sgdw": "wd"}
 LABELS = {"test_acc_at_best_val": "test accuracy at the best validation epoch",
           "final_test_acc": "final-epoch test accuracy",
@@ -75,6 +76,9 @@ def extreme_cell_histories(study_dir: Path, df: pd.DataFrame) -> dict:
     return out
 
 
+CLIPPED = "‡"  # an interval cut at what the quantity can be (0 and 100 points, 0 and 100% of cells, ...)
+
+
 def _interval(row, key: str, scale: float = 1.0, digits: int = 1) -> str:
     x, lo, hi = row.get(key), row.get(f"{key}_lo"), row.get(f"{key}_hi")
     if x is None or pd.isna(x):
@@ -82,7 +86,7 @@ def _interval(row, key: str, scale: float = 1.0, digits: int = 1) -> str:
     f = f"{{:.{digits}f}}"
     text = f.format(scale * x)
     if lo is not None and not pd.isna(lo):
-        text += f" [{f.format(scale * lo)}, {f.format(scale * hi)}]"
+        text += f" [{f.format(scale * lo)}, {f.format(scale * hi)}]" + (CLIPPED if row.get(f"{key}_clipped") else "")
     return text
 
 
@@ -96,7 +100,8 @@ def _claim_cell(r, name: str) -> str:
 def _answer_cell(r, question: str, base: str) -> str:
     if r["arm"] == base:
         return "baseline"
-    return str(r.get(f"answer_{question}", "") or "-")
+    answer = str(r.get(f"answer_{question}", "") or "-")
+    return "control (not asked)" if answer == CONTROL else answer
 
 
 def display_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -137,7 +142,8 @@ def print_summary(table: pd.DataFrame, parts: list[str], label: str, title: str 
     # a terminal wraps at its own width; a log (CI, ray job logs) gets the table unwrapped
     console = Console(width=None if sys.stdout.isatty() else 200)
     # the title on a line of its own: as a table title it would wrap at the (narrower) table's width
-    console.print(title or f"robustness: {label}, points [{CONFIDENCE:.0%} t-interval over seeds]; ▸ primary claims",
+    console.print(title or f"robustness: {label}, points [{CONFIDENCE:.0%} t-interval over seeds]; ▸ primary claims; "
+                  f"{CLIPPED} interval clipped to the quantity's range",
                   soft_wrap=True, highlight=False, style="italic")
     t = Table()
     for i, col in enumerate(table.columns):
@@ -250,7 +256,7 @@ def analyse(study_dir: Path, cfg, metric: str, baseline: str, test: str, correct
                "model": cfg.model.name, "epochs": cfg.train.epochs, "base optimizer": cfg.train.base}
     primary = {"better": cfg.verdict.better, "more_robust": cfg.verdict.more_robust}
     summary = summarize(table, metric, baseline, test, correction, effective_decay=effective, arms=order,
-                        primary=primary)
+                        primary=primary, family=cfg.verdict.arms)
     return table, df, order, summary, verdict_parts(summary, context), effective
 
 
@@ -264,7 +270,8 @@ def report_json(study_dir: Path, cfg, metric: str = "test_acc_at_best_val", base
 def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline: str = "wd", test: str = "t",
                  correction: str = "holm", out_dir: Path | None = None, cfg=None, attach_to_mlflow: bool = True) -> Path:
     from .config import planned_trials
-    from .plots import cell_distribution, difference_heatmaps, effective_decay_curves, heatmaps, training_curves, tuning_curves
+    from .plots import (cell_distribution, decomposition_curves, difference_heatmaps, effective_decay_curves, heatmaps,
+                        training_curves, tuning_curves)
 
     study_dir = Path(study_dir)
     out = Path(out_dir) if out_dir else study_dir
@@ -287,6 +294,7 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
             ids = [f"seed {s}: run {r}" for s, r in zip(cell["seed"], cell["mlflow_run_id"]) if isinstance(r, str) and r]
             runs[(arm, lr, wd)] = "<br>".join(ids)
     figures = {"heatmaps": heatmaps(df, g, label, runs), "difference": difference_heatmaps(g, baseline, test, correction, 0.05),
+               "decomposition": decomposition_curves(summary.attrs["decomposition"]),
                "tuning_curves": tuning_curves(g, label), "cell_distribution": cell_distribution(df, g, label),
                "effective_decay": effective_decay_curves(g, effective, label),
                "training_curves": training_curves(extreme_cell_histories(study_dir, df), order)}
@@ -306,7 +314,9 @@ def write_report(study_dir: Path, metric: str = "test_acc_at_best_val", baseline
         # images for narrow viewers (MLflow's artifact view shows them about 550 px wide): 900 px wide,
         # larger type, heatmap panels two to a row; one Chromium for every figure (plotly's batched export)
         images = {**figures, "heatmaps": heatmaps(df, g, label, per_row=2),
-                  "difference": difference_heatmaps(g, baseline, test, correction, 0.05, per_row=2)}
+                  "difference": difference_heatmaps(g, baseline, test, correction, 0.05, per_row=2),
+                  **({"decomposition": decomposition_curves(summary.attrs["decomposition"], per_row=2)}
+                     if "decomposition" in figures else {})}
         images = [images[n].update_layout(font={"size": 15}) for n in figures]
         pio.write_images(images, pngs, scale=1, width=900, height=[f.layout.height or 500 for f in images])
         artifacts += pngs
@@ -344,7 +354,8 @@ def page(name: str, verdict: list[str], shown: pd.DataFrame, figures: dict, attr
              f"<p>Reported: {escape(label)}, in points. Every choice is made on validation "
              f"(<code>{attrs['selected_by']}</code>) and reported on test. Each seed's grid is one replicate of "
              f"the study: a claim is computed per seed and arms are compared by their per-seed differences. "
-             f"Brackets: {attrs['confidence']:.0%} t-intervals over seeds. ▸ marks the primary claim of each "
+             f"Brackets: {attrs['confidence']:.0%} t-intervals over seeds ({CLIPPED}: clipped to what the quantity can be). "
+             f"▸ marks the primary claim of each "
              f"question; the others are exploratory. {trials} finished trials; diverged cells count as chance.</p>",
              "<div class='scroll'>" + shown.to_html(index=False, classes="summary", border=0) + "</div>"]
     for i, fig in enumerate(figures.values()):

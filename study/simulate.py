@@ -14,7 +14,13 @@ on digits (the quick study's ``wd`` arm, 3 seeds, is the default surface):
 Scenarios say how the treated arms differ from the baseline arm ``wd``: not at all
 (``null``), by a constant on every λ > 0 cell (``level``: better, not more robust), or
 by losing less at the largest λ values (``robust``: more robust, concentrated where
-decay is strongest).
+decay is strongest); an effect may differ per arm (the decomposition's scenarios).
+
+``SHAPES`` are the ugly data real studies have, each a variant of the default:
+``small_val`` (30 validation images: many cells tie on validation), ``ceiling`` (half
+the cells at 100% on average, so their trials sit at the bound), ``collapse`` (30% of
+the trials at the largest η·λ collapse to chance, independently per arm) and
+``heteroscedastic`` (trial noise growing from 0.5 to 6 points with λ).
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class Shape:
     val_test_corr: float = 0.6
     n_test: int = 359
     n_val: int = 216
+    collapse: float = 0.0  # chance that a trial in the largest quarter of η·λ collapses to chance (10%)
+    noise_by_lambda: tuple | None = None  # (sd at the smallest λ, sd at the largest): trial noise in points
 
 
 @dataclass(frozen=True)
@@ -56,21 +64,26 @@ class Scenario:
 
     name: str
     arms: tuple = ("wd", "lpwd")
-    level: float = 0.0  # points added to every λ > 0 trial of the treated arms (after its noise: same shape)
-    recover: float = 0.0  # fraction of the loss below the row's best regained at the largest λ values
+    # points added to every λ > 0 trial of the treated arms (after its noise: same shape); a tuple gives
+    # each arm its own (the baseline's first)
+    level: float | tuple = 0.0
+    recover: float | tuple = 0.0  # fraction of the loss below the row's best regained at the largest λ values
     largest: int = 2  # how many of the largest λ values recover
 
-    def surface(self, shape: Shape, treated: bool) -> np.ndarray:
+    def effect(self, name: str, arm: int) -> float:
+        value = getattr(self, name)
+        return float(value[arm]) if isinstance(value, tuple) else (float(value) if arm > 0 else 0.0)
+
+    def surface(self, shape: Shape, arm: int) -> np.ndarray:
         mu = shape.surface.astype(float).copy()
-        if not treated:
-            return mu
         wds = np.asarray(shape.wds)
-        if self.recover:
+        recover = self.effect("recover", arm)
+        if recover:
             top = mu.max(axis=1, keepdims=True)
             at = np.zeros(len(wds), dtype=bool)
             at[np.argsort(wds)[-self.largest:]] = True
-            mu[:, at] += self.recover * (top - mu[:, at])
-        return np.clip(mu, 0.0, 100.0)
+            mu[:, at] += recover * (top - mu[:, at])
+        return mu  # may exceed 100 (a latent accuracy): the trials then sit at the ceiling
 
 
 SCENARIOS = {
@@ -78,6 +91,21 @@ SCENARIOS = {
     "null4": Scenario("null4", arms=("wd", "pwd", "lpwd", "cwd")),
     "level": Scenario("level", level=1.0),
     "robust": Scenario("robust", recover=0.1),
+}
+# the decomposition's arms: lpwd − wd = (pwd − wd) + (pwd@lpwd-mass − pwd) + (lpwd − pwd@lpwd-mass)
+FOUR = ("wd", "pwd", "lpwd", "pwd@lpwd-mass")
+DECOMPOSITION_SCENARIOS = {
+    "identical": Scenario("identical", arms=FOUR),  # the share is 0/0: any value is true
+    "all mass": Scenario("all mass", arms=FOUR, recover=(0.0, 0.0, 0.3, 0.3)),  # share 1
+    "all shape": Scenario("all shape", arms=FOUR, recover=(0.0, 0.0, 0.3, 0.0)),  # share 0
+}
+CEILING_SURFACE = QUICK_SURFACE + 9.0  # a latent accuracy above 100 for half the cells: their trials sit at 100
+SHAPES = {
+    "default": Shape(),
+    "small_val": Shape(n_val=30),
+    "ceiling": Shape(surface=CEILING_SURFACE),
+    "collapse": Shape(collapse=0.3),
+    "heteroscedastic": Shape(noise_by_lambda=(0.5, 6.0)),
 }
 
 
@@ -96,14 +124,24 @@ def simulate_arrays(scenario: Scenario, seeds: int, rng: np.random.Generator,
     noise = rng.multivariate_normal([0, 0], cov, size=(A, I, J, seeds))  # [A, I, J, S, 2]
     shared = np.flatnonzero(wds == 0)
     noise[:, :, shared] = noise[:1, :, shared]  # λ = 0: one trial shared by every arm
-    mu = np.stack([scenario.surface(shape, treated=a > 0) for a in range(A)])  # [A, I, J]
+    mu = np.stack([scenario.surface(shape, a) for a in range(A)])  # [A, I, J]
     mu[:, :, shared] = shape.surface[:, shared]
-    scale = shape.trial_sd * np.sqrt(np.clip(mu * (100 - mu), 25, None) / (96 * 4))
+    if shape.noise_by_lambda:
+        scale = np.broadcast_to(np.interp(np.arange(J), [0, J - 1], shape.noise_by_lambda), mu.shape)
+    else:
+        scale = shape.trial_sd * np.sqrt(np.clip(mu * (100 - np.minimum(mu, 99.0)), 25, None) / (96 * 4))
     # a level difference moves every λ > 0 trial of a treated arm as it is: the same shape, noise included
     level = np.zeros((A, 1, J, 1))
-    level[1:, :, wds > 0] = scenario.level
+    for a in range(A):
+        level[a, :, wds > 0] = scenario.effect("level", a)
     val = mu[..., None] + seed_val + scale[..., None] * noise[..., 0] + level
     test = mu[..., None] + seed_test + scale[..., None] * noise[..., 1] + level
+    if shape.collapse:
+        rate = np.outer(shape.lrs, wds)
+        risky = rate >= np.quantile(rate[rate > 0], 0.75)  # the largest quarter of η·λ
+        down = (rng.random((A, I, J, seeds)) < shape.collapse) & risky[None, :, :, None]
+        down[:, :, shared] = down[:1, :, shared]
+        val, test = np.where(down, 10.0, val), np.where(down, 10.0, test)
     return _quantise(val, shape.n_val), _quantise(test, shape.n_test)
 
 

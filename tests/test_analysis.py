@@ -207,11 +207,12 @@ def simulated_study(rng, seeds, gap):
     return table(cells)
 
 
-def test_the_difference_of_the_quoted_values_is_the_quoted_difference():
-    # 96.94 vs 96.36 read 96.9 vs 96.4: the difference reads +0.5, not +0.6
-    assert difference("best", 96.94, 96.36, 0.03, 1.1).startswith("+0.5 pt")
+def test_a_difference_is_printed_as_its_own_rounded_value():
+    # 96.94 vs 96.36: the difference is 0.58 and reads +0.6 (one number per claim, the JSON's), never
+    # the difference of the rounded means (96.9 − 96.4 = 0.5)
+    assert difference("best", 0.58, 0.03, 1.1).startswith("+0.6 pt")
     # an endpoint that is not 0 never reads as 0
-    assert "[+0.03, +1.1]" in difference("best", 96.94, 96.36, 0.03, 1.1)
+    assert "[+0.03, +1.1]" in difference("best", 0.58, 0.03, 1.1)
 
 
 def robust_study(rng, seeds, level=0.0, recover=0.0, arms=("wd", "lpwd")):
@@ -265,13 +266,22 @@ def test_the_decomposition_gives_the_edge_to_decay_mass_when_mass_explains_it():
     pwd = sim[sim["arm"] == "wd"].assign(arm="pwd", variant="pwd")  # pwd no different from wd
     mass = sim[sim["arm"] == "lpwd"].assign(arm=MASS_ARM, variant="pwd")
     s = summarize(pd.concat([sim, pwd, mass]))
-    d = s.attrs["decomposition"]["more_robust"]
+    d = s.attrs["decomposition"]["claims"]["more_robust"]
     assert d["parts"]["layer shape"]["diff"] == 0 and d["seeds"] == 6
-    assert d["mass_share_of_edge_over_pwd"] == pytest.approx(1.0)
+    assert d["mass_share"]["bounded"] and d["mass_share"]["ratio"] == pytest.approx(1.0)
+    assert d["mass_share"]["lo"] == pytest.approx(1.0) and d["mass_share"]["hi"] == pytest.approx(1.0)
     total = sum(p["diff"] for p in d["parts"].values())
     assert total == pytest.approx(d["total"]["diff"])
     text = verdict(s)
-    assert "more robust to λ: 100% of lpwd's edge over pwd" in text and "layer shape +0.0 pt" in text
+    assert "of the λ-regret edge over pwd, 100% [100%, 100%] is mass" in text and "layer shape +0.0 pt" in text
+    # λ by λ: the split holds in every cell, and where lpwd has an edge (the two largest λ) mass carries it
+    cells = s.attrs["decomposition"]["cells"]
+    assert cells["lambdas"] == [1.0, 3.0, 10.0, 30.0]
+    for j in range(4):
+        parts = sum(cells["parts"][p]["diff"][j] for p in ("placement", "decay mass", "layer shape"))
+        assert parts == pytest.approx(cells["parts"]["total"]["diff"][j])
+    assert cells["reading"][2:] == ["mostly decay mass"] * 2
+    assert "at λ = 10, 30 matching the mass closes most of it" in text
 
 
 def test_a_training_curve_has_each_epoch_once_after_a_resume(tmp_path):
@@ -319,3 +329,135 @@ def test_seeds_without_a_complete_grid_are_named_as_the_reason_nothing_can_be_sh
     s = summarize(t)
     assert by_arm(s)["lpwd"]["answer_more_robust"] == "cannot be shown"
     assert "cannot be shown: 2 of 4 seeds have a complete grid for both arms, and the paired test needs 3" in verdict(s)
+
+
+NUMBER = r"([+−-]?\d+(?:\.\d+)?)"
+UNIT = r"(?: pt|% of cells| decades)"
+
+
+def _agrees(text: str, value: float, scale: float) -> bool:
+    """A printed number is the JSON value rounded to the digits it shows."""
+    digits = len(text.split(".")[1]) if "." in text else 0
+    return abs(float(text.replace("−", "-")) - scale * value) <= 0.5 * 10 ** -digits + 1e-9
+
+
+def test_every_number_in_the_headline_and_bullets_is_the_json_value():
+    """Over many synthetic studies (five arms, controls included, several effects and seed counts): each
+    claim's 'a vs b, diff [lo, hi]' in the per-arm bullets and each primary difference in the headline
+    parse back to robustness.json's values at the printed precision."""
+    import re
+
+    from study.report import answers_json
+    from study.simulate import SHAPES, Scenario, simulate
+
+    arms = ("wd", "pwd", "lpwd", "cwd", MASS_ARM)
+    checked = 0
+    for i in range(24):
+        rng = np.random.default_rng(100 + i)
+        scenario = Scenario("mixed", arms=arms, level=tuple(rng.uniform(-1, 1, 5) * [0, 1, 1, 1, 1]),
+                            recover=tuple(rng.uniform(-0.2, 0.5, 5) * [0, 1, 1, 1, 1]))
+        shape = list(SHAPES.values())[i % len(SHAPES)]
+        s = summarize(simulate(scenario, (3, 5, 10)[i % 3], rng, shape))
+        parts = verdict_parts(s)
+        out = answers_json(s, parts)
+        for comp in out["comparisons"]:
+            bullet = next(p for p in parts[1:] if p.startswith(f"{comp['arm']} vs ") or
+                          p.startswith(f"{comp['arm']} (control) vs "))
+            for name, c in CLAIMS.items():
+                numbers = comp["claims"][name]
+                if numbers["lo"] is None:
+                    continue
+                scale = 100.0 if c.unit == "share" else 1.0
+                pattern = (re.escape(c.label) + r":? " + NUMBER + UNIT + " vs " + NUMBER + UNIT + ", " + NUMBER + UNIT
+                           + r" \[" + NUMBER + ", " + NUMBER + r"\]")
+                found = re.search(pattern, bullet)
+                assert found, (name, bullet)
+                for text, key in zip(found.groups(), ("arm", "baseline", "diff", "lo", "hi")):
+                    assert _agrees(text, numbers[key], scale), (name, key, text, numbers[key])
+                checked += 1
+            if comp["arm"] == "lpwd":
+                for question, name in s.attrs["primary"].items():
+                    numbers = comp["claims"][name]
+                    if numbers["lo"] is None:
+                        continue
+                    found = re.search(re.escape(CLAIMS[name].short) + " " + NUMBER + UNIT + r" \[" + NUMBER + ", "
+                                      + NUMBER + r"\]", out["headline"])
+                    assert found, out["headline"]
+                    for text, key in zip(found.groups(), ("diff", "lo", "hi")):
+                        assert _agrees(text, numbers[key], 1.0), (name, key, text, numbers[key])
+    assert checked > 24 * 4 * 5  # most claims of most arms had an interval to check
+
+
+def test_controls_never_change_a_contenders_answer():
+    """Holm's family is the contenders (``verdict.arms``); a control (pwd@lpwd-mass) is reported with its
+    uncorrected p and no answer, and running it or not leaves lpwd's answer and p-value as they are."""
+    rng = np.random.default_rng(8)
+    sim = robust_study(rng, 5, recover=0.15)
+    mass = robust_study(np.random.default_rng(9), 5, recover=0.6)
+    mass = mass[mass["arm"] == "lpwd"].assign(arm=MASS_ARM, variant="pwd")
+    alone, with_control = by_arm(summarize(sim)), by_arm(summarize(pd.concat([sim, mass])))
+    assert with_control["lpwd"]["p_adj_more_robust"] == alone["lpwd"]["p_adj_more_robust"]
+    assert with_control["lpwd"]["answer_more_robust"] == alone["lpwd"]["answer_more_robust"]
+    assert with_control[MASS_ARM]["answer_more_robust"] == "control"
+    assert "pwd@lpwd-mass (control) vs AdamW (wd): better? not asked of a control" in verdict(
+        summarize(pd.concat([sim, mass])), {"base optimizer": "adam"})
+    # declared into the family, it is Holm-corrected with lpwd
+    both = by_arm(summarize(pd.concat([sim, mass]), family=["lpwd", MASS_ARM]))
+    raw = [both["lpwd"]["p_lambda_regret"], both[MASS_ARM]["p_lambda_regret"]]
+    assert [both["lpwd"]["p_adj_more_robust"], both[MASS_ARM]["p_adj_more_robust"]] == pytest.approx(holm(raw).tolist())
+    assert both[MASS_ARM]["answer_more_robust"] == "shown"
+
+
+def test_a_shape_claim_on_one_decaying_lambda_cannot_be_shown():
+    """With one λ > 0 the λ-regret is 0 by construction: 'cannot be shown', saying why, never '+0.0, p = 1'."""
+    from study.simulate import Scenario, Shape, simulate
+
+    one = Shape(wds=(0.0, 10.0), surface=np.array([[89.5, 88.8], [95.1, 94.4], [96.7, 82.9], [96.2, 69.2]]))
+    s = summarize(simulate(Scenario("hand", recover=0.5), 5, np.random.default_rng(0), one))
+    lp = by_arm(s)["lpwd"]
+    assert lp["answer_more_robust"] == "cannot be shown" and lp["answer_better"] in ("shown", "not shown",
+                                                                                      "shown worse")
+    assert "more robust to λ? cannot be shown: the grid has 1 λ > 0 value, and λ-regret needs 2" in verdict(s)
+
+
+def test_level_intervals_stay_within_what_the_quantity_can_be():
+    """Near the ceiling a t-interval of a tuned accuracy would reach past 100: it is clipped there, marked."""
+    from study.report import CLIPPED, display_table
+    from study.simulate import SHAPES, Scenario, simulate
+
+    clipped = 0
+    for i in range(6):
+        s = summarize(simulate(Scenario("hand"), 3, np.random.default_rng(i), SHAPES["ceiling"]))
+        for _, r in s.iterrows():
+            for name, c in CLAIMS.items():
+                lo, hi = c.bounds(np.array([1.0, 3.0, 10.0, 30.0]))
+                if np.isfinite(r[f"{name}_lo"]):
+                    assert lo <= r[f"{name}_lo"] <= r[f"{name}_hi"] <= hi, (name, r[f"{name}_lo"], r[f"{name}_hi"])
+            clipped += int(r["best_clipped"])
+        if any(s["best_clipped"]):
+            assert CLIPPED in " ".join(display_table(s).astype(str).to_numpy().ravel())
+    assert clipped > 0
+
+
+def test_the_scope_line_names_the_arm_that_is_missing():
+    rng = np.random.default_rng(2)
+    sim = robust_study(rng, 5, recover=0.3)
+    mass = sim[sim["arm"] == "lpwd"].assign(arm=MASS_ARM, variant="pwd")
+    text = verdict(summarize(pd.concat([sim, mass]), effective_decay={"wd": 1.0, "lpwd": 0.67, MASS_ARM: 0.67}))
+    assert "add the pwd arm (search.variants) to measure" in text and "add the pwd@lpwd-mass control" not in text
+
+
+def test_near_tied_differences_are_monotone_and_floored_at_one_image():
+    """Five seeds that differ by one image each are not *more* evidence than four by one and one by two,
+    and a study whose seeds all tie has an interval around 0 (the rounding of one image), not a point."""
+    h = 100 / 359
+    equal = paired_difference(np.full(5, h), resolution=h)
+    double = paired_difference(np.array([h, h, h, h, 2 * h]), resolution=h)
+    assert equal.p >= double.p and equal.se == pytest.approx(h / np.sqrt(30))
+    tied = paired_difference(np.zeros(5), resolution=h)
+    assert tied.p == 1.0 and tied.lo < 0 < tied.hi and tied.se == pytest.approx(h / np.sqrt(30))
+    # the step is read from the trials' own accuracies
+    from study.analysis import resolution_of
+
+    assert resolution_of(np.array([3, 17, 200, 201]) / 359 * 100) == pytest.approx(h)
+    assert resolution_of(np.array([0.1, 0.25, 0.7777])) == 0.0

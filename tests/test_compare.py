@@ -28,13 +28,17 @@ LESS_ROBUST = replace(SCENARIOS["robust"], arms=ARMS, recover=-0.3)
 SAME = Scenario("null", arms=ARMS)
 
 
-def hand_made_study(root, name: str, scenario: Scenario, seeds: int = 5, rng_seed: int = 0, shape: Shape = Shape()):
-    """A study dir as ``study run`` leaves it, with a simulated grid of known truth as its trials."""
+def hand_made_study(root, name: str, scenario: Scenario, seeds: int = 5, rng_seed: int = 0, shape: Shape = Shape(),
+                    edit=None):
+    """A study dir as ``study run`` leaves it, with a simulated grid of known truth as its trials
+    (``edit``: a function that changes that table first)."""
     cfg = validate({"name": name, "storage": str(root), "tracking": {"enabled": False},
                     "search": {"variants": list(scenario.arms), "layer_schedule": ["linear"], "lr": list(QUICK_LRS),
                                "weight_decay": list(QUICK_WDS), "seeds": list(range(seeds))}})
     study_dir = prepare_study_dir(cfg)
     table = simulate(scenario, seeds, np.random.default_rng(rng_seed), shape)
+    if edit:
+        table = edit(table)
     rows = []
     for i, r in enumerate(table.to_dict("records")):
         row = dict.fromkeys(COLUMNS, "")
@@ -64,7 +68,7 @@ def test_studies_that_agree_pool_to_shown(tmp_path):
     # every study recovers half of wd's loss at the two largest λ: lower λ-regret, in each and pooled
     assert p["answer"] == "shown" and p["hi"] < 0 and p["positive"] == 0 and p["negative"] == 3
     assert p["settings_by_answer"]["shown"] == ["agree0", "agree1", "agree2"]
-    assert "more robust to λ? shown in 3 of 3 settings" in " ".join(result["parts"])
+    assert "more robust to λ? 3 shown, 0 shown worse, 0 not shown of 3 settings" in " ".join(result["parts"])
 
 
 def test_studies_that_disagree_are_not_pooled_into_a_claim(tmp_path):
@@ -132,12 +136,30 @@ def test_compare_page_fits_the_window(tmp_path_factory, chromium, tmp_path, widt
     assert ImageStat.Stat(Image.open(shot).convert("L")).stddev[0] > 10
 
 
-def test_a_setting_without_a_standard_error_is_left_out_of_the_pool_and_said_so(tmp_path):
+def test_a_setting_whose_seeds_all_tie_is_pooled_with_the_one_image_floor(tmp_path):
+    """Both arms choosing the same trials on every seed (difference exactly 0) gives a standard error of
+    one test image's rounding, h/√(6n), not 0: the setting is pooled, and one image more on one seed
+    changes its weight a little, not from nothing to most of the pool."""
     from study.compare import compare, load
 
-    settings = [load(str(hand_made_study(tmp_path / "s", f"tie{i}", ROBUST, rng_seed=30 + i))) for i in range(3)]
-    tied = settings[0].comparison("lpwd")["claims"]["best"]
-    tied.update(diff=0.0, se=0.0, lo=0.0, hi=0.0)  # both arms chose the one shared λ = 0 trial on every seed
-    p = compare(settings)["pooled"]["lpwd"]["better"]
-    assert p["left_out"] == ["tie0"] and p["k"] == 2 and p["lo"] < p["hi"]
-    assert "tie0 left out of the pooled estimate" in " ".join(compare(settings)["parts"])
+    h = 1 / 359
+
+    def tie(table, bump=0.0):
+        wd = table[table["arm"] == "wd"].set_index(["lr", "weight_decay", "seed"])
+        lp = table["arm"] == "lpwd"
+        keys = list(zip(table.loc[lp, "lr"], table.loc[lp, "weight_decay"], table.loc[lp, "seed"]))
+        for col in ("best_val_acc", "test_acc_at_best_val"):
+            table.loc[lp, col] = wd.loc[keys, col].to_numpy()
+        table.loc[lp & (table["seed"] == 0), "test_acc_at_best_val"] += bump
+        return table
+
+    others = [load(str(hand_made_study(tmp_path / "s", f"robust{i}", ROBUST, rng_seed=30 + i))) for i in range(2)]
+    tied = load(str(hand_made_study(tmp_path / "s", "tied", ROBUST, rng_seed=40, edit=tie)))
+    nudged = load(str(hand_made_study(tmp_path / "s", "nudged", ROBUST, rng_seed=40, edit=lambda t: tie(t, h))))
+    floor = 100 * h / np.sqrt(6 * 5)
+    se_tied = tied.comparison("lpwd")["claims"]["best"]["se"]
+    se_nudged = nudged.comparison("lpwd")["claims"]["best"]["se"]
+    assert se_tied == pytest.approx(floor) and floor <= se_nudged <= 1.2 * floor
+    for setting in (tied, nudged):
+        p = compare([*others, setting])["pooled"]["lpwd"]["better"]
+        assert p["left_out"] == [] and p["k"] == 3 and p["lo"] < p["hi"]
