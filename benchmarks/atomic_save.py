@@ -1,7 +1,7 @@
 """What whole-or-nothing saves cost: Ray's checkpoint upload onto the atomic filesystem vs plain local.
 
 Ray Tune persists a checkpoint (and its sweep state) with ``pyarrow.fs.copy_files``
-from a staging folder onto the storage filesystem. ``study.atomicfs`` makes each
+from a staging folder onto the storage filesystem. ``study.store.atomicfs`` makes each
 file appear only when complete (a hidden sibling, ``fsync``, ``os.replace``).
 This times that exact call for checkpoint-sized folders onto pyarrow's
 ``LocalFileSystem`` (the baseline) and onto the atomic one, interleaved round by
@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from study.atomicfs import atomic_local_filesystem  # noqa: E402
+from study.store.atomicfs import atomic_local_filesystem  # noqa: E402
 
 
 def one_save(staging: Path, target: Path, fs) -> float:
@@ -55,7 +55,7 @@ def main() -> None:
             ratios = sorted(a / b for a, b in zip(times["atomic"], times["plain"]))
             rows.append((size, times, plain, atomic, ratios))
     print(f"# one checkpoint save ({args.rounds} rounds, interleaved): median ms (range); atomic/plain per round")
-    print("| checkpoint | plain LocalFileSystem | atomic (study.atomicfs) | atomic / plain |")
+    print("| checkpoint | plain LocalFileSystem | atomic (study.store.atomicfs) | atomic / plain |")
     print("|---|---|---|---|")
     for size, times, plain, atomic, ratios in rows:
         spread = {n: f"{min(t) * 1e3:.2f}-{max(t) * 1e3:.2f}" for n, t in times.items()}

@@ -1,6 +1,6 @@
 """Every sentence's error rate, measured: per-study claims, pooled answers, heterogeneity, the mass share.
 
-Simulated studies shaped like the quick study (``study.simulate``: 4 η × 5 λ on digits, a
+Simulated studies shaped like the quick study (``study.analyse.simulate``: 4 η × 5 λ on digits, a
 seed effect shared by every arm, validation and test correlated, accuracies in whole test
 images, λ = 0 shared) go through ``analysis.summarize``, the function ``study report``
 calls, and pooled settings through ``compare.compare``, the function ``study compare``
@@ -13,7 +13,7 @@ Per study (``--replicates`` studies a column):
 * ``level``: the treated arm is 1 point better on every λ > 0 trial, the same shape:
   *better* may fire (power), *more robust* must not (≤ 5%).
 * ``robust``: the treated arm regains 10% of its loss at the two largest λ values.
-* the same with ugly data (``study.simulate.SHAPES``): 30 validation images (ties), half
+* the same with ugly data (``study.analyse.simulate.SHAPES``): 30 validation images (ties), half
   the trials at 100%, 30% of the largest-η·λ trials collapsed to chance, noise growing
   from 0.5 to 6 points with λ.
 
@@ -41,9 +41,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from study.calibration import POOLING, SEEDS, measure, measure_decomposition, measure_pooling  # noqa: E402
-from study.claims import CLAIMS, PRIMARY_DEFAULT, QUESTIONS  # noqa: E402
-from study.simulate import DECOMPOSITION_SCENARIOS, SCENARIOS, SHAPES  # noqa: E402
+from study.analyse.calibration import POOLING, SEEDS, measure, measure_decomposition, measure_pooling  # noqa: E402
+from study.define.claims import CLAIMS, PRIMARY_DEFAULT, QUESTIONS  # noqa: E402
+from study.analyse.simulate import DECOMPOSITION_SCENARIOS, SCENARIOS, SHAPES  # noqa: E402
 
 SHARE_TRUTH = {"identical": None, "all mass": 1.0, "all shape": 0.0}
 

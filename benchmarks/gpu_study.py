@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from study.config import validate
-from study.data import write_cifar10_archive
-from study.trial import run_trial
+from study.define.config import validate
+from study.run.data import write_cifar10_archive
+from study.run.trial import run_trial
 
 from trial_throughput import CheckpointInMemory
 

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from study.localray import prefer_loopback
+from study.run.localray import prefer_loopback
 
 prefer_loopback()  # as `study run` does: the study's own loopback Ray head (set before ray is imported)
 
-from study.config import trial_grid, validate  # noqa: E402
-from study.sweep import init_ray, run_study  # noqa: E402
-from study.trial import run_trial  # noqa: E402
+from study.define.config import trial_grid, validate  # noqa: E402
+from study.run.sweep import init_ray, run_study  # noqa: E402
+from study.run.trial import run_trial  # noqa: E402
 
 from trial_throughput import CheckpointInMemory  # noqa: E402
 

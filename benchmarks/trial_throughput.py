@@ -1,6 +1,6 @@
 """Images/s of the study's trial loop against a bare PyTorch loop, side by side.
 
-The trial loop (``study.trial.run_trial``: data on device, augmentation,
+The trial loop (``study.run.trial.run_trial``: data on device, augmentation,
 metrics, R_op diagnostics, per-epoch evaluation and an in-memory checkpoint
 of model + optimizer + scheduler + RNG) versus the most minimal loop that
 trains the same model with torch's fused ``AdamW`` on the same tensors and batch
@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from study.config import validate
-from study.data import augment_batch, load_dataset, write_cifar10_archive
-from study.models import build_model
-from study.trial import run_trial
+from study.define.config import validate
+from study.run.data import augment_batch, load_dataset, write_cifar10_archive
+from study.run.models import build_model
+from study.run.trial import run_trial
 
 
 class CheckpointInMemory:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
+from .present.commands import invocation
 
 
 class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -104,28 +105,8 @@ def _compare_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tracking", action="store_true", help="do not log the comparison to MLflow")
 
 
-def invocation() -> str:
-    """How to call ``study`` again so that it works as printed: this interpreter, relative when it is below here."""
-    exe = os.path.relpath(sys.executable)
-    return f"{exe if not exe.startswith('..') else sys.executable} -m study"
-
-
-def local_study_dir(given: str) -> Path:
-    """The folder a command works in: the study dir itself, or an object-store study's mirror, pulled now."""
-    from .objectstore import is_remote, pull
-    from .studydir import STUDY_FILE
-
-    if not is_remote(given):
-        return Path(given)
-    mirror = pull(given)
-    if not (mirror / STUDY_FILE).is_file():
-        raise UserError(f"{given} is not a study (no {STUDY_FILE} there); pass storage/NAME of a study started "
-                        "with study run")
-    return mirror
-
-
 def _next_steps(cfg) -> str:
-    from .tracking import arms_url, parent_of, trials_url
+    from .track.tracking import arms_url, parent_of, trials_url
 
     me, shown = invocation(), cfg.remote or cfg.study_dir
     lines = [f"results: {shown}", f"  {me} status {shown}", f"  {me} report {shown}"]
@@ -142,9 +123,10 @@ def _next_steps(cfg) -> str:
 
 
 def cmd_run(cfg, report: bool, yes: bool = False) -> int:
-    from . import localray, sweep
-    from .studydir import owned
-    from .tracking_watch import TrackingLost
+    from .run import localray, sweep
+    from .run.ray_logs import abandon_trials
+    from .store.studydir import owned
+    from .run.tracking_watch import TrackingLost
 
     study_dir, shown = cfg.study_dir, cfg.remote or cfg.study_dir
     localray.resume_hint = f"{invocation()} resume {shown}"
@@ -154,28 +136,31 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
         try:
             sweep.run_study(cfg, yes)
             if report:  # the report ends the parent run, FINISHED, with the verdict attached
-                from .report import write_report
+                from .present.report import write_report
 
                 print("report: the claims, the verdict and the figures", flush=True)
-                write_report(study_dir, cfg=cfg, baseline="wd" if "wd" in cfg.search.variants else arms_of(cfg)[0])
+                from .store.loader import load
+
+                write_report(load(study_dir, write_back=True),
+                             baseline="wd" if "wd" in cfg.search.variants else arms_of(cfg)[0])
             else:  # every trial is done
                 _end_parent(study_dir, "FINISHED")
         except KeyboardInterrupt:
             # a second Ctrl-C while Ray shuts down ends the process at once, without Ray's atexit traceback
             signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-            sweep.abandon_trials()
+            abandon_trials()
             _end_parent(study_dir, "KILLED")
             print(f"\ninterrupted; nothing finished is lost. Resume with: {invocation()} resume {shown}",
                   file=sys.stderr)
             localray.discard_logs()  # nothing went wrong: Ray's logs are not needed
             return 130
         except TrackingLost as e:  # the server is gone: nothing more can be written to it
-            sweep.abandon_trials()
+            abandon_trials()
             raise UserError(f"{e}. Once it answers, resume with: {invocation()} resume {shown}") from None
         except UserError:
             raise  # found before any trial ran (a copied study, a changed store), or a report option
         except OSError as e:  # the study dir became unwritable, the disk filled, ...
-            sweep.abandon_trials()
+            abandon_trials()
             _end_parent(study_dir, "FAILED")
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
             raise UserError(f"{study_dir}: {e.strerror or e}{where}; fix it, then "
@@ -197,7 +182,7 @@ def pushed(cfg, announce: bool = False):
         yield
     finally:
         if cfg.remote:
-            from .objectstore import push
+            from .store.objectstore import push
 
             try:
                 push(cfg.study_dir, cfg.remote)
@@ -210,7 +195,7 @@ def pushed(cfg, announce: bool = False):
 
 def _end_parent(study_dir: Path, status: str) -> None:
     """Best effort: a crash must still say what happened, not fail again on MLflow."""
-    from .tracking import end_study
+    from .track.tracking import end_study
 
     try:
         end_study(study_dir, status)
@@ -219,13 +204,15 @@ def _end_parent(study_dir: Path, status: str) -> None:
 
 
 def arms_of(cfg) -> list[str]:
-    from .config import arms
+    from .define.config import arms
 
     return [a["arm"] for a in arms(cfg)]
 
 
 def cmd_status(study_dir: str) -> int:
-    from .status import print_status
+    from .present.status import print_status
+
+    from .store.loader import local_study_dir
 
     print_status(local_study_dir(study_dir), shown=study_dir)
     return 0
@@ -235,8 +222,8 @@ def cmd_trial(args) -> int:
     """One cell in this process: no Ray, no study dir, nothing of the study's records touched."""
     from lpwd import SCHEDULE_NAMES
 
-    from .config import VARIANT_NAMES, did_you_mean, load_config
-    from .trial import PrintReporter, run_trial
+    from .define.config import VARIANT_NAMES, did_you_mean, load_config
+    from .run.trial import PrintReporter, run_trial
 
     cfg = load_config(args.config, args.overrides)
     variant, _, schedule = args.variant.partition(":")
@@ -265,12 +252,12 @@ def cmd_trial(args) -> int:
         raise UserError(f"trial: {e}") from None
     tracking = None
     if cfg.tracking.enabled:
-        from .tracking import single_trials
+        from .track.tracking import single_trials
 
         tracking = single_trials(cfg)
     pretrained = None
     if cfg.model.pretrain is not None:
-        from .pretrain import pretrained_state
+        from .run.pretrain import pretrained_state
 
         pretrained = pretrained_state(cfg)
     reporter = PrintReporter()
@@ -278,7 +265,7 @@ def cmd_trial(args) -> int:
     print(f"best val {100 * metrics['best_val_acc']:.1f} (test there {100 * metrics['test_acc_at_best_val']:.1f}), "
           f"final test {100 * metrics['final_test_acc']:.1f}" + (", diverged" if metrics["diverged"] else ""))
     if tracking is not None and reporter.last.get("mlflow_run_id"):
-        from .tracking import run_url
+        from .track.tracking import run_url
 
         where = run_url(tracking, reporter.last["mlflow_run_id"])
         hint = "" if tracking.uri.startswith("http") else f"  (after: {invocation()} ui --uri {tracking.uri})"
@@ -287,9 +274,13 @@ def cmd_trial(args) -> int:
 
 
 def cmd_compare(given: list[str], args, times: dict[str, float] | None = None) -> int:
-    from .compare import compare, load, log_run, terminal_table, write
-    from .report import print_summary
-    from .tracking import StudyRun, client, resolve_uri, run_url
+    from .analyse.compare import compare
+    from .analyse.verdict import markdown
+    from .present.comparison import load, terminal_table, write
+    from .present.report import print_summary
+    from .track.comparisons import log_run
+    from .track.client import client, resolve_uri
+    from .track.tracking import StudyRun, run_url
 
     settings = [load(g) for g in given]
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
@@ -302,7 +293,7 @@ def cmd_compare(given: list[str], args, times: dict[str, float] | None = None) -
     if not args.no_tracking:
         first_run = next((s.run for s in settings if s.run is not None), None)
         uri = args.uri or (first_run.uri if first_run else resolve_uri(None))
-        rid = log_run(result, written, uri, out.resolve().name)
+        rid = log_run(result, markdown(result["parts"]), written, uri, out.resolve().name)
         exp = client(uri).get_run(rid).info.experiment_id
         where = run_url(StudyRun(uri, exp, rid), rid)
         print(f"MLflow: {where}" + ("" if uri.startswith("http") else f"  (after: {invocation()} ui --uri {uri})"))
@@ -313,7 +304,7 @@ def cmd_suite(args) -> int:
     """Every study of the suite (validated first, all of them), run or resumed in turn, then compared."""
     import time
 
-    from .config import load_config, repeated_values
+    from .define.config import load_config, repeated_values
 
     configs = []
     for given in map(Path, args.suite):
@@ -341,7 +332,8 @@ def cmd_suite(args) -> int:
 def cmd_ui(args) -> int:
     import socket
 
-    from .tracking import TRAINING_VIEW, resolve_uri
+    from .track.client import resolve_uri
+    from .track.tracking import TRAINING_VIEW
 
     uri = resolve_uri(args.uri)
     with socket.socket() as probe:  # the printed address must be the one that opens
@@ -358,40 +350,37 @@ def cmd_ui(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("run", "resume", "suite"):
-        from .localray import prefer_loopback
+        from .run.localray import prefer_loopback
 
         prefer_loopback()  # before anything imports ray
     try:
         if args.command == "run":
-            from .config import load_config
+            from .define.config import load_config
 
             return cmd_run(load_config(args.config, args.overrides), not args.no_report, args.yes)
         if args.command == "resume":
-            from .studydir import load_study
+            from .store.loader import local_study_dir
+            from .store.studydir import load_study
 
             return cmd_run(load_study(local_study_dir(args.study_dir)), True)
         if args.command == "status":
             return cmd_status(args.study_dir)
         if args.command == "report":
-            from .studydir import load_study
+            from .present.report import report_json, write_report
+            from .store.loader import load, local_study_dir
+            from .store.studydir import load_study, owned
 
-            from .report import write_report
-
-            from .studydir import owned
-
-            study_dir = local_study_dir(args.study_dir)
-            cfg = load_study(study_dir)  # refuses a path that is not a study
             if args.json:  # reads only: no lock, nothing written, no figures
                 import json
 
-                from .report import report_json
-
-                print(json.dumps(report_json(study_dir, cfg, args.metric, args.baseline, args.test, args.correction),
-                                 indent=1))
+                print(json.dumps(report_json(load(args.study_dir), args.metric, args.baseline, args.test,
+                                             args.correction), indent=1))
                 return 0
+            study_dir = local_study_dir(args.study_dir)
+            cfg = load_study(study_dir)  # refuses a path that is not a study, before the lock
             with owned(study_dir, "report"), pushed(cfg, announce=True):
-                write_report(study_dir, args.metric, args.baseline, args.test, args.correction,
-                             Path(args.out) if args.out else None, cfg=cfg, attach_to_mlflow=args.out is None)
+                write_report(load(study_dir, write_back=True), args.metric, args.baseline, args.test, args.correction,
+                             Path(args.out) if args.out else None, attach_to_mlflow=args.out is None)
             return 0
         if args.command == "trial":
             return cmd_trial(args)
@@ -402,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ui":
             return cmd_ui(args)
         if args.command == "data":
-            from .data import fetch
+            from .run.data import fetch
 
             print(fetch(args.name, args.root))
             return 0

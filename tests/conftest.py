@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from study.table import read_rows
+from study.store.table import read_rows
 
 ROOT = Path(__file__).parents[1]
 PYTHON = sys.executable
@@ -61,7 +61,7 @@ def study_env(**extra) -> dict:
     env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}, **extra)
     env["RAY_TMPDIR"] = extra.get("RAY_TMPDIR") or _shared_scratch()
     env["TMPDIR"] = extra.get("TMPDIR", env["RAY_TMPDIR"])
-    # the seal key of a study's sweep state (study/seal.py): the suite's own, not the user's ~/.config
+    # the seal key of a study's sweep state (study/store/seal.py): the suite's own, not the user's ~/.config
     env["XDG_CONFIG_HOME"] = extra.get("XDG_CONFIG_HOME") or os.path.join(_shared_scratch(), "config")
     env["LPWD_STUDY_CACHE"] = extra.get("LPWD_STUDY_CACHE") or os.path.join(_shared_scratch(), "pretrained")
     return env

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from study.analysis import MASS_ARM, best_cells, expected_best_of_k, grid, scored, summarize
-from study.claims import CLAIMS, SeedGrids, per_seed
-from study.paired import adjust, compare_cells, holm, paired_difference, paired_p
-from study.verdict import difference, verdict, verdict_parts
+from study.analyse.analysis import MASS_ARM, best_cells, expected_best_of_k, grid, scored, summarize
+from study.define.claims import CLAIMS, SeedGrids, per_seed
+from study.analyse.paired import adjust, compare_cells, holm, paired_difference, paired_p
+from study.analyse.verdict import difference, verdict, verdict_parts
 
 
 def table(cells, val=None):
@@ -216,7 +216,7 @@ def test_a_difference_is_printed_as_its_own_rounded_value():
 
 
 def robust_study(rng, seeds, level=0.0, recover=0.0, arms=("wd", "lpwd")):
-    from study.simulate import Scenario, simulate
+    from study.analyse.simulate import Scenario, simulate
 
     return simulate(Scenario("hand", arms=arms, level=level, recover=recover), seeds, rng)
 
@@ -255,7 +255,7 @@ def test_answers_are_holm_corrected_across_the_arms():
     rng = np.random.default_rng(4)
     s = summarize(robust_study(rng, 5, arms=("wd", "pwd", "lpwd", "cwd")))
     others = s[s["arm"] != "wd"]
-    from study.paired import holm as holm_
+    from study.analyse.paired import holm as holm_
     assert others["p_adj_better"].tolist() == pytest.approx(holm_(others["p_best"].to_numpy()).tolist())
 
 
@@ -288,7 +288,7 @@ def test_a_training_curve_has_each_epoch_once_after_a_resume(tmp_path):
     """An interrupted trial's result.json repeats the epochs it retrained and a replayed final report."""
     import json
 
-    from study.report import trial_history
+    from study.present.report import trial_history
 
     row = {"experiment": "grid", "trial_id": "t_00000"}
     folder = tmp_path / "grid" / "t_00000"
@@ -305,8 +305,8 @@ def test_a_report_cut_short_by_a_hard_kill_is_skipped_by_every_reader(tmp_path):
     """``status``, ``report`` and the table rebuild read result.json alike: the complete reports stand."""
     import json
 
-    from study.report import trial_history
-    from study.table import rebuilt_rows
+    from study.present.report import trial_history
+    from study.store.table import rebuilt_rows
 
     row = {"experiment": "grid", "trial_id": "t_00000"}
     folder = tmp_path / "grid" / "t_00000"
@@ -347,8 +347,8 @@ def test_every_number_in_the_headline_and_bullets_is_the_json_value():
     parse back to robustness.json's values at the printed precision."""
     import re
 
-    from study.report import answers_json
-    from study.simulate import SHAPES, Scenario, simulate
+    from study.present.report import answers_json
+    from study.analyse.simulate import SHAPES, Scenario, simulate
 
     arms = ("wd", "pwd", "lpwd", "cwd", MASS_ARM)
     checked = 0
@@ -410,7 +410,7 @@ def test_controls_never_change_a_contenders_answer():
 
 def test_a_shape_claim_on_one_decaying_lambda_cannot_be_shown():
     """With one λ > 0 the λ-regret is 0 by construction: 'cannot be shown', saying why, never '+0.0, p = 1'."""
-    from study.simulate import Scenario, Shape, simulate
+    from study.analyse.simulate import Scenario, Shape, simulate
 
     one = Shape(wds=(0.0, 10.0), surface=np.array([[89.5, 88.8], [95.1, 94.4], [96.7, 82.9], [96.2, 69.2]]))
     s = summarize(simulate(Scenario("hand", recover=0.5), 5, np.random.default_rng(0), one))
@@ -422,8 +422,8 @@ def test_a_shape_claim_on_one_decaying_lambda_cannot_be_shown():
 
 def test_level_intervals_stay_within_what_the_quantity_can_be():
     """Near the ceiling a t-interval of a tuned accuracy would reach past 100: it is clipped there, marked."""
-    from study.report import CLIPPED, display_table
-    from study.simulate import SHAPES, Scenario, simulate
+    from study.present.report import CLIPPED, display_table
+    from study.analyse.simulate import SHAPES, Scenario, simulate
 
     clipped = 0
     for i in range(6):
@@ -457,7 +457,7 @@ def test_near_tied_differences_are_monotone_and_floored_at_one_image():
     tied = paired_difference(np.zeros(5), resolution=h)
     assert tied.p == 1.0 and tied.lo < 0 < tied.hi and tied.se == pytest.approx(h / np.sqrt(30))
     # the step is read from the trials' own accuracies
-    from study.analysis import resolution_of
+    from study.analyse.analysis import resolution_of
 
     assert resolution_of(np.array([3, 17, 200, 201]) / 359 * 100) == pytest.approx(h)
     assert resolution_of(np.array([0.1, 0.25, 0.7777])) == 0.0

@@ -1,4 +1,4 @@
-"""Tune's saves through study.atomicfs leave every file whole or as it was, even under kill -9."""
+"""Tune's saves through study.store.atomicfs leave every file whole or as it was, even under kill -9."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import time
 
 import pyarrow.fs as pafs
 
-from study.atomicfs import PARTIAL, atomic_local_filesystem, remove_partial_writes
+from study.store.atomicfs import PARTIAL, atomic_local_filesystem, remove_partial_writes
 
 from .conftest import PYTHON
 
 # a writer that gets half of its new content out, then dies the way a killed driver does
 KILLED_MID_WRITE = """
 import os, signal, sys
-from study.atomicfs import atomic_local_filesystem
+from study.store.atomicfs import atomic_local_filesystem
 stream = atomic_local_filesystem().open_output_stream(sys.argv[1])
 stream.write(b"new-" * (1 << 18))  # 1 MiB: more than any buffer holds
 os.kill(os.getpid(), signal.SIGKILL)
@@ -77,7 +77,7 @@ def test_a_failed_write_of_tune_to_the_storage_is_one_line_not_a_traceback(tmp_p
     """Ray's own syncer logs a failed upload with its traceback; the study shows it as one line."""
     from ray.train._internal.storage import _FilesystemSyncer
 
-    from study.sweep import quiet_ray_logs
+    from study.run.ray_logs import quiet_ray_logs
 
     staging = tmp_path / "staging"
     staging.mkdir()

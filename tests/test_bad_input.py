@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from study.cli import main
-from study.config import dump, load_config
+from study.define.config import dump, load_config
 
 from .conftest import shows_a_traceback
 
@@ -150,9 +150,9 @@ def test_corrupt_cifar_archive(workdir, capsys):
 
 def finished_study(workdir):
     """A study dir with two finished seeds of wd and lpwd in one cell, as trials.csv would hold them."""
-    from study.config import dump, load_config
-    from study.studydir import record_definition
-    from study.table import write_rows
+    from study.define.config import dump, load_config
+    from study.store.studydir import record_definition
+    from study.store.table import write_rows
 
     cfg = load_config(QUICK, ["search.variants=[wd,lpwd]", "search.layer_schedule=[linear]", "search.lr=[0.001]",
                               "search.weight_decay=[0.1]", "search.seeds=[0,1]", "search.controls=[]"])
@@ -215,7 +215,7 @@ def a_driver_holding(d):
     import sys
 
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from study.studydir import owned\n"
+                               "from study.store.studydir import owned\n"
                                "with owned(Path(sys.argv[1]), 'run'):\n print('held', flush=True); time.sleep(60)",
                                str(d)], stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -286,7 +286,7 @@ def test_cifar_data_is_checked_and_never_runs_code(workdir, capsys, case):
     else:
         cifar_folder(workdir, payload=pickle.dumps(RunsCode(marker)))
         expected = "posix.system is not data"
-    from study.data import load_raw
+    from study.run.data import load_raw
 
     load_raw.cache_clear()
     rc, err = run_cli(["run", QUICK, "--set", "data.name=cifar10", "--set", f"data.root={workdir}"], capsys)
@@ -298,7 +298,7 @@ def test_checkpoints_load_no_code_and_bad_ones_fall_back(tmp_path, capsys):
     import torch
     from pyarrow.fs import LocalFileSystem
 
-    from study.sweep import RayReporter
+    from study.run.sweep import RayReporter
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "checkpoint_000001"
@@ -376,7 +376,7 @@ def test_study_trial_touches_no_study_and_logs_a_run_of_its_own(workdir, capsys)
 
 
 def test_damaged_small_files_degrade_instead_of_crashing(workdir, capsys, monkeypatch):
-    from study.table import reports_in
+    from study.store.table import reports_in
 
     trial = workdir / "trial"
     trial.mkdir()
@@ -426,7 +426,7 @@ def test_a_damaged_pretrained_checkpoint_and_a_silent_ray_address_are_one_line(w
 
 
 def test_status_names_arms_whole_and_offers_resume_only_without_a_driver(workdir, capsys, monkeypatch):
-    from study.table import read_rows, write_rows
+    from study.store.table import read_rows, write_rows
 
     d = finished_study(workdir)
     rows = read_rows(d)

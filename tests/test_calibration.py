@@ -1,4 +1,4 @@
-"""The verdict's error rates, measured through the report's own code (``study.calibration``).
+"""The verdict's error rates, measured through the report's own code (``study.analyse.calibration``).
 
 A smaller, seeded version of ``benchmarks/calibration.py``: simulated studies shaped like
 the quick study go through ``analysis.summarize``. It fails if any claim's false-positive
@@ -16,9 +16,9 @@ from __future__ import annotations
 import pytest
 from scipy import stats
 
-from study.calibration import measure, measure_decomposition, measure_pooling
-from study.claims import CLAIMS, PRIMARY_DEFAULT
-from study.simulate import DECOMPOSITION_SCENARIOS, SCENARIOS, SHAPES
+from study.analyse.calibration import measure, measure_decomposition, measure_pooling
+from study.define.claims import CLAIMS, PRIMARY_DEFAULT
+from study.analyse.simulate import DECOMPOSITION_SCENARIOS, SCENARIOS, SHAPES
 
 REPLICATES = 200
 ALPHA = 0.05

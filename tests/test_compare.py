@@ -1,7 +1,7 @@
 """``study compare`` on hand-made studies with known answers, through the real CLI.
 
 Each study dir is made as ``study run`` makes one (``prepare_study_dir``), and its
-``trials.csv`` holds a simulated grid (``study.simulate``) whose truth is known: the
+``trials.csv`` holds a simulated grid (``study.analyse.simulate``) whose truth is known: the
 treated arms recover part of what the baseline loses at the largest λ (more robust), or
 lose more (less robust), or do the same.
 """
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageStat
 
-from study.config import validate
-from study.simulate import QUICK_LRS, QUICK_SURFACE, QUICK_WDS, SCENARIOS, Scenario, Shape, simulate
-from study.sweep import prepare_study_dir
-from study.table import COLUMNS, write_rows
+from study.define.config import validate
+from study.analyse.simulate import QUICK_LRS, QUICK_SURFACE, QUICK_WDS, SCENARIOS, Scenario, Shape, simulate
+from study.run.sweep import prepare_study_dir
+from study.store.table import COLUMNS, write_rows
 
 from .conftest import PYTHON, layout_in_chromium, shows_a_traceback, study_env
 
@@ -56,7 +56,7 @@ def compare_cli(dirs, out, *extra):
 
 def compared(dirs, arms=None) -> dict:
     """The comparison of these study dirs, in this process (the CLI is tested below)."""
-    from study.compare import compare, load
+    from study.analyse.compare import compare, load
 
     return compare([load(str(d)) for d in dirs], arms)
 
@@ -140,7 +140,7 @@ def test_a_setting_whose_seeds_all_tie_is_pooled_with_the_one_image_floor(tmp_pa
     """Both arms choosing the same trials on every seed (difference exactly 0) gives a standard error of
     one test image's rounding, h/√(6n), not 0: the setting is pooled, and one image more on one seed
     changes its weight a little, not from nothing to most of the pool."""
-    from study.compare import compare, load
+    from study.analyse.compare import compare, load
 
     h = 1 / 359
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from study.config import arms, load_config, planned_trials, sign_flipping_cells, trained_grid, trial_grid, validate
+from study.define.config import arms, load_config, planned_trials, sign_flipping_cells, trained_grid, trial_grid, validate
 
 QUICK = Path(__file__).parents[1] / "configs" / "quick.yaml"
 
@@ -44,9 +44,9 @@ def test_cells_whose_shrink_flips_signs_are_flagged():
 def test_the_mass_control_is_pwd_at_lpwds_decay_mass():
     import torch
 
-    from study.models import small_cnn
-    from study.plan import make_plan
-    from study.trial import decay_scale
+    from study.run.models import small_cnn
+    from study.run.plan import make_plan
+    from study.run.trial import decay_scale
 
     cfg = load_config(QUICK)
     control = next(a for a in arms(cfg) if a["arm"] == "pwd@lpwd-mass")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from study.table import read_rows
+from study.store.table import read_rows
 
 from .conftest import ARGS, PYTHON, ROOT, children, final_metrics, free_port, no_ray_left, run_study_cli, study_env
 from .test_resilience import (freeze_a_trial_mid_training, newest_checkpoint_in, start_driver, trial_workers,

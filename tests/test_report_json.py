@@ -7,11 +7,11 @@ import subprocess
 
 import numpy as np
 
-from study.config import dump, load_config
-from study.plan import record_plan
-from study.simulate import Scenario, simulate
-from study.studydir import record_definition
-from study.table import write_rows
+from study.define.config import dump, load_config
+from study.run.plan import record_plan
+from study.analyse.simulate import Scenario, simulate
+from study.store.studydir import record_definition
+from study.store.table import write_rows
 
 from .conftest import PYTHON, ROOT, study_env
 
@@ -64,3 +64,26 @@ def test_report_json_prints_the_answers_and_touches_nothing(tmp_path):
     assert {a["arm"]: a["effective_decay"] for a in out["arms"]} == {a["arm"]: a["effective_decay"] for a in plan["arms"]}
     # nothing written: no report, no figure, the table and the plan as they were
     assert {p.name: p.stat().st_mtime_ns for p in d.iterdir()} == before
+
+
+def _contents(d):
+    return {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_reads_of_a_study_without_a_plan_leave_its_dir_byte_identical(tmp_path):
+    """A study from before plans were recorded: report --json and status compute what they need in memory,
+    say so in one line, and write nothing (only run and resume record a plan)."""
+    d = finished_study(tmp_path)
+    (d / "plan.json").unlink()
+    before = _contents(d)
+    proc = subprocess.run([PYTHON, "-m", "study", "report", str(d), "--json"], cwd=tmp_path, env=study_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    notes = [line for line in proc.stderr.splitlines() if "plan.json" in line]
+    assert notes == [f"note: {d}/plan.json is missing or does not match the study; λ_eff computed now and not "
+                     "recorded (study resume records it)"]
+    assert {a["arm"]: a["effective_decay"] for a in json.loads(proc.stdout)["arms"]}["lpwd"] < 1
+    status = subprocess.run([PYTHON, "-m", "study", "status", str(d)], cwd=tmp_path, env=study_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert _contents(d) == before

@@ -12,9 +12,9 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from study.report import trial_reports
-from study.table import read_rows
-from study.trial import EPOCH_METRICS
+from study.present.report import trial_reports
+from study.store.table import read_rows
+from study.run.trial import EPOCH_METRICS
 
 from .conftest import (ARGS, PYTHON, children, final_metrics, listeners, no_ray_left, ray_logs_left, ray_processes, run_study_cli,
                        short_tmpdir, shows_a_traceback, study_env, tiny_args)
@@ -201,7 +201,7 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, reference):
     assert (study_dir / "trials.csv").read_bytes() == table_before
     assert not ray_processes(ray_tmp)
 
-    # the kill left Ray's sweep state whole (saves go through study.atomicfs) ...
+    # the kill left Ray's sweep state whole (saves go through study.store.atomicfs) ...
     sweep_state = next((study_dir / "grid").glob("basic-variant-state-*.json"))
     saved_state = sweep_state.read_bytes()
     assert saved_state.startswith(b"\x80") and saved_state.endswith(b".")  # a complete pickle: PROTO ... STOP

@@ -7,7 +7,7 @@ from ray.train._internal.session import _TrainingResult
 from ray.train._internal.storage import StorageContext
 from ray.tune.experiment import Trial
 
-from study.restart_point import point_at_newest
+from study.run.restart_point import point_at_newest
 
 tune.register_trainable("restart_point_test", lambda config: None)
 

@@ -11,9 +11,9 @@ import pytest
 import requests
 from PIL import Image, ImageStat
 
-from study.claims import CLAIMS
-from study.trial import EPOCH_METRICS
-from study.verdict import markdown
+from study.define.claims import CLAIMS
+from study.run.trial import EPOCH_METRICS
+from study.analyse.verdict import markdown
 
 from .conftest import PYTHON, ChromiumPage, layout_in_chromium, run_study_cli, study_env, tiny_args
 
@@ -315,6 +315,6 @@ def test_mlflow_chart_view_puts_the_arms_side_by_side(study, chromium, tmp_path)
     assert url.startswith(f"{server}/#/experiments/{exp['experiment_id']}/runs?") and "compareRunsMode=CHART" in url
     table = runs_table(chromium, url, "e2e: arms side by side", tmp_path / "p3", 2)
     assert table and sorted(table["names"]) == ["lpwd", "wd"] and table["cut"] == [], table
-    from study.mlflow_views import CHARTS_TITLE
+    from study.track.mlflow_views import CHARTS_TITLE
 
     assert f"{CHARTS_TITLE} ({len(keys)})" in " ".join(table["text"].split()), table["text"][:3000]

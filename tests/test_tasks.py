@@ -14,11 +14,11 @@ import pickle
 import pytest
 import torch
 
-from study.config import validate
-from study.data import load_dataset, load_raw
+from study.define.config import validate
+from study.run.data import load_dataset, load_raw
 from study.errors import UserError
-from study.pretrain import address, cache_dir, pretrained_state, recipe
-from study.trial import run_trial
+from study.run.pretrain import address, cache_dir, pretrained_state, recipe
+from study.run.trial import run_trial
 
 
 class Silent:
@@ -86,7 +86,7 @@ def test_fine_tuning_starts_from_the_cached_pretrained_backbone_with_a_fresh_hea
     said.clear()
     cached, same = pretrained_state(cfg, said.append)  # the second study gets the same file, untrained
     assert said == [] and same == digest and all(torch.equal(cached[k], state[k]) for k in state)
-    from study.models import build_model
+    from study.run.models import build_model
 
     model = build_model(cfg.model, 1, 10, 40, seed=3, pretrained=state)
     fresh = build_model(cfg.model, 1, 10, 40, seed=3)

@@ -1,6 +1,6 @@
 """MLflow bookkeeping of a trial, in a real SQLite store."""
 
-from study.tracking import StudyRun, TrialRun, client
+from study.track.tracking import StudyRun, TrialRun, client
 
 
 def test_a_trial_resumed_from_an_older_checkpoint_logs_no_epoch_twice(tmp_path):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from study.config import validate
-from study.data import augment_batch, load_dataset, load_raw, write_cifar10_archive
-from study.trial import PrintReporter, lr_factor, run_trial
+from study.define.config import validate
+from study.run.data import augment_batch, load_dataset, load_raw, write_cifar10_archive
+from study.run.trial import PrintReporter, lr_factor, run_trial
 
 
 def config(**sections):
@@ -99,7 +99,7 @@ def test_cosine_schedule_decays_to_zero():
 
 UNRAISABLES = """
 import weakref
-from study.worker_setup import quiet_worker_stop
+from study.run.worker_setup import quiet_worker_stop
 if {quiet}:
     quiet_worker_stop(); quiet_worker_stop()
 
@@ -125,7 +125,7 @@ def test_a_stopped_trial_worker_prints_no_systemexit_traceback_but_real_errors_s
 
 WORKER_PROBE = """
 import ray
-from study.sweep import init_ray
+from study.run.sweep import init_ray
 init_ray()
 
 @ray.remote

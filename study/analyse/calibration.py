@@ -1,0 +1,188 @@
+"""Each claim's error rate, measured: simulated studies through the report's own ``summarize``.
+
+For a scenario and a seed count, ``measure`` simulates ``replicates`` studies
+(``study.analyse.simulate``), summarises each exactly as ``study report`` does, and counts:
+
+* per claim, how often arm − baseline was called different (its p-value below α):
+  the false-positive rate where the arms are identical, the power where they differ;
+* per claim, how often its interval covered the true difference (estimated once
+  from a simulation with many seeds);
+* per primary question, how often the verdict answered "shown" or "shown worse" for
+  any arm (Holm across arms): the family's error rate with several identical arms;
+* how often any cell of the per-cell maps was starred (one correction over all arms).
+
+``measure_pooling`` does the same for the sentences ``study compare`` writes: several
+settings, each a simulated study through ``summarize`` and ``report.answers_json``, pooled
+by ``compare.compare`` itself; it counts the pooled answers, the heterogeneity test, I² ≥
+50%, the coverage of the pooled interval and of the prediction interval (a new setting's
+true effect drawn from the settings'), and the settings counted "shown".
+
+``measure_decomposition`` puts four-arm studies through ``summarize`` and counts how
+often a mass share is printed and how often its interval covers the true share.
+
+``benchmarks/calibration.py`` prints the full tables; the test suite runs a smaller
+seeded version and fails if a claim's false-positive rate is above α beyond its
+sampling error, or a primary claim's coverage is below 93%.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .analysis import ALPHA, summarize
+from ..define.claims import CLAIMS, PRIMARY_DEFAULT, QUESTIONS, SeedGrids, per_seed
+from .simulate import SCENARIOS, Scenario, Shape, simulate, simulate_arrays
+
+SEEDS = (3, 5, 10)
+TRUTH_SEEDS = 20000
+
+
+@dataclass
+class Rates:
+    scenario: str
+    seeds: int
+    replicates: int
+    called: dict = field(default_factory=dict)  # claim -> rate of p < alpha (first treated arm vs baseline)
+    covered: dict = field(default_factory=dict)  # claim -> coverage of the true difference
+    answered: dict = field(default_factory=dict)  # question -> rate of any arm "shown"/"shown worse"
+    any_cell: float = 0.0  # rate of any starred cell
+    truth: dict = field(default_factory=dict)
+
+
+_truths: dict = {}
+
+
+def true_differences(scenario: Scenario, shape: Shape = Shape()) -> dict[str, float]:
+    """E[arm − baseline] of every claim's per-seed statistic, from one study with many seeds
+    (exactly 0 where the arms are identical: the simulation's own error would only blur it)."""
+    if scenario.level == 0 and scenario.recover == 0:
+        return {k: 0.0 for k in CLAIMS}
+    if scenario.recover == 0:  # a level shift: the shape claims' truth is exactly 0, as the shape is the same
+        shape_claims = {k: 0.0 for k, c in CLAIMS.items() if c.question == "more_robust"}
+    else:
+        shape_claims = {}
+    key = (scenario, id(shape))
+    if key not in _truths:
+        val, test = simulate_arrays(scenario, TRUTH_SEEDS, np.random.default_rng(12345), shape)
+        as_claims = [np.moveaxis(100 * x, 3, 1) for x in (val, test)]  # [arm, seed, lr, λ], points
+        stat = per_seed(SeedGrids(*as_claims, np.asarray(shape.wds, float)))
+        _truths[key] = {k: float(np.nanmean(v[1] - v[0])) for k, v in stat.items()} | shape_claims
+    return _truths[key]
+
+
+def measure(scenario: Scenario, seeds: int, replicates: int, seed: int = 0, shape: Shape = Shape(),
+            alpha: float = ALPHA) -> Rates:
+    # crc32, not hash(): Python salts str hashes per process, and a seeded run must repeat exactly
+    rng = np.random.default_rng([seed, seeds, zlib.crc32(scenario.name.encode())])
+    truth = true_differences(scenario, shape)
+    arm = scenario.arms[1]
+    called = {k: 0 for k in CLAIMS}
+    covered = {k: 0 for k in CLAIMS}
+    answered = {q: 0 for q in PRIMARY_DEFAULT}
+    any_cell = 0
+    for _ in range(replicates):
+        s = summarize(simulate(scenario, seeds, rng, shape), arms=list(scenario.arms), alpha=alpha)
+        rows = s.set_index("arm")
+        r = rows.loc[arm]
+        for k in CLAIMS:
+            called[k] += bool(r[f"p_{k}"] < alpha)
+            covered[k] += bool(r[f"diff_{k}_lo"] - 1e-9 <= truth[k] <= r[f"diff_{k}_hi"] + 1e-9)
+        others = rows.drop(index=scenario.arms[0])
+        for q in PRIMARY_DEFAULT:
+            answered[q] += bool(others[f"answer_{q}"].isin(["shown", "shown worse"]).any())
+        any_cell += bool((others["sig_better"] + others["sig_worse"]).sum() > 0)
+    n = replicates
+    return Rates(scenario.name, seeds, n, {k: v / n for k, v in called.items()},
+                 {k: v / n for k, v in covered.items()}, {q: v / n for q, v in answered.items()}, any_cell / n, truth)
+
+
+def calibrate(replicates: int, seeds=SEEDS, scenarios=tuple(SCENARIOS), seed: int = 0) -> list[Rates]:
+    return [measure(SCENARIOS[name], n, replicates, seed) for name in scenarios for n in seeds]
+
+
+# settings to pool: 7 like the suite's, all null; a true robustness effect in 2 of them only; in all 7 alike
+POOLING = {
+    "7 null": (SCENARIOS["null"],) * 7,
+    "2 of 7 robust": (SCENARIOS["null"],) * 5 + (Scenario("robust", recover=0.3),) * 2,
+    "7 robust": (SCENARIOS["robust"],) * 7,
+}
+
+
+@dataclass
+class PoolingRates:
+    scenario: str
+    seeds: int
+    replicates: int
+    shown: dict = field(default_factory=dict)  # question -> pooled answer shown or shown worse
+    covered: dict = field(default_factory=dict)  # question -> pooled interval covers the settings' mean truth
+    heterogeneity: dict = field(default_factory=dict)  # question -> bootstrap test rejects homogeneity
+    i2_half: dict = field(default_factory=dict)  # question -> I² ≥ 50%
+    predicted: dict = field(default_factory=dict)  # question -> prediction interval covers a new setting's truth
+    any_setting: dict = field(default_factory=dict)  # question -> at least one setting answered shown/shown worse
+
+
+def _answers(study, name: str):
+    from .compare import Setting
+    from .answers import answers_json
+    from .verdict import verdict_parts
+
+    s = summarize(study, arms=["wd", "lpwd"])
+    context = {"dataset": "digits", "model": "small_cnn", "start": "from scratch", "base": "adam", "epochs": 10,
+               "seeds": int(study["seed"].nunique())}
+    return Setting(name, name, context, answers_json(s, verdict_parts(s)), None)
+
+
+def measure_pooling(name: str, seeds: int, replicates: int, seed: int = 0) -> PoolingRates:
+    """Pooled answers over the settings of ``POOLING[name]``, each simulated and analysed as a study."""
+    from .compare import compare
+
+    settings = POOLING[name]
+    rng = np.random.default_rng([seed, seeds, zlib.crc32(name.encode())])
+    truths = [true_differences(sc) for sc in settings]
+    counts = {k: {q: 0 for q in QUESTIONS} for k in ("shown", "covered", "heterogeneity", "i2_half", "predicted",
+                                                     "any_setting")}
+    for _ in range(replicates):
+        studies = [_answers(simulate(sc, seeds, rng), f"setting{i}") for i, sc in enumerate(settings)]
+        result = compare(studies)
+        for q, claim in PRIMARY_DEFAULT.items():
+            p = result["pooled"]["lpwd"][q]
+            truth = [t[claim] for t in truths]
+            new = truth[rng.integers(len(truth))]
+            counts["shown"][q] += p["answer"] in ("shown", "shown worse")
+            counts["covered"][q] += bool(p["lo"] <= np.mean(truth) <= p["hi"])
+            counts["heterogeneity"][q] += bool(p["p_heterogeneity"] < ALPHA)
+            counts["i2_half"][q] += bool(p["i2"] >= 0.5)
+            counts["predicted"][q] += bool(p["pred_lo"] <= new <= p["pred_hi"])
+            by = p["settings_by_answer"]
+            counts["any_setting"][q] += bool(by["shown"] or by["shown worse"])
+    return PoolingRates(name, seeds, replicates, **{k: {q: v / replicates for q, v in c.items()}
+                                                     for k, c in counts.items()})
+
+
+@dataclass
+class ShareRates:
+    scenario: str
+    seeds: int
+    replicates: int
+    truth: float | None  # the true share of lpwd's edge over pwd that is decay mass (None: 0/0, any value)
+    printed: float = 0.0  # a share was stated (its Fieller interval bounded)
+    covered: float = float("nan")  # of the stated shares, those whose interval covers the truth
+
+
+def measure_decomposition(scenario: Scenario, truth: float | None, seeds: int, replicates: int,
+                          seed: int = 0) -> ShareRates:
+    """How often the λ-regret mass share is stated, and how often its interval covers ``truth``
+    (with identical arms every value is true: the share is 0/0; counted as covered)."""
+    rng = np.random.default_rng([seed, seeds, zlib.crc32(scenario.name.encode())])
+    printed = covered = 0
+    for _ in range(replicates):
+        d = summarize(simulate(scenario, seeds, rng), arms=list(scenario.arms)).attrs["decomposition"]
+        share = d["claims"]["more_robust"]["mass_share"]
+        if share["bounded"]:
+            printed += 1
+            covered += truth is None or share["lo"] - 1e-9 <= truth <= share["hi"] + 1e-9
+    return ShareRates(scenario.name, seeds, replicates, truth, printed / replicates,
+                      covered / printed if printed else float("nan"))

@@ -1,0 +1,324 @@
+"""The study's answer in words, written from the summary numbers alone.
+
+Every sentence is a function of ``analysis.summarize``'s table, so the words cannot
+disagree with it. Two questions get an answer, each from its one pre-declared primary
+claim (``study.define.claims``): *better?* (level) and *more robust to λ?* (shape around the
+arm's own optimum). An answer is one of "shown", "shown worse", "not shown" or
+"cannot be shown" (too few seeds), decided by the paired t-test over seeds with Holm's
+correction across the arms compared with the baseline. Every other claim is
+exploratory: its number and interval are given, never called "shown".
+
+The verdict comes as parts: a headline a reader gets in ten seconds, one part per arm,
+the decay-mass decomposition, and the limits. The terminal, report.html,
+robustness.json and the MLflow parent's description all show these parts.
+
+**One number per claim.** Every difference is printed as the rounded value of the number
+robustness.json holds (never a difference of two rounded means), so a script that reads
+the JSON and a reader who reads the sentence see the same digits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ..define.roles import MASS_ARM
+from .analysis import CONTROL, DECOMPOSITION, MIN_SEEDS
+from ..define.claims import CLAIMS, QUESTIONS
+
+TEST_NAMES = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test", "signflip": "exact sign-flip test"}
+CORRECTION_NAMES = {"holm": "Holm-corrected", "bh": "Benjamini-Hochberg-corrected", "none": "uncorrected"}
+
+
+def _finite(*xs) -> bool:
+    return all(x is not None and isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
+
+
+def display_name(arm: str, base_optimizer: str | None = None) -> str:
+    """``wd`` is AdamW on Adam and SGDW on SGD: say so where an arm is named for a reader."""
+    if arm == "wd":
+        return f"{'SGDW' if base_optimizer == 'sgd' else 'AdamW'} (wd)"
+    return arm
+
+
+def _scale(unit: str) -> tuple[float, int, str]:
+    """(multiplier, decimals, suffix) a value of this unit is shown with."""
+    return {"pt": (1.0, 1, " pt"), "share": (100.0, 0, "% of cells"), "decades": (1.0, 2, " decades")}[unit]
+
+
+def value(claim: str, x: float) -> str:
+    m, digits, suffix = _scale(CLAIMS[claim].unit)
+    return "-" if not _finite(x) else f"{m * x:.{digits}f}{suffix}"
+
+
+def _signed(x: float, digits: int) -> str:
+    """A signed number that never reads as 0 when it is not: ``+0.03`` rather than ``+0.0``."""
+    text = f"{x:+.{digits}f}"
+    while x != 0 and float(text) == 0 and digits < 4:
+        digits += 1
+        text = f"{x:+.{digits}f}"
+    return text.replace("-", "−")
+
+
+def difference(claim: str, diff: float, lo: float, hi: float) -> str:
+    """``+0.5 pt [−0.1, +1.1]``: the paired difference and its interval, each the rounded JSON value."""
+    m, digits, suffix = _scale(CLAIMS[claim].unit)
+    if not _finite(diff):
+        return "-"
+    text = _signed(m * diff, digits) + (" pt" if suffix == " pt" else suffix)
+    if _finite(lo, hi):
+        text += f" [{_signed(m * lo, digits)}, {_signed(m * hi, digits)}]"
+    return text
+
+
+def magnitude(claim: str, x: float, lo: float, hi: float) -> str:
+    """``6.1 pt [2.3, 15.0]``: a size that is never negative (τ), with its interval."""
+    m, digits, suffix = _scale(CLAIMS[claim].unit)
+    return f"{m * x:.{digits}f}{suffix} [{m * lo:.{digits}f}, {m * hi:.{digits}f}]" if _finite(x, lo, hi) else "-"
+
+
+def interval(claim: str, lo: float, hi: float) -> str:
+    """``[−25.0, +16.0] pt``: an interval alone (a prediction interval has no point of its own)."""
+    m, digits, suffix = _scale(CLAIMS[claim].unit)
+    return f"[{_signed(m * lo, digits)}, {_signed(m * hi, digits)}]{suffix}" if _finite(lo, hi) else "-"
+
+
+def percent_interval(share: dict) -> str:
+    """``64% [31%, 97%]`` for a Fieller share, or why there is none."""
+    if not share or not share.get("bounded"):
+        return "no share: lpwd's edge over pwd is not clearly away from 0"
+    return f"{100 * share['ratio']:.0f}% [{100 * share['lo']:.0f}%, {100 * share['hi']:.0f}%]"
+
+
+def _p(p: float) -> str:
+    return "-" if not _finite(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
+
+
+def _seeds_needed(n: int, seeds: int) -> str:
+    """Why an answer cannot be given: too few seeds, or too few with a complete grid for both arms."""
+    if seeds >= MIN_SEEDS:
+        return (f"cannot be shown: {n} of {seeds} seeds have a complete grid for both arms, and the paired test "
+                f"needs {MIN_SEEDS} (finish or resume the missing trials; an Optuna search never fills a grid)")
+    more = MIN_SEEDS - n
+    return f"cannot be shown with {n} seed{'s' if n != 1 else ''}: the paired test needs {MIN_SEEDS} " \
+           f"(run {more} more seed{'s' if more != 1 else ''})"
+
+
+def _undefined(attrs: dict, claim: str) -> str | None:
+    why = (attrs.get("undefined") or {}).get(claim)
+    return f"cannot be shown: {why}" if why else None
+
+
+def answer_text(row: pd.Series, question: str, attrs: dict, base_optimizer: str | None = None) -> str:
+    """``more robust to λ? shown (points lost … 1.2 vs 3.4, −2.2 pt [−3.1, −1.3], Holm-adjusted p = 0.004)``."""
+    claim = attrs["primary"][question]
+    c = CLAIMS[claim]
+    ans = row[f"answer_{question}"]
+    n = int(row[f"n_{claim}"]) if _finite(row.get(f"n_{claim}")) else 0
+    undefined = _undefined(attrs, claim)
+    if undefined:
+        return f"{QUESTIONS[question]}? {undefined}"
+    if ans == "cannot be shown":
+        return f"{QUESTIONS[question]}? {_seeds_needed(n, attrs['seeds'])}"
+    a, b = row[f"{claim}_paired"], row[f"{claim}_baseline_paired"]
+    control = ans == CONTROL
+    numbers = (f"{c.label}: {value(claim, a)} vs {value(claim, b)}, "
+               f"{difference(claim, row[f'diff_{claim}'], row[f'diff_{claim}_lo'], row[f'diff_{claim}_hi'])}, "
+               + (f"uncorrected {_p(row[f'p_{claim}'])}" if control else f"Holm-adjusted {_p(row[f'p_adj_{question}'])}"))
+    if control:
+        return f"{QUESTIONS[question]}? not asked of a control ({numbers})"
+    return f"{QUESTIONS[question]}? {ans} ({numbers})"
+
+
+def headline(summary: pd.DataFrame, base_optimizer: str | None = None) -> str | None:
+    """LPWD (or the first contender) against the baseline, both questions, and the decay-mass share."""
+    attrs = summary.attrs
+    baseline = attrs["baseline"]
+    rows = {r["arm"]: r for _, r in summary.iterrows()}
+    others = [a for a in rows if a != baseline and a in attrs.get("family", rows)]
+    if baseline not in rows or not others or "answer_better" not in summary:
+        return None
+    arm = "lpwd" if "lpwd" in others else others[0]
+    row = rows[arm]
+    words = []
+    for question in QUESTIONS:
+        claim = attrs["primary"][question]
+        ans = row[f"answer_{question}"]
+        undefined = _undefined(attrs, claim)
+        if undefined:
+            words.append(f"{QUESTIONS[question]}? {undefined}")
+            continue
+        if ans == "cannot be shown":
+            n = int(row[f"n_{claim}"]) if _finite(row.get(f"n_{claim}")) else 0
+            words.append(f"{QUESTIONS[question]}? {_seeds_needed(n, attrs['seeds'])}")
+            continue
+        d = difference(claim, row[f"diff_{claim}"], row[f"diff_{claim}_lo"], row[f"diff_{claim}_hi"])
+        words.append(f"{QUESTIONS[question]}? {ans} ({CLAIMS[claim].short} {d}; {CLAIMS[claim].reading})")
+    text = f"{arm.upper() if arm == 'lpwd' else arm} vs {display_name(baseline, base_optimizer)}: " + "; ".join(words)
+    mass = mass_words(attrs.get("decomposition"), short=True)
+    return text + (f"; how much is decay mass? {mass}" if mass else "") + "."
+
+
+READINGS = {"no edge": "no edge of lpwd over pwd", "mostly decay mass": "matching the mass closes most of it",
+            "mostly layer shape": "layer shape carries most of it", "both": "mass and layer shape share it"}
+
+
+def _lambdas(values: list[float]) -> str:
+    return "λ = " + ", ".join(f"{v:g}" for v in values)
+
+
+def mass_words(decomposition: dict | None, short: bool = False) -> str | None:
+    """Where decay mass explains lpwd's edge over pwd and where layer shape does, λ by λ (the η-mean
+    accuracy, 95% intervals uncorrected), then the primary robustness claim's share with its interval."""
+    if not decomposition:
+        return None
+    cells = decomposition["cells"]
+    groups: list[tuple[str, list[float]]] = []
+    for lam, what in zip(cells["lambdas"], cells["reading"]):
+        if groups and groups[-1][0] == what:
+            groups[-1][1].append(lam)
+        else:
+            groups.append((what, [lam]))
+    shares = dict(zip(cells["lambdas"], zip(cells["mass_share"]["ratio"], cells["mass_share"]["lo"],
+                                            cells["mass_share"]["hi"])))
+    bits = []
+    for what, lams in groups:
+        text = f"at {_lambdas(lams)} {READINGS[what]}"
+        if what != "no edge" and not short:
+            text += " (mass share " + ", ".join(f"{100 * shares[v][0]:.0f}% [{100 * shares[v][1]:.0f}%, "
+                                                f"{100 * shares[v][2]:.0f}%]" for v in lams) + ")"
+        bits.append(text)
+    robust = decomposition["claims"].get("more_robust")
+    tail = ""
+    if robust:
+        tail = f"; of the λ-regret edge over pwd, {percent_interval(robust['mass_share'])}"
+        if robust["mass_share"].get("bounded"):
+            tail += " is mass"
+    return "; ".join(bits) + tail
+
+
+def arm_sentences(row: pd.Series, attrs: dict, per_cell_family: int, base_optimizer: str | None = None) -> list[str]:
+    arm, baseline = row["arm"], attrs["baseline"]
+    control = row.get("answer_better") == CONTROL
+    out = [f"{arm}{' (control)' if control else ''} vs {display_name(baseline, base_optimizer)}: "
+           + "; ".join(answer_text(row, q, attrs, base_optimizer) for q in QUESTIONS) + "."]
+    primaries = set(attrs["primary"].values())
+    explore = []
+    for name, c in CLAIMS.items():
+        if name in primaries or not _finite(row.get(f"{name}_paired")):
+            continue
+        d = difference(name, row[f"diff_{name}"], row[f"diff_{name}_lo"], row[f"diff_{name}_hi"])
+        explore.append(f"{c.label} {value(name, row[f'{name}_paired'])} vs "
+                       f"{value(name, row[f'{name}_baseline_paired'])}, {d}" + (f" ({c.note})" if c.note else ""))
+    if explore:
+        out.append("Exploratory, not claims (95% t-intervals over seeds, uncorrected): " + "; ".join(explore) + ".")
+    dropped = row.get("dropped_seeds")
+    if isinstance(dropped, list) and dropped:
+        out.append(f"Seed{'s' if len(dropped) > 1 else ''} {', '.join(map(str, dropped))} dropped from this "
+                   "comparison: its grid is incomplete for one of the two arms (an errored, unfinished or "
+                   "never-sampled cell).")
+    if _finite(row.get("cells_tested")) and row["cells_tested"] > 0:
+        out.append(f"Per cell (exploratory): {int(row['sig_better'])} of {int(row['cells_tested'])} λ > 0 cells "
+                   f"significantly better, {int(row['sig_worse'])} worse ({TEST_NAMES[attrs['test']]} over seeds, "
+                   f"{CORRECTION_NAMES[attrs['correction']]} over all {per_cell_family} cells of the page, "
+                   f"α = {attrs['alpha']:g}).")
+    return out
+
+
+def decomposition_sentences(decomposition: dict | None) -> list[str]:
+    """lpwd − wd as placement + decay mass + layer shape, on each primary claim, then λ by λ."""
+    if not decomposition:
+        return []
+    out = []
+    for question, d in decomposition["claims"].items():
+        claim = d["claim"]
+        parts = ", ".join(f"{part} {_diff_only(claim, v)}" for part, v in d["parts"].items())
+        edge = f"lpwd's edge over pwd ({_diff_only(claim, d['edge_over_pwd'])})"
+        share = (f"decay mass explains {percent_interval(d['mass_share'])} of {edge}" if d["mass_share"].get("bounded")
+                 else f"{edge} is not clearly away from 0, so no share of it is stated")
+        out.append(f"lpwd − wd on {CLAIMS[claim].label} ({QUESTIONS[question]}), over the {d['seeds']} seeds all "
+                   f"four arms finished: {_diff_only(claim, d['total'])} = {parts}; {share}.")
+    out.append(f"Placement is pwd − wd, decay mass {MASS_ARM} − pwd ({MASS_ARM}: pwd trained at lpwd's total decay), "
+               f"layer shape lpwd − {MASS_ARM}; the split holds in every cell, so the report draws it λ by λ. "
+               f"On the test accuracy averaged over η (95% paired intervals, uncorrected, Fieller's interval for "
+               f"the share): {mass_words(decomposition)}.")
+    return out
+
+
+def _diff_only(claim: str, d: dict) -> str:
+    return difference(claim, d["diff"], d["lo"], d["hi"])
+
+
+def _family(attrs: dict) -> str:
+    family = attrs.get("family") or []
+    return f"{len(family)} arm{'s' if len(family) != 1 else ''} ({', '.join(family)})"
+
+
+def limits(summary: pd.DataFrame, attrs: dict, context: dict) -> list[str]:
+    out = []
+    seeds = attrs["seeds"]
+    where = ", ".join(f"{k} {v}" for k, v in context.items() if v is not None)
+    out.append(f"Scope: {where}; {seeds} seed{'s' if seeds != 1 else ''} per cell, "
+               f"{int(summary['cells_planned'].max())} cells per arm; cells chosen on validation, "
+               f"accuracy reported on test ({attrs['metric']}). Each seed's grid is one replicate: claims compare "
+               f"arms by per-seed differences (paired t-test, 95% t-interval, standard errors no smaller than one "
+               f"test image allows), answers Holm-corrected across the verdict's {_family(attrs)} compared with "
+               f"{attrs['baseline']}.")
+    if seeds < MIN_SEEDS:
+        out.append(f"With {seeds} seed{'s' if seeds != 1 else ''} no claim can be shown; run at least {MIN_SEEDS}.")
+    base = summary.set_index("arm")
+    baseline = attrs["baseline"]
+    if not attrs.get("decomposition") and baseline in base.index and _finite(base.loc[baseline, "effective_decay"]):
+        ref = base.loc[baseline, "effective_decay"]
+        needed = dict.fromkeys(a for pair in DECOMPOSITION.values() for a in pair)
+        missing = [a for a in needed if a not in base.index]
+        how = " and ".join(f"the {a} control (search.controls)" if a == MASS_ARM else f"the {a} arm (search.variants)"
+                           for a in missing)
+        for arm, r in base.iterrows():
+            e = r["effective_decay"]
+            if _finite(e) and ref > 0 and abs(e / ref - 1) > 0.05 and missing:
+                out.append(f"Decay mass: at equal nominal λ, {arm} applies {e / ref:.0%} of {baseline}'s total "
+                           f"decay; add {how} to measure how much of a difference that explains.")
+    missing = int((summary.get("errored_trials", 0) + summary.get("unfinished_trials", 0)).sum())
+    if missing:
+        out.append(f"{missing} trials errored or did not finish; their seeds are dropped from the comparisons "
+                   "that need them.")
+    flips = int(summary["sign_flip_cells"].max())
+    if flips:
+        out.append(f"{flips} cells per arm have η·λ ≥ 1, where decay zeroes or flips every weight each step.")
+    return out
+
+
+def verdict_parts(summary: pd.DataFrame, context: dict | None = None) -> list[str]:
+    """The verdict as parts: the headline, one per arm against the baseline, the decay-mass
+    decomposition, then the limits."""
+    attrs = summary.attrs
+    context = context or {}
+    base_optimizer = context.get("base optimizer")
+    baseline = attrs["baseline"]
+    rows = {r["arm"]: r for _, r in summary.iterrows()}
+    if baseline not in rows:
+        return [f"No verdict: the baseline {baseline} has no finished trials."]
+    others = [a for a in rows if a != baseline]
+    if not others:
+        return [f"No verdict: only the baseline {baseline} has finished trials."]
+    family = int(sum(rows[a].get("cells_tested", 0) or 0 for a in others))
+    parts = [headline(summary, base_optimizer)]
+    parts += [" ".join(arm_sentences(rows[a], attrs, family, base_optimizer)) for a in others]
+    decomposition = decomposition_sentences(attrs.get("decomposition"))
+    if decomposition:
+        parts.append(" ".join(decomposition))
+    return [p for p in parts if p] + [" ".join(limits(summary, attrs, context))]
+
+
+def verdict(summary: pd.DataFrame, context: dict | None = None) -> str:
+    """One paragraph: the headline, each arm against the baseline, and the limits."""
+    return " ".join(verdict_parts(summary, context))
+
+
+def markdown(parts: list[str]) -> str:
+    """The verdict for MLflow's run description: a bold headline, then one bullet per part."""
+    if not parts:
+        return ""
+    return f"**{parts[0]}**\n\n" + "\n".join(f"- {p}" for p in parts[1:])

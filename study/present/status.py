@@ -1,0 +1,92 @@
+"""``study status``: how far a study has got, read from its tidy table.
+
+The best cell shown per arm is chosen exactly as the report chooses it (on
+validation, mean over seeds, ``analysis.cells``), and reported on test.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Column, Table
+
+from ..analyse.analysis import arm_of, best_cells, cells, scored
+from ..store.loader import load
+from ..store.studydir import holder
+
+STATES = {"TERMINATED": "done", "RUNNING": "running", "PENDING": "pending", "PAUSED": "pending",
+          "INTERRUPTED": "pending", "ERROR": "errored"}
+
+
+def study_counts(study_dir: Path) -> tuple[Counter, list[dict], int]:
+    """Planned trials by state, the table's rows, and how many trials there are to train."""
+    study = load(study_dir)  # status only reads: a rebuilt table is not written
+    counts = Counter(STATES.get(r["status"], "pending") for r in study.rows)
+    counts["pending"] += max(0, study.planned_trials - len(study.rows))
+    return counts, study.rows, study.trained_trials
+
+
+def timing(study_dir: Path, rows: list[dict], total: int) -> str:
+    """The trials to train (as the run's progress bar counts them: a shared trial once), how long trials
+    have been running and the ETA at that pace. The time is the union of each trial's first-to-last
+    report span, so the hours a stopped study waited for its resume are not in it."""
+    from .report import trial_reports
+
+    trials = {x["trial_id"]: x for x in rows}.values()
+    spans = sorted((mine[0]["timestamp"], mine[-1]["timestamp"])
+                   for mine in (trial_reports(Path(study_dir), row) for row in trials) if mine)
+    running, end = 0.0, float("-inf")
+    for start, stop in spans:  # the union of the spans
+        running += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    finished = sum(r["status"] in ("TERMINATED", "ERROR") for r in trials)
+    line = f"trials to train: {finished} of {total} finished"
+    if not spans:
+        return line
+    line += f"; trials ran for {running / 60:.1f} min"
+    if finished and total > finished:
+        line += f", ETA {running / finished * (total - finished) / 60:.1f} min at that pace while a driver runs"
+    return line
+
+
+def print_status(study_dir: Path, shown: str | None = None) -> None:
+    """``shown``: how the user named the study (an object-store URI, whose files are read from its mirror)."""
+    counts, rows, to_train = study_counts(study_dir)
+    console = Console()
+    console.print(f"[bold]{shown or study_dir}[/]: planned trials " + ", ".join(
+        f"{counts[k]} {k}" for k in ("done", "running", "pending", "errored")), soft_wrap=True)
+    when = timing(study_dir, rows, to_train)
+    if when:
+        console.print(when, soft_wrap=True)
+    if counts["running"]:
+        from .commands import invocation
+
+        driver = holder(study_dir)
+        console.print(f"running: {driver}" if driver else "(no driver is alive: the trials shown running were "
+                      f"interrupted; resume with: {invocation()} resume {shown or study_dir})", soft_wrap=True)
+    table = pd.DataFrame(rows)
+    best = {}
+    if not table.empty:
+        c = cells(scored(table, "test_acc_at_best_val"))
+        for arm, mine in c.groupby("arm", sort=False):
+            top = best_cells(mine)
+            best[arm] = (f"η={top['lr'].iloc[0]:g} λ={top['weight_decay'].iloc[0]:g}", top["val"].mean(), top["mean"].mean())
+    arms = list(dict.fromkeys(arm_of(table))) if not table.empty else []
+    # an arm's name is never cut ("lpwd:line…"): the other columns give way in a narrow terminal or a log
+    t = Table(Column("arm", no_wrap=True, min_width=max(map(len, arms), default=3)), "done", "running", "errored",
+              "best cell (on validation)", "its validation", "its test (points)")
+    for arm in arms:
+        state = Counter(STATES.get(r["status"], "pending") for r in rows if r.get("arm", r["variant"]) == arm)
+        cell, val, test = best.get(arm, ("-", float("nan"), float("nan")))
+        t.add_row(arm, str(state["done"]), str(state["running"]), str(state["errored"]), cell,
+                  f"{val:.2f}" if val == val else "-", f"{test:.2f}" if test == test else "-")
+    console.print(t)
+    for r in rows:
+        if r["status"] == "ERROR":
+            console.print(f"[red]errored[/] {r['trained_as'] or r['variant']}: {r.get('error', '')}")
+    report = Path(study_dir) / "report.html"
+    if report.exists():
+        console.print(f"report: {report}")
