@@ -122,14 +122,17 @@ def _next_steps(cfg) -> str:
     return "\n".join(lines)
 
 
-def cmd_run(cfg, report: bool, yes: bool = False) -> int:
+def cmd_run(cfg, report: bool, yes: bool = False, resume: str | None = None) -> int:
+    """Run (or resume) one study and report it. ``resume``: the command that resumes it, when it is part of
+    something larger (a suite resumes as one); by default ``study resume DIR``."""
     from .run import localray, sweep
     from .run.ray_logs import abandon_trials
-    from .store.studydir import owned
     from .run.tracking_watch import TrackingLost
+    from .store.studydir import owned
 
     study_dir, shown = cfg.study_dir, cfg.remote or cfg.study_dir
-    localray.resume_hint = f"{invocation()} resume {shown}"
+    resume = resume or f"{invocation()} resume {shown}"
+    localray.resume_hint = resume
     sweep.preflight(cfg, yes)
     sweep.prepare_study_dir(cfg)
     with owned(study_dir, "run"), pushed(cfg):  # the sweep and its report, one owner throughout
@@ -150,21 +153,19 @@ def cmd_run(cfg, report: bool, yes: bool = False) -> int:
             signal.signal(signal.SIGINT, lambda *_: os._exit(130))
             abandon_trials()
             _end_parent(study_dir, "KILLED")
-            print(f"\ninterrupted; nothing finished is lost. Resume with: {invocation()} resume {shown}",
-                  file=sys.stderr)
+            print(f"\ninterrupted; nothing finished is lost. Resume with: {resume}", file=sys.stderr)
             localray.discard_logs()  # nothing went wrong: Ray's logs are not needed
             return 130
         except TrackingLost as e:  # the server is gone: nothing more can be written to it
             abandon_trials()
-            raise UserError(f"{e}. Once it answers, resume with: {invocation()} resume {shown}") from None
+            raise UserError(f"{e}. Once it answers, resume with: {resume}") from None
         except UserError:
             raise  # found before any trial ran (a copied study, a changed store), or a report option
         except OSError as e:  # the study dir became unwritable, the disk filled, ...
             abandon_trials()
             _end_parent(study_dir, "FAILED")
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-            raise UserError(f"{study_dir}: {e.strerror or e}{where}; fix it, then "
-                            f"resume with: {invocation()} resume {shown}") from None
+            raise UserError(f"{study_dir}: {e.strerror or e}{where}; fix it, then resume with: {resume}") from None
         except Exception:
             _end_parent(study_dir, "FAILED")
             for logs in localray.logs():
@@ -282,10 +283,12 @@ def cmd_compare(given: list[str], args, times: dict[str, float] | None = None) -
     from .track.client import client, resolve_uri
     from .track.tracking import StudyRun, run_url
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for compare.html and its files (default ./comparison)")
     settings = [load(g) for g in given]
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
     result = compare(settings, arms)
-    out = Path(args.out)
     written = write(result, out, times)
     print_summary(terminal_table(result), result["parts"], "", title="across studies: each study's primary claims, arm − "
                   "baseline [95% t-interval over seeds]; pooled: random effects, HKSJ interval")
@@ -300,11 +303,14 @@ def cmd_compare(given: list[str], args, times: dict[str, float] | None = None) -
     return 0
 
 
-def cmd_suite(args) -> int:
-    """Every study of the suite (validated first, all of them), run or resumed in turn, then compared."""
+def cmd_suite(args, command_line: list[str]) -> int:
+    """Every study of the suite (validated first, all of them, before anything trains), run or resumed in
+    turn, then compared. Interrupted, it resumes as one: the same command again (``command_line``)."""
+    import shlex
     import time
 
-    from .define.config import load_config, repeated_values
+    from .define.config import load_config, repeated_values, trained_trials
+    from .run import sweep
 
     configs = []
     for given in map(Path, args.suite):
@@ -317,13 +323,28 @@ def cmd_suite(args) -> int:
     repeated = repeated_values(names)
     if repeated:
         raise UserError(f"suite: study name {', '.join(repeated)} is used twice; give each config its own name")
-    times = []
+    for path, cfg in zip(configs, cfgs):  # everything checkable, for every study, before the first trial
+        try:
+            sweep.preflight(cfg, args.yes)
+            sweep.check_study_dir(cfg)
+        except UserError as e:
+            raise UserError(f"suite: {path}: {e}; nothing was started") from None
+    resume = f"{invocation()} {shlex.join(command_line)}"
+    total = sum(trained_trials(c) for c in cfgs)
+    times, trained, began_suite = [], 0, time.perf_counter()
     for i, cfg in enumerate(cfgs, 1):
-        print(f"\n[{i}/{len(cfgs)}] {cfg.name}", flush=True)
+        mine = trained_trials(cfg)
+        pace = ""
+        if trained:
+            left = (time.perf_counter() - began_suite) / trained * (total - trained)
+            pace = f", ETA of the suite {left / 60:.0f} min at this run's pace"
+        print(f"\nstudy {i} of {len(cfgs)}: {cfg.name} ({mine} trials to train; the suite: {trained} of {total} "
+              f"trained in this run{pace})", flush=True)
         began = time.perf_counter()
-        code = cmd_run(cfg, report=True, yes=args.yes)
+        code = cmd_run(cfg, report=True, yes=args.yes, resume=resume)
         if code:
             return code
+        trained += mine
         times.append((cfg.name, time.perf_counter() - began))
     print("\n" + "\n".join(f"{name}: {seconds / 60:.1f} min" for name, seconds in times))
     return cmd_compare([c.remote or str(c.study_dir) for c in cfgs], args, dict(times))
@@ -387,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             return cmd_compare(args.study_dirs, args)
         if args.command == "suite":
-            return cmd_suite(args)
+            return cmd_suite(args, list(argv if argv is not None else sys.argv[1:]))
         if args.command == "ui":
             return cmd_ui(args)
         if args.command == "data":

@@ -472,3 +472,18 @@ def test_every_argument_of_every_command_says_what_it_is():
     status = _parser()._subparsers._group_actions[0].choices["status"].format_help()
     assert "s3://BUCKET/PREFIX/NAME" in status
     assert "(default: 5000)" in _parser()._subparsers._group_actions[0].choices["ui"].format_help()
+
+
+def test_a_set_mistake_names_the_set_and_shows_the_list_spelling(tmp_path):
+    """The file is fine: the line names the --set that is wrong, and a list given as a scalar gets its spelling."""
+    from study.define.config import load_config
+    from study.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        load_config(QUICK, ["search.lr=0.003"])
+    assert str(e.value) == ("config error in --set search.lr=0.003: search.lr: Input should be a valid list (got 0.003); "
+                            "a list is written in brackets: --set search.lr=[0.003]")
+    with pytest.raises(UserError) as e:
+        load_config(QUICK, ["train.epoch=3"])
+    assert str(e.value).startswith("config error in --set train.epoch=3: train.epoch: unknown key (did you mean "
+                                   "train.epochs?); rename it in --set")

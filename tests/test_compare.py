@@ -42,7 +42,7 @@ def hand_made_study(root, name: str, scenario: Scenario, seeds: int = 5, rng_see
     rows = []
     for i, r in enumerate(table.to_dict("records")):
         row = dict.fromkeys(COLUMNS, "")
-        row.update(r, trial_id=f"t{i:05d}", experiment="grid", layer_schedule="linear" if r["arm"] == "lpwd"
+        row.update(r, trial_id=f"{name}-{i:05d}", experiment="grid", layer_schedule="linear" if r["arm"] == "lpwd"
                    else "constant", base="adam", model="small_cnn", epochs_done=10, shared=0)
         rows.append(row)
     write_rows(study_dir, rows)
@@ -56,7 +56,8 @@ def compare_cli(dirs, out, *extra):
 
 def compared(dirs, arms=None) -> dict:
     """The comparison of these study dirs, in this process (the CLI is tested below)."""
-    from study.analyse.compare import compare, load
+    from study.analyse.compare import compare
+    from study.present.comparison import load
 
     return compare([load(str(d)) for d in dirs], arms)
 
@@ -105,6 +106,25 @@ def test_a_study_missing_an_arm_is_refused_in_one_line(tmp_path):
     assert compared(dirs, ["pwd"])["arms"] == ["pwd"]
 
 
+def test_a_copied_study_is_one_study_and_an_out_file_is_refused_in_one_line(tmp_path):
+    import shutil
+
+    original = hand_made_study(tmp_path / "s", "original", SAME)
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(original, copy)
+    out = tmp_path / "cmp"
+    done = compare_cli([original, copy], out)
+    assert done.returncode == 2 and not shows_a_traceback(done.stderr)
+    assert done.stderr.strip().splitlines() == [
+        f"error: compare: {copy} and {original} are one study (the same trials, one a copy of the other); list it once"]
+    assert not out.exists()
+    other = hand_made_study(tmp_path / "s", "other", SAME, rng_seed=1)
+    out.write_text("not a folder")
+    done = compare_cli([original, other], out)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"error: --out {out} is a file; give a folder for compare.html and its files (default ./comparison)"]
+
+
 def test_a_study_with_two_seeds_is_refused(tmp_path):
     from study.errors import UserError
 
@@ -140,7 +160,8 @@ def test_a_setting_whose_seeds_all_tie_is_pooled_with_the_one_image_floor(tmp_pa
     """Both arms choosing the same trials on every seed (difference exactly 0) gives a standard error of
     one test image's rounding, h/√(6n), not 0: the setting is pooled, and one image more on one seed
     changes its weight a little, not from nothing to most of the pool."""
-    from study.analyse.compare import compare, load
+    from study.analyse.compare import compare
+    from study.present.comparison import load
 
     h = 1 / 359
 

@@ -197,6 +197,27 @@ def test_status_command(study):
     trained = len({r["trial_id"] for r in study["rows"]})  # what the run's progress bar counts
     assert f"trials to train: {trained} of {trained} finished; trials ran for" in proc.stdout
     assert f"sweep: {trained} trials to train" in study["stdout"] and "ETA" not in proc.stdout  # nothing left
+    assert "…" not in proc.stdout  # piped, the table is printed whole, not squeezed to 80 columns
+
+
+def test_an_edited_table_does_not_change_the_verdict(study, tmp_path):
+    """trials.csv is derived from the trials' own results: 0.25 added to lpwd's accuracies in a copy's
+    table is caught against the trial folders, said in one line, and the answers stay the original's."""
+    copy = tmp_path / "edited"
+    shutil.copytree(study["dir"], copy)
+    rows = list(csv.DictReader(open(copy / "trials.csv", newline="")))
+    for r in rows:
+        if r["arm"] == "lpwd" and r["weight_decay"] != "0.0":
+            r["test_acc_at_best_val"] = str(float(r["test_acc_at_best_val"]) + 0.25)
+    with open(copy / "trials.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    original = json.loads(run_study_cli(["report", str(study["dir"]), "--json"], tmp_path).stdout)
+    edited = run_study_cli(["report", str(copy), "--json"], tmp_path)
+    notes = [line for line in edited.stderr.splitlines() if "disagrees" in line]
+    assert len(notes) == 1 and notes[0].startswith(f"note: {copy / 'trials.csv'} disagrees with ")
+    assert json.loads(edited.stdout)["comparisons"] == original["comparisons"]
 
 
 def test_a_truncated_table_is_rebuilt_from_the_trial_folders(study, tmp_path):

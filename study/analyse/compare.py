@@ -50,6 +50,7 @@ class Setting:
     context: dict  # dataset, model, start, base, epochs, seeds
     answers: dict  # report --json
     run: object | None  # its MLflow parent run (tracking.StudyRun), if tracked
+    identity: str = ""  # what makes it this study wherever its dir is: its parent run, else its trials' ids
 
     @property
     def arms(self) -> list[str]:
@@ -75,6 +76,12 @@ def check(settings: list[Setting], arms: list[str] | None) -> tuple[str, list[st
     repeated = repeated_values(names)
     if repeated:
         raise UserError(f"compare: {', '.join(repeated)} given twice; list each study once")
+    seen: dict[str, Setting] = {}
+    for s in settings:  # a copied study dir is the same study: counting it twice would double its weight
+        twin = seen.setdefault(s.identity, s) if s.identity else s
+        if twin is not s:
+            raise UserError(f"compare: {s.where} and {twin.where} are one study (the same trials, one a copy of the "
+                            "other); list it once")
     first = settings[0]
     baseline, primary = first.answers["settings"]["baseline"], first.answers["settings"]["primary"]
     for s in settings[1:]:

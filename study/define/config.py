@@ -358,10 +358,12 @@ def _keys_at(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def describe(error: ValidationError, source: str) -> str:
-    """The first validation error as one actionable line."""
+def describe(error: ValidationError, source: str, overrides: dict[str, str] | None = None) -> str:
+    """The first validation error as one actionable line; one about a key given with ``--set``
+    (``overrides``: key -> the value as typed) names the ``--set``, not the file."""
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    key_typed = next((k for k in (overrides or {}) if where == k or where.startswith(k + ".")), None)
     msg = first["msg"].removeprefix("Value error, ")
     shown = first.get("input")
     got = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(shown, dict) else f" (got {shown!r:.80})"
@@ -376,6 +378,13 @@ def describe(error: ValidationError, source: str) -> str:
     elif first["type"] == "literal_error":
         guess = did_you_mean(shown, [c.strip(" '") for c in first["ctx"]["expected"].replace(" or ", ",").split(",")])
         got = f" (got {shown!r:.80}; did you mean {guess!r}?)" if guess else got
+    if key_typed is not None:
+        typed = overrides[key_typed]
+        fix = (f"a list is written in brackets: --set {key_typed}=[{typed}]" if first["type"] == "list_type"
+               else f"correct the --set {key_typed}=... value")
+        if first["type"] == "extra_forbidden":
+            fix = "rename it in --set" if "did you mean" in msg else "remove it from --set"
+        return f"config error in --set {key_typed}={typed[:60]}: {where}: {msg}{got}; {fix}{more}"
     return f"config error in {source}: {where}: {msg}{got}; {fix}{more}"
 
 
@@ -394,14 +403,15 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> St
         if not isinstance(raw, dict):
             raise UserError(f"config file {p} must be a mapping of keys (name:, data:, ...)")
     raw = apply_overrides(raw, list(overrides))
-    return validate(raw, source)
+    typed = {item.split("=", 1)[0].strip(): item.split("=", 1)[1] for item in overrides if "=" in item}
+    return validate(raw, source, typed)
 
 
-def validate(raw: dict, source: str = "config") -> StudyConfig:
+def validate(raw: dict, source: str = "config", overrides: dict[str, str] | None = None) -> StudyConfig:
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as e:
-        raise UserError(describe(e, source)) from None
+        raise UserError(describe(e, source, overrides)) from None
 
 
 def arm_name(variant: str, layer_schedule: str) -> str:

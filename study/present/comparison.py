@@ -7,6 +7,7 @@ answers by the code of its own report) and presents the result.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -35,7 +36,9 @@ def load(given: str) -> Setting:
         run = parent_of(study.study_dir)
     except UserError:
         run = None
-    return Setting(cfg.name, given, context_of(cfg), report_json(study, baseline=baseline), run)
+    identity = run.parent_run_id if run is not None and run.parent_run_id else "trials " + hashlib.sha256(
+        " ".join(sorted(r["trial_id"] for r in study.rows)).encode()).hexdigest()[:16]
+    return Setting(cfg.name, given, context_of(cfg), report_json(study, baseline=baseline), run, identity)
 
 
 def terminal_table(result: dict) -> pd.DataFrame:

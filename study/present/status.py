@@ -55,7 +55,10 @@ def timing(study_dir: Path, rows: list[dict], total: int) -> str:
 def print_status(study_dir: Path, shown: str | None = None) -> None:
     """``shown``: how the user named the study (an object-store URI, whose files are read from its mirror)."""
     counts, rows, to_train = study_counts(study_dir)
-    console = Console()
+    import sys
+
+    # a terminal wraps at its own width; a file or a pipe (``status > file``, a log) gets the table whole
+    console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(f"[bold]{shown or study_dir}[/]: planned trials " + ", ".join(
         f"{counts[k]} {k}" for k in ("done", "running", "pending", "errored")), soft_wrap=True)
     when = timing(study_dir, rows, to_train)

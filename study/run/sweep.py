@@ -180,6 +180,23 @@ def experiments(cfg: StudyConfig) -> list[tuple[str, dict, dict]]:
     return out
 
 
+def check_study_dir(cfg: StudyConfig, pull: bool = True) -> None:
+    """A study dir that exists already must be this config's: refused in one line otherwise (an edited
+    ``study.yaml`` too). Writes nothing into it, so a suite checks every study before any trains
+    (an object-store study is read in its mirror, ``pull``ed fresh from the bucket)."""
+    study_dir = cfg.study_dir
+    if cfg.remote and pull:
+        study_dir = objectstore.pull(cfg.remote, fresh=True)
+    if not (study_dir / STUDY_FILE).exists():
+        return
+    old = load_study(study_dir)  # also refuses a study.yaml edited after the study started
+    differs = differences(definition(old), definition(cfg))
+    if differs:
+        more = f", +{len(differs) - 4} more" if len(differs) > 4 else ""
+        raise UserError(f"{study_dir} was created by a different config ({', '.join(differs[:4])}{more} differ); "
+                        f"choose another study name with --set name=NEW, or delete {study_dir}")
+
+
 def prepare_study_dir(cfg: StudyConfig) -> Path:
     """Create the study dir, or check an existing one was made by a compatible config.
 
@@ -198,12 +215,7 @@ def prepare_study_dir(cfg: StudyConfig) -> Path:
         raise UserError(f"storage: cannot write to {study_dir} ({e.strerror}); set storage to a writable folder") from None
     saved = study_dir / STUDY_FILE
     if saved.exists():
-        old = load_study(study_dir)  # also refuses a study.yaml edited after the study started
-        differs = differences(definition(old), definition(cfg))
-        if differs:
-            more = f", +{len(differs) - 4} more" if len(differs) > 4 else ""
-            raise UserError(f"{study_dir} was created by a different config ({', '.join(differs[:4])}{more} differ); "
-                            f"choose another study name with --set name=NEW, or delete {study_dir}")
+        check_study_dir(cfg, pull=False)  # pulled just now
     else:
         saved.write_text(dump(cfg))
         record_definition(study_dir, cfg)

@@ -96,7 +96,7 @@ def read_table(study_dir: Path, fixed: dict, write_back: bool = False) -> list[d
         rows = [{}]
     folders = trial_folders(study_dir)
     if _intact(rows) and set(folders) <= {r["trial_id"] for r in rows}:
-        return rows
+        return _checked(study_dir, rows, folders, fixed, write_back)
     rebuilt = _as_read([row for folder in folders.values() for row in rebuilt_rows(folder, fixed)])
     # planned trials that never started have no folder: keep their intact rows
     rest = [r for r in rows if _intact([r]) and r["trial_id"] not in folders]
@@ -105,6 +105,31 @@ def read_table(study_dir: Path, fixed: dict, write_back: bool = False) -> list[d
     if write_back:
         write_rows(study_dir, rebuilt + rest)
     return rebuilt + rest
+
+
+def _checked(study_dir: Path, rows: list[dict], folders: dict[str, Path], fixed: dict, write_back: bool) -> list[dict]:
+    """The table's finished trials checked against their own folders: ``trials.csv`` is derived data, so
+    where a row's numbers differ from its trial's last report (an edited or stale copy), the trial's
+    own results stand, and one line says so."""
+    finished = {r["trial_id"] for r in rows if r["status"] == "TERMINATED" and r["trial_id"] in folders}
+    rebuilt = {t: _as_read(rebuilt_rows(folders[t], fixed)) for t in finished}
+    wrong = sorted(t for t in finished if [{c: r[c] for c in METRIC_COLUMNS} for r in rows if r["trial_id"] == t]
+                   != [{c: r[c] for c in METRIC_COLUMNS} for r in rebuilt[t]])
+    if not wrong:
+        return rows
+    fixed_rows, done = [], set()
+    for r in rows:
+        if r["trial_id"] not in wrong:
+            fixed_rows.append(r)
+        elif r["trial_id"] not in done:
+            done.add(r["trial_id"])
+            fixed_rows += rebuilt[r["trial_id"]]
+    print(f"note: {Path(study_dir) / TABLE} disagrees with {len(wrong)} trials' own results (first: "
+          f"{wrong[0]}); their results are used" + (" and the table written back" if write_back else ""),
+          file=sys.stderr)
+    if write_back:
+        write_rows(study_dir, fixed_rows)
+    return fixed_rows
 
 
 def _as_read(rows: list[dict]) -> list[dict]:
