@@ -306,8 +306,11 @@ def test_ctrl_c_stops_with_one_line_then_resume_finishes(tmp_path, reference):
     moved = tmp_path / "moved" / "ctrlc"
     moved.parent.mkdir()
     study_dir.rename(moved)
-    run_study_cli(["resume", str(moved)], tmp_path, env)
+    resumed = run_study_cli(["resume", str(moved)], tmp_path, env)
     no_ray_left(ray_tmp)
+    # the platform's words only: what is left to train, and no raw notice of Ray's own restores
+    assert "sweep: 1 of 8 trials left to train" in resumed.stdout, resumed.stdout[-2000:]
+    assert "Restored on" not in resumed.stdout + resumed.stderr and "Checkpoint(filesystem" not in resumed.stderr
     assert not study_dir.exists()  # nothing written where the study used to be
     assert final_metrics(read_rows(moved)) == reference
     client, runs = children(tmp_path / "mlflow.db", "ctrlc")

@@ -99,9 +99,9 @@ def test_cosine_schedule_decays_to_zero():
 
 UNRAISABLES = """
 import weakref
-from study.run.worker_setup import quiet_worker_stop
+from study.run.worker_setup import quiet_worker
 if {quiet}:
-    quiet_worker_stop(); quiet_worker_stop()
+    quiet_worker(); quiet_worker()
 
 class Owner: pass
 def stopped(_): raise SystemExit(1)  # what Ray's SIGTERM handler raises inside a weakref callback

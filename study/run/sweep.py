@@ -42,7 +42,7 @@ from ..store.studydir import STUDY_FILE, definition, differences, load_study, ow
 from ..store.table import _intact, fixed_columns, read_rows
 from .table_callback import TidyTable
 from .trial import run_trial, trial_name
-from .worker_setup import quiet_worker_stop
+from .worker_setup import quiet_worker
 
 
 
@@ -133,7 +133,7 @@ def trainable(config: dict, study: dict, tracking: dict | None, pretrained: tupl
 
     from ..track.tracking import StudyRun
 
-    quiet_worker_stop()
+    quiet_worker()
     logging.getLogger("ray").setLevel(logging.WARNING)  # no "checkpoint created" line per epoch
     key = repr(study)
     if key not in _config_cache:  # reused actors validate the study config once
@@ -298,7 +298,7 @@ def init_ray() -> None:
     env = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", **HTTP_ENV}
     # every worker drops the SystemExit print from its first moment, not only once a trial has started
     # in it: Tune can stop a worker that is still importing (a full disk ends the sweep early)
-    setup = "study.run.worker_setup.quiet_worker_stop"
+    setup = "study.run.worker_setup.quiet_worker"
     # per-epoch checkpoints of second-long trials snapshot often by design; the warning is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     address = os.environ.get("RAY_ADDRESS")
@@ -409,7 +409,10 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
                 ),
             )
         cpus = int(ray.cluster_resources().get("CPU", 0))
-        print(f"sweep: {total} trials to train, {cfg.resources.cpu:g} CPU each, {cpus} CPUs in Ray", flush=True)
+        done = len({r["trial_id"] for r in read_rows(study_dir) if r.get("experiment") == name
+                    and r["status"] in ("TERMINATED", "ERROR")})
+        left = f"{total - done} of {total} trials left to train" if done else f"{total} trials to train"
+        print(f"sweep: {left}, {cfg.resources.cpu:g} CPU each, {cpus} CPUs in Ray", flush=True)
         results = tuner.fit()
         raise_if_lost()
         finished = sum(bool(r.metrics) and r.metrics.get("finished") == 1 for r in results)

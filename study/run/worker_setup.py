@@ -9,7 +9,21 @@ from __future__ import annotations
 import sys
 
 
-def quiet_worker_stop() -> None:
+def quiet_worker() -> None:
+    """The worker prints what a user acts on: no restore notices, no traceback when Tune stops it."""
+    _quiet_restores()
+    _quiet_system_exit()
+
+
+def _quiet_restores() -> None:
+    """A resumed trial restores from its checkpoint: Ray's INFO line about it ("Restored on 127.0.0.1 from
+    checkpoint: Checkpoint(filesystem=py::sealed-py::local-atomic, ...)") is not news in the user's log."""
+    import logging
+
+    logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)
+
+
+def _quiet_system_exit() -> None:
     """A trial worker that Tune stops (SIGTERM, at the sweep's end) goes without printing a traceback.
 
     Ray's SIGTERM handler raises SystemExit. When the signal lands while a weakref callback runs,
