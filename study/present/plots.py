@@ -20,6 +20,7 @@ from ..define.roles import colours
 from ..analyse.paired import compare_cells
 
 CLIP = 10.0  # heatmap colours resolve the top CLIP points; everything further below is one colour
+CELL_TEXT = 12  # px: one size in every cell of every panel (plotly would shrink each cell's text to fit it)
 
 
 def _ticks(values) -> list[str]:
@@ -63,7 +64,7 @@ def heatmaps(df: pd.DataFrame, g: Grid, label: str, runs: dict | None = None, pe
         links = [[(runs or {}).get((arm, lr, wd), "") for wd in g.wds] for lr in g.lrs]
         fig.add_trace(go.Heatmap(
             z=np.clip(mean.values - top, -CLIP, 0), x=_ticks(g.wds), y=_ticks(g.lrs), text=text,
-            texttemplate="%{text}", customdata=links, coloraxis="coloraxis",
+            texttemplate="%{text}", textfont={"size": CELL_TEXT}, customdata=links, coloraxis="coloraxis",
             hovertemplate=f"{arm}<br>η=%{{y}} λ=%{{x}}<br>{label} %{{text}}<br>%{{customdata}}<extra></extra>",
         ), **w)
     fig.update_layout(
@@ -91,7 +92,7 @@ def difference_heatmaps(g: Grid, baseline: str, test: str, correction: str, alph
                  + ("*" if s == 1 else "") + (" ⚠" if lr * wd >= 1 else "")
                  for v, s, wd in zip(vr, sr, g.wds)] for vr, sr, lr in zip(z.values, sig.values, g.lrs)]
         fig.add_trace(go.Heatmap(z=z.values, x=_ticks(g.wds), y=_ticks(g.lrs), text=text, texttemplate="%{text}",
-                                 coloraxis="coloraxis",
+                                 textfont={"size": CELL_TEXT}, coloraxis="coloraxis",
                                  hovertemplate=f"{a} − {baseline}<br>η=%{{y}} λ=%{{x}}<br>%{{text}} pt<extra></extra>"),
                       **w)
     tested = int(cmp["p"].notna().sum())
