@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--correction", default="holm", choices=["holm", "bh", "none"],
                         help="multiple-comparison correction across cells")
     report.add_argument("--out", default=None, help="folder for report.html and figures (default: the study dir)")
+    report.add_argument("--verbose", action="store_true",
+                        help="print every part of the verdict: each arm's exploratory numbers, the decay-mass "
+                             "decomposition λ by λ, the scope and limits (report.html has them folded)")
     report.add_argument("--json", action="store_true",
                         help="print the answers and summary numbers as JSON (robustness.json's content) and stop: "
                              "no figures, no MLflow, nothing written")
@@ -401,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_study(study_dir)  # refuses a path that is not a study, before the lock
             with owned(study_dir, "report"), pushed(cfg, announce=True):
                 write_report(load(study_dir, write_back=True), args.metric, args.baseline, args.test, args.correction,
-                             Path(args.out) if args.out else None, attach_to_mlflow=args.out is None)
+                             Path(args.out) if args.out else None, attach_to_mlflow=args.out is None,
+                             verbose=args.verbose)
             return 0
         if args.command == "trial":
             return cmd_trial(args)

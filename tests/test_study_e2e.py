@@ -55,16 +55,19 @@ def test_divergence_is_recorded_not_fatal(study):
     assert all(int(r["epochs_done"]) <= EPOCHS for r in exploded)
 
 
-def test_run_prints_where_results_are(study):
+def test_run_prints_where_results_are(study, tmp_path):
     assert f"results: {study['dir']}" in study["stdout"]
     assert f"{PYTHON} -m study status {study['dir']}" in study["stdout"]  # works as printed, venv or not
     assert "report: " in study["stdout"]
-    # the run ends with the verdict, written from the numbers: its headline first
+    # the run ends with the verdict, written from the numbers: its headline first, then where the details are
     verdict = study["stdout"][study["stdout"].index("Verdict."):]
     # two seeds: too few for the paired test, and the verdict says how many are needed
     assert "- LPWD vs AdamW (wd): better? cannot be shown with 2 seeds: the paired test needs 3 (run 1 more seed)" \
         in verdict
-    assert "2 seeds per cell" in verdict and "Holm-corrected over all" in verdict
+    assert f"{PYTHON} -m study report {study['dir']} --verbose" in verdict and "2 seeds per cell" not in verdict
+    verbose = run_study_cli(["report", str(study["dir"]), "--verbose", "--out", str(tmp_path / "verbose")],
+                            tmp_path).stdout
+    assert "2 seeds per cell" in verbose and "Holm-corrected over all" in verbose
 
 
 def api(server, path, payload):
@@ -184,7 +187,7 @@ def test_report_renders_in_headless_chromium(study, chromium, tmp_path):
     errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line and ("Error" in line or "Uncaught" in line)]
     assert not errors, errors
     assert dom.stdout.count('class="main-svg"') >= 6  # plotly drew every figure from the embedded plotly.js
-    assert "Verdict." in dom.stdout
+    assert "Verdict." in dom.stdout and "<details>" in dom.stdout and "2 seeds per cell" in dom.stdout  # folded
     subprocess.run(base + [f"--screenshot={shot}", "--window-size=1400,1800", html.as_uri()],
                    capture_output=True, timeout=120)
     img = Image.open(shot).convert("L")

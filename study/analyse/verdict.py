@@ -312,6 +312,21 @@ def verdict_parts(summary: pd.DataFrame, context: dict | None = None) -> list[st
     return [p for p in parts if p] + [" ".join(limits(summary, attrs, context))]
 
 
+def answers(summary: pd.DataFrame, context: dict | None = None) -> list[str]:
+    """The verdict a reader takes in at once: the headline, then each contender's two answers with the
+    numbers they rest on; every exploratory number, the decomposition and the limits are the details."""
+    parts = verdict_parts(summary, context)
+    attrs = summary.attrs
+    rows = {r["arm"]: r for _, r in summary.iterrows()}
+    family = [a for a in attrs.get("family", []) if a in rows]
+    if len(parts) < 2 or not family or "answer_better" not in summary:
+        return parts[:1]
+    base_optimizer = (context or {}).get("base optimizer")
+    return parts[:1] + [f"{arm} vs {display_name(attrs['baseline'], base_optimizer)}: "
+                        + "; ".join(answer_text(rows[arm], q, attrs, base_optimizer) for q in QUESTIONS) + "."
+                        for arm in family]
+
+
 def verdict(summary: pd.DataFrame, context: dict | None = None) -> str:
     """One paragraph: the headline, each arm against the baseline, and the limits."""
     return " ".join(verdict_parts(summary, context))

@@ -20,7 +20,7 @@ from rich.table import Table
 from ..analyse.analysis import ALPHA, CONFIDENCE, CONTROL, SELECTED_BY, arm_of, best_cells, cells, grid, scored, summarize
 from ..analyse.answers import answers_json
 from ..analyse.paired import CORRECTIONS, TESTS, seeds_needed, smallest_p
-from ..analyse.verdict import markdown, verdict_parts
+from ..analyse.verdict import answers, markdown, verdict_parts
 from ..define.claims import CLAIMS, QUESTIONS
 from ..define.location import PLAN_FILE
 from ..errors import UserError
@@ -139,9 +139,9 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def print_summary(table: pd.DataFrame, parts: list[str], label: str, title: str | None = None) -> None:
-    import sys
-
+def print_summary(table: pd.DataFrame, parts: list[str], label: str, title: str | None = None,
+                  details: str | None = None) -> None:
+    """The table, then the verdict's ``parts`` (each on a line of its own), then where the details are."""
     # a terminal wraps at its own width; a log (CI, ray job logs) gets the table unwrapped
     console = Console(width=None if sys.stdout.isatty() else 200)
     # the title on a line of its own: as a table title it would wrap at the (narrower) table's width
@@ -157,6 +157,8 @@ def print_summary(table: pd.DataFrame, parts: list[str], label: str, title: str 
     console.print("[bold]Verdict.[/]", highlight=False)
     for part in parts:  # each unwrapped: whole sentences stay greppable in logs
         console.print(f"- {part}", highlight=False, soft_wrap=True)
+    if details:
+        console.print(details, highlight=False, soft_wrap=True, style="dim")
 
 
 def check_choices(table: pd.DataFrame, metric: str, baseline: str, test: str, correction: str, seeds: int) -> str:
@@ -189,6 +191,12 @@ def check_choices(table: pd.DataFrame, metric: str, baseline: str, test: str, co
     return resolved
 
 
+def context_of(cfg) -> dict:
+    """What the verdict's scope line says the study is."""
+    return {"dataset": cfg.data.name + (f" ({cfg.data.train_subset} training images)" if cfg.data.train_subset else ""),
+            "model": cfg.model.name, "epochs": cfg.train.epochs, "base optimizer": cfg.train.base}
+
+
 def analyse(study: Study, metric: str, baseline: str, test: str, correction: str):
     """The one analysis every surface shows: (table, scored trials, arm order, summary, verdict parts, λ_eff).
 
@@ -214,8 +222,7 @@ def analyse(study: Study, metric: str, baseline: str, test: str, correction: str
         print(f"note: {study_dir}/{PLAN_FILE} is missing or does not match the study; λ_eff computed now and not "
               "recorded (study resume records it)", file=sys.stderr)
     effective = effective_decays(plan)
-    context = {"dataset": cfg.data.name + (f" ({cfg.data.train_subset} training images)" if cfg.data.train_subset else ""),
-               "model": cfg.model.name, "epochs": cfg.train.epochs, "base optimizer": cfg.train.base}
+    context = context_of(cfg)
     primary = {"better": cfg.verdict.better, "more_robust": cfg.verdict.more_robust}
     summary = summarize(table, metric, baseline, test, correction, effective_decay=effective, arms=order,
                         primary=primary, family=cfg.verdict.arms)
@@ -230,15 +237,18 @@ def report_json(study: Study, metric: str = "test_acc_at_best_val", baseline: st
 
 
 def write_report(study: Study, metric: str = "test_acc_at_best_val", baseline: str = "wd", test: str = "t",
-                 correction: str = "holm", out_dir: Path | None = None, attach_to_mlflow: bool = True) -> Path:
+                 correction: str = "holm", out_dir: Path | None = None, attach_to_mlflow: bool = True,
+                 verbose: bool = False) -> Path:
     """report.html, robustness.csv/json and the PNGs of ``study`` (loaded with ``write_back``: the report
-    owns the study dir while it writes), the terminal summary, and the MLflow attachment."""
+    owns the study dir while it writes), the terminal summary, and the MLflow attachment. The terminal
+    gets the answers and says where the details are; ``verbose``: every part of the verdict."""
     from .plots import (cell_distribution, decomposition_curves, difference_heatmaps, effective_decay_curves, heatmaps,
                         training_curves, tuning_curves)
 
     study_dir = study.study_dir
     out = Path(out_dir) if out_dir else study_dir
     table, df, order, summary, parts, effective = analyse(study, metric, baseline, test, correction)
+    short = answers(summary, context_of(study.cfg))
     baseline = summary.attrs["baseline"]
     label = LABELS[metric]
     out.mkdir(parents=True, exist_ok=True)
@@ -259,7 +269,7 @@ def write_report(study: Study, metric: str = "test_acc_at_best_val", baseline: s
     figures = {k: f for k, f in figures.items() if f is not None}
     shown = display_table(summary)
     html = out / "report.html"
-    html.write_text(page(study_dir.name, parts, shown, figures, summary.attrs, label, len(df)))
+    html.write_text(page(study_dir.name, parts, short, shown, figures, summary.attrs, label, len(df)))
     artifacts = [html, out / "robustness.csv", out / "robustness.json", study_dir / "trials.csv"]
     for name in FIGURES:  # never leave a figure of an earlier report next to this one
         (out / f"{name}.png").unlink(missing_ok=True)
@@ -278,7 +288,11 @@ def write_report(study: Study, metric: str = "test_acc_at_best_val", baseline: s
         images = [images[n].update_layout(font={"size": 15}) for n in figures]
         pio.write_images(images, pngs, scale=1, width=900, height=[f.layout.height or 500 for f in images])
         artifacts += pngs
-    print_summary(shown, parts, label)
+    from .commands import invocation
+
+    print_summary(shown, parts if verbose else short, label, details=None if verbose else (
+        f"details (each arm's exploratory numbers, the decay-mass decomposition λ by λ, the scope and limits): "
+        f"{invocation()} report {study.where} --verbose, or {html}"))
     print(f"report: {html}")
     if not browser:
         print("no Chromium found for PNG export: install one (apt-get install chromium) or set BROWSER_PATH")
@@ -294,6 +308,7 @@ body{font-family:system-ui,sans-serif;margin:0 auto;padding:1rem;max-width:1400p
 .verdict{background:#f4f6fa;border-left:4px solid #1f77b4;padding:.8rem 1rem;line-height:1.5}
 .verdict li{margin:.3rem 0}
 .verdict .headline{font-size:1.15rem;font-weight:600;margin:.2rem 0 .6rem}
+.verdict summary{cursor:pointer;color:#1f4f7f;margin-top:.4rem}
 .scroll{overflow-x:auto;max-width:100%}
 table.summary{border-collapse:collapse;font-size:.85rem}
 table.summary th,table.summary td{border-bottom:1px solid #ddd;padding:.3rem .5rem;text-align:right}
@@ -302,13 +317,16 @@ table.summary th:first-child,table.summary td:first-child{text-align:left}
 """
 
 
-def page(name: str, verdict: list[str], shown: pd.DataFrame, figures: dict, attrs: dict, label: str,
-         trials: int) -> str:
+def page(name: str, verdict: list[str], short: list[str], shown: pd.DataFrame, figures: dict, attrs: dict,
+         label: str, trials: int) -> str:
+    """The answer first (the headline and each contender's answers), the verdict's other parts folded."""
     head, rest = (verdict[0], verdict[1:]) if len(verdict) > 1 else ("", verdict)
+    answers_html = "".join(f"<li>{escape(v)}</li>" for v in short[1:])
     items = "".join(f"<li>{escape(v)}</li>" for v in rest)
     parts = [f"<h1>Is it robust? {escape(name)}</h1>",
              "<div class='verdict'>" + (f"<p class='headline'>{escape(head)}</p>" if head else "")
-             + f"<b>Verdict.</b><ul>{items}</ul></div>",
+             + f"<b>Verdict.</b><ul>{answers_html}</ul><details><summary>Every arm's numbers, the decay-mass "
+             f"decomposition λ by λ, the scope and the limits</summary><ul>{items}</ul></details></div>",
              f"<p>Reported: {escape(label)}, in points. Every choice is made on validation "
              f"(<code>{attrs['selected_by']}</code>) and reported on test. Each seed's grid is one replicate of "
              f"the study: a claim is computed per seed and arms are compared by their per-seed differences. "
