@@ -277,7 +277,8 @@ def cmd_trial(args) -> int:
     return 0
 
 
-def cmd_compare(given: list[str], args, times: dict[str, float] | None = None) -> int:
+def cmd_compare(given: list[str], args, times: dict[str, float] | None = None, name: str | None = None) -> int:
+    """Compare finished studies; ``name``: the comparison's MLflow run (default: after the studies compared)."""
     from .analyse.compare import compare
     from .analyse.verdict import markdown
     from .present.comparison import load, terminal_table, write
@@ -299,7 +300,9 @@ def cmd_compare(given: list[str], args, times: dict[str, float] | None = None) -
     if not args.no_tracking:
         first_run = next((s.run for s in settings if s.run is not None), None)
         uri = args.uri or (first_run.uri if first_run else resolve_uri(None))
-        rid = log_run(result, markdown(result["parts"]), written, uri, out.resolve().name)
+        studies = [r["study"] for r in result["studies"]]
+        name = name or "compare " + ", ".join(studies[:4]) + (f" +{len(studies) - 4} more" if len(studies) > 4 else "")
+        rid = log_run(result, markdown(result["parts"]), written, uri, name)
         exp = client(uri).get_run(rid).info.experiment_id
         where = run_url(StudyRun(uri, exp, rid), rid)
         print(f"MLflow: {where}" + ("" if uri.startswith("http") else f"  (after: {invocation()} ui --uri {uri})"))
@@ -350,7 +353,8 @@ def cmd_suite(args, command_line: list[str]) -> int:
         trained += mine
         times.append((cfg.name, time.perf_counter() - began))
     print("\n" + "\n".join(f"{name}: {seconds / 60:.1f} min" for name, seconds in times))
-    return cmd_compare([c.remote or str(c.study_dir) for c in cfgs], args, dict(times))
+    return cmd_compare([c.remote or str(c.study_dir) for c in cfgs], args, dict(times),
+                       name="suite " + ", ".join(Path(s).name for s in args.suite))
 
 
 def cmd_ui(args) -> int:

@@ -135,6 +135,8 @@ def test_mlflow_server_has_parent_and_one_child_per_trial(study):
         assert run["info"]["status"] == "FINISHED"
         assert {claim for claim in CLAIMS if present(report[arm][claim])} <= set(metrics)
         assert metrics["best"] == pytest.approx(report[arm]["best"]) and "decay_share" in metrics
+        if present(report[arm]["near_optimal_2pt"]):  # in percent of cells, as the description says
+            assert metrics["near_optimal_2pt"] == pytest.approx(100 * report[arm]["near_optimal_2pt"])
     assert {f"diff_{claim}" for claim in CLAIMS if present(report["lpwd"][f"diff_{claim}"])} <= {
         m["key"] for m in summaries["lpwd"]["data"]["metrics"]}
     notes = {t["key"]: t["value"] for t in exp.get("tags", [])}["mlflow.note.content"]

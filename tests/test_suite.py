@@ -50,6 +50,7 @@ def test_a_suite_runs_its_studies_then_compares_them_in_mlflow(tmp_path, mlflow_
         assert comparison.data.tags[f"study.{study['study']}"] == parent.info.run_id
         assert parent.data.tags["study"] == study["study"]
     assert comparison.data.tags["mlflow.note.content"].startswith("**LPWD vs AdamW (wd) across 2 settings")
+    assert comparison.data.tags["mlflow.runName"] == "suite scratch.yaml, finetune.yaml"  # not the --out folder
     for question, claim in result["primary"].items():  # the pooled numbers are the run's metrics
         estimate = result["pooled"]["lpwd"][question]["estimate"]
         assert estimate is None or comparison.data.metrics[f"lpwd.pooled_{claim}_estimate"] == pytest.approx(estimate)

@@ -115,7 +115,8 @@ def key_of(arm: str) -> str:
 
 
 UNITS_NOTE = ("Accuracies (`*_acc`, and the claims `best`, `grid_mean`, `lambda_regret`, ...) are in percentage "
-              "points, 0-100; `r_op`, `decay_fraction` and `decay_share` are fractions. Each trial is a run nested "
+              "points, 0-100; `near_optimal_2pt` is in percent of cells, `lambda_width` in decades of λ; `r_op`, "
+              "`decay_fraction` and `decay_share` are fractions. Each trial is a run nested "
               "under `study NAME`, and each arm has a summary run there, named after the arm, whose metrics the "
               "chart view compares side by side. The Views menu has the study's views: `NAME: trials` and "
               "`NAME: arms side by side`.")
@@ -276,7 +277,9 @@ def log_arm_summaries(run: StudyRun, summary, status: str | None) -> None:
                     "are in the parent run's description and the report."}
             run_id = retry(lambda: c.create_run(run.experiment_id, tags=tags), "create arm summary run").info.run_id
             retry(lambda: c.log_batch(run_id, params=[Param("arm", arm)]), "log arm param")
-        values = {k: r[k] for k in names if k in r} | {"decay_share": r.get("effective_decay", float("nan"))}
+        # a share of cells is logged in percent, as the experiment's description says: one scale per chart
+        values = {k: r[k] * (100.0 if CLAIMS[k.removeprefix("diff_")].unit == "share" else 1.0)
+                  for k in names if k in r} | {"decay_share": r.get("effective_decay", float("nan"))}
         metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if v == v]
         retry(lambda: c.log_batch(run_id, metrics=metrics), "log arm summary metrics")
         if status:  # None: the study is not complete; its summaries stay RUNNING with the parent
