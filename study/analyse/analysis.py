@@ -195,14 +195,15 @@ def _share(num: np.ndarray, den: np.ndarray, resolution: float) -> dict:
 def reading(edge: Difference, share: dict, alpha: float = ALPHA) -> str:
     """Which part carries lpwd's difference from pwd, in words the intervals allow: ``no edge`` (its
     interval spans 0), ``mostly decay mass`` / ``mostly layer shape`` (the share's whole interval
-    above / below ``MOSTLY``), else ``both``."""
+    above / below ``MOSTLY``), ``both`` (the whole interval strictly between 0 and 1: each carries a
+    part), else ``unclear`` (an interval too wide to apportion)."""
     if not (math.isfinite(edge.p) and edge.p < alpha) or not share["bounded"]:
         return "no edge"
     if share["lo"] >= MOSTLY:
         return "mostly decay mass"
     if share["hi"] <= MOSTLY:
         return "mostly layer shape"
-    return "both"
+    return "both" if 0 < share["lo"] and share["hi"] < 1 else "unclear"
 
 
 def decompose(per_seed_stats: dict[str, np.ndarray], g: SeedGrids, arms: list[str], lrs: list[float],

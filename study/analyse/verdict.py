@@ -88,7 +88,7 @@ def percent_interval(share: dict) -> str:
     """``64% [31%, 97%]`` for a Fieller share, or why there is none."""
     if not share or not share.get("bounded"):
         return "no share: lpwd's edge over pwd is not clearly away from 0"
-    return f"{100 * share['ratio']:.0f}% [{100 * share['lo']:.0f}%, {100 * share['hi']:.0f}%]"
+    return f"{_percent(share['ratio'])} [{_percent(share['lo'])}, {_percent(share['hi'])}]"
 
 
 def _p(p: float) -> str:
@@ -161,7 +161,12 @@ def headline(summary: pd.DataFrame, base_optimizer: str | None = None) -> str | 
 
 
 READINGS = {"no edge": "no edge of lpwd over pwd", "mostly decay mass": "matching the mass closes most of it",
-            "mostly layer shape": "layer shape carries most of it", "both": "mass and layer shape share it"}
+            "mostly layer shape": "layer shape carries most of it", "both": "mass and layer shape each carry part of it",
+            "unclear": "an edge, but too uncertain to apportion"}
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.0f}%".replace("-", "−")
 
 
 def _lambdas(values: list[float]) -> str:
@@ -186,8 +191,8 @@ def mass_words(decomposition: dict | None, short: bool = False) -> str | None:
     for what, lams in groups:
         text = f"at {_lambdas(lams)} {READINGS[what]}"
         if what != "no edge" and not short:
-            text += " (mass share " + ", ".join(f"{100 * shares[v][0]:.0f}% [{100 * shares[v][1]:.0f}%, "
-                                                f"{100 * shares[v][2]:.0f}%]" for v in lams) + ")"
+            text += " (mass share " + ", ".join(f"{_percent(shares[v][0])} [{_percent(shares[v][1])}, "
+                                                f"{_percent(shares[v][2])}]" for v in lams) + ")"
         bits.append(text)
     robust = decomposition["claims"].get("more_robust")
     tail = ""
