@@ -196,7 +196,7 @@ def decomposition_curves(decomposition: dict | None, per_row: int = 3) -> go.Fig
     cols = min(per_row, len(panels))
     rows = -(-len(panels) // cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for t, _ in panels], shared_yaxes=True,
-                        horizontal_spacing=0.04, vertical_spacing=0.16)
+                        horizontal_spacing=0.04, vertical_spacing=0.24 / rows)
     x = c["lambdas"]
     for k, (title, table) in enumerate(panels):
         r, col = k // cols + 1, k % cols + 1
@@ -215,7 +215,7 @@ def decomposition_curves(decomposition: dict | None, per_row: int = 3) -> go.Fig
     fig.update_yaxes(title_text="points", row=1, col=1)
     fig.update_layout(title=f"lpwd − wd, split λ by λ<br><sup>test accuracy, {c['seeds']} seeds, 95% paired "
                             "t-intervals (uncorrected); the parts add up to the total in every cell</sup>",
-                      height=330 * rows + 150, legend={"orientation": "h", "y": -0.18 if rows == 1 else -0.08})
+                      height=300 * rows + 170, legend={"orientation": "h", "y": -0.18 if rows == 1 else -0.06})
     return fig
 
 
