@@ -14,6 +14,12 @@ between (a driver killed before the address could be printed to it); if the
 warden itself is killed, ``ray start`` dies with it (a parent-death signal)
 and the driver's exit kills the group.
 
+A loaded machine can make ``ray start`` miss the 30 s Ray gives its node to register
+("The current node timed out during startup"): the warden tries once more on fresh ports
+before the driver says, in one line, that the local Ray did not start. A driver whose head
+dies under it stops trying to reach the head's GCS after ``GCS_RECONNECT_S`` (Ray's
+default is 60 s), once the warden has said what happened and how to resume.
+
 Ray writes its session logs under a temp dir of the warden's (``ray-*`` in
 ``RAY_TMPDIR``, else the system's). A driver whose study succeeded calls
 :func:`discard_logs`; the warden then removes that dir once the head is down.
@@ -45,6 +51,12 @@ from ..errors import UserError
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 READY = "Ray runtime started."
+# ``ray start`` gives its node 30 s to register (Ray's own, fixed); a loaded laptop can miss that once,
+# so the warden tries this many times, each on fresh ports
+START_ATTEMPTS = 2
+# a local driver whose head died stops trying to reach its GCS after this long (Ray's default is 60 s, and
+# a raylet lost at start-up kept a driver retrying for minutes): the warden has said what happened
+GCS_RECONNECT_S = "15"
 
 _wardens: list[subprocess.Popen] = []  # held for the driver's lifetime: the warden outlives nothing else
 _temp_dirs: list[Path] = []  # the heads' temp dirs (Ray's logs)
@@ -62,6 +74,7 @@ def prefer_loopback() -> None:
     global _loopback
     if not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
         os.environ.update(LOOPBACK_ENV)
+        os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", GCS_RECONNECT_S)
         if "RAY_AUTH_MODE" not in os.environ:  # a token for this study alone, shared by its processes' env
             os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
         _loopback = True
@@ -163,11 +176,9 @@ shutil.rmtree(temp, ignore_errors=True)
 """
 
 
-def _run_head(driver_pid: int, temp: str, hint: str) -> int:
-    """``temp``: the head's own temp dir, so a user's `ray status` or ray.init("auto") keeps finding
-    their own cluster, not ours. ``hint``: how to resume, said if the head dies before the driver
-    (a killed GCS ends the driver from inside Ray's C++ core, where it cannot say it)."""
-    driver = os.pidfd_open(driver_pid)  # before anything slow: the driver may already be gone
+def _start_head(temp: str) -> tuple[subprocess.Popen, int, str]:
+    """``ray start --head --block`` on fresh loopback ports; returns once it is up (or has given up), with
+    its GCS port and the last line it printed."""
     gcs, client, agent = _free_port(), _free_port(), _free_port()
     head = subprocess.Popen([_ray_cli(), "start", "--head", "--block", f"--port={gcs}", f"--temp-dir={temp}",
                              f"--node-ip-address={LOOPBACK}", f"--ray-client-server-port={client}",
@@ -180,9 +191,23 @@ def _run_head(driver_pid: int, temp: str, hint: str) -> int:
         last = line.strip() or last
         if READY in line:
             break
-    if head.poll() is not None:
-        print(f"failed: {last} (Ray's logs: {temp}/session_latest/logs)", flush=True)
-        return 1
+    if READY not in last:
+        head.wait()  # it gave up (its node missed Ray's 30 s to register, or a process died at start-up)
+    return head, gcs, last
+
+
+def _run_head(driver_pid: int, temp: str, hint: str) -> int:
+    """``temp``: the head's own temp dir, so a user's `ray status` or ray.init("auto") keeps finding
+    their own cluster, not ours. ``hint``: how to resume, said if the head dies before the driver
+    (a killed GCS ends the driver from inside Ray's C++ core, where it cannot say it)."""
+    driver = os.pidfd_open(driver_pid)  # before anything slow: the driver may already be gone
+    for attempt in range(1, START_ATTEMPTS + 1):
+        head, gcs, last = _start_head(temp)
+        if head.poll() is None:
+            break
+        if attempt == START_ATTEMPTS:
+            print(f"failed {START_ATTEMPTS} times: {last} (Ray's logs: {temp}/session_latest/logs)", flush=True)
+            return 1
     print(f"{LOOPBACK}:{gcs} {temp}", flush=True)  # raises if the driver is gone already: the group dies all the same
     # keep draining ray start's output, so that it never blocks on a full pipe
     threading.Thread(target=lambda: [None for _ in head.stdout], daemon=True).start()
