@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..analyse.answers import clean
 from ..analyse.compare import Setting, context_of, estimate_text
-from ..analyse.verdict import difference, markdown, percent_interval
+from ..analyse.verdict import difference, interval, markdown, percent_interval
 from ..define.claims import CLAIMS, QUESTIONS
 from ..errors import UserError
 from ..store.loader import load as load_study
@@ -89,13 +89,16 @@ def markdown_summary(result: dict, times: dict[str, float] | None = None) -> str
     lead = "lpwd" if "lpwd" in family else family[0]
     claims = {q: CLAIMS[result["primary"][q]] for q in QUESTIONS}
     head = ["setting", "data", "model", "start", "base"] + [f"{QUESTIONS[q]}? {claims[q].short}" for q in QUESTIONS]
-    head += ["minutes"] if times else []
+    head += ["decay mass share of the λ-regret edge over pwd"] + (["minutes"] if times else [])
     lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     for r in result["studies"]:
         cells = [r["study"], r["dataset"], r["model"], r["start"], r["base"]]
         for q in QUESTIONS:
             e = r["arms"][lead][q]
             cells.append(f"{difference(result['primary'][q], e['diff'], e['lo'], e['hi'])}{_p_adj(e)}: {e['answer']}")
+        share = r["mass_share"].get("more_robust")
+        cells.append(percent_interval(share) if share and share["bounded"] else "none stated (no clear edge)"
+                     if share else "-")
         if times:
             cells.append(f"{times.get(r['study'], float('nan')) / 60:.1f}")
         lines.append(f"| {' | '.join(cells)} |")
@@ -103,7 +106,13 @@ def markdown_summary(result: dict, times: dict[str, float] | None = None) -> str
     for q in QUESTIONS:
         p = result["pooled"][lead][q]
         pooled.append(f"**{estimate_text(p)}{_p_adj(p)}: {p['answer']}**")
-    lines.append(f"| {' | '.join(pooled + ([''] if times else []))} |")
+    lines.append(f"| {' | '.join(pooled + [''] + ([''] if times else []))} |")
+    predicted = ["a new setting like these", "", "", "", ""]
+    for q in QUESTIONS:
+        p = result["pooled"][lead][q]
+        predicted.append(f"{interval(p['claim'], p['pred_lo'], p['pred_hi'])} (prediction interval)"
+                         if math.isfinite(p["pred_lo"]) else "-")
+    lines.append(f"| {' | '.join(predicted + [''] + ([''] if times else []))} |")
     caption = (f"{lead} − {result['baseline_name']} per setting: each study's primary claims (mean paired difference "
                "over seeds, 95% t-interval, Holm-corrected p, the study's own answer); pooled: random effects, HKSJ "
                "interval, p Holm-corrected across the contenders compared.")
