@@ -182,7 +182,8 @@ def own_interval(x: np.ndarray, confidence: float = CONFIDENCE, bounds: tuple[fl
     mean = float(x.mean()) if len(x) else math.nan
     if len(x) < MIN_SEEDS:
         return mean, math.nan, math.nan, False
-    d = paired_difference(x, confidence, resolution)  # the interval of a mean, floored like a difference's
+    # the interval of a mean: one rounded accuracy per seed, not two, so half a difference's rounding variance
+    d = paired_difference(x, confidence, resolution / math.sqrt(2))
     lo, hi = max(d.lo, bounds[0]), min(d.hi, bounds[1])
     return mean, lo, hi, (lo, hi) != (d.lo, d.hi)
 
@@ -344,7 +345,8 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
     primary = {**PRIMARY_DEFAULT, **(primary or {})}
     df = scored(table, metric)
     g = grid(df, arms)
-    stat = per_seed(seed_grids(g))
+    by_seed = seed_grids(g)
+    stat = per_seed(by_seed)
     books = bookkeeping(table)
     c = cells(df)
     b = g.arms.index(baseline) if baseline in g.arms else None
@@ -411,7 +413,7 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
                       "seeds": len(g.seeds), "primary": primary, "cells_per_arm": g.shape[1] * g.shape[2],
                       "decaying_cells": int(np.sum(np.asarray(g.wds) > 0)) * g.shape[1], "family": family,
                       "resolution": g.resolution, "undefined": undefined,
-                      "decomposition": decompose(stat, seed_grids(g), g.arms, g.lrs, primary, alpha, g.resolution)})
+                      "decomposition": decompose(stat, by_seed, g.arms, g.lrs, primary, alpha, g.resolution)})
     return out
 
 
