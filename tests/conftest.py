@@ -199,7 +199,8 @@ LAYOUT_PROBE = """<script>window.addEventListener('load', () => setTimeout(() =>
     });
   });
   document.body.setAttribute('data-layout', JSON.stringify(
-    {page: document.documentElement.scrollWidth, view: window.innerWidth, figs: figs, fonts: fonts, clipped: clipped}));
+    {page: document.documentElement.scrollWidth, view: window.innerWidth, figs: figs, fonts: fonts, clipped: clipped,
+     scrolls: [...document.querySelectorAll('.scroll')].filter(e => e.scrollWidth > e.clientWidth + 1).length}));
 }, 1000));</script></body>"""
 
 

@@ -143,7 +143,10 @@ def test_compare_page_fits_the_window(tmp_path_factory, chromium, tmp_path, widt
     layout, dom = layout_in_chromium(chromium, out / "compare.html", width, tmp_path)
     assert layout["view"] == width and layout["page"] <= width, layout
     assert len(layout["figs"]) >= 2 and max(layout["figs"]) <= width, layout  # both forest plots drawn, inside
-    assert "Verdict." in dom and "pooled" in dom
+    assert "<details>" in dom and "Verdict, arm by arm" in dom and "pooled" in dom  # the answer first, the rest folded
+    assert not layout["clipped"], layout["clipped"]  # forest titles whole
+    assert min(min(sizes) for sizes in layout["fonts"].values()) >= 12, layout["fonts"]
+    assert layout["scrolls"] == 0, "the per-study table scrolls sideways"
     if width < 1400:
         return
     for png in ("forest_better.png", "forest_more_robust.png"):

@@ -119,16 +119,29 @@ def markdown_summary(result: dict, times: dict[str, float] | None = None) -> str
     return markdown(result["parts"]) + "\n\n" + caption + "\n\n" + "\n".join(lines) + "\n"
 
 
-def page(result: dict, shown: pd.DataFrame, figures: dict) -> str:
+SETTING = ("dataset", "model", "start", "base", "seeds")
 
+
+def compact(shown: pd.DataFrame) -> pd.DataFrame:
+    """The table for a page: a setting's dataset, model, start, base optimizer and seeds in one column,
+    so the answers, λ_eff and the mass share fit an 800-px window without scrolling sideways."""
+    setting = shown[list(SETTING)].astype(str).agg(
+        lambda r: " · ".join(v for v in (*r.iloc[:4], f"{r.iloc[4]} seeds" if r.iloc[4] else "") if v), axis=1)
+    return shown.drop(columns=list(SETTING)).assign(setting=setting)[
+        ["study", "setting", *[c for c in shown.columns if c not in ("study", *SETTING)]]]
+
+
+def page(result: dict, shown: pd.DataFrame, figures: dict) -> str:
+    """The answer first (the headline), every arm's counts, pooled numbers and heterogeneity folded."""
     head, rest = result["parts"][0], result["parts"][1:]
     parts = [f"<h1>Is it robust across settings? {len(result['studies'])} studies</h1>",
-             f"<div class='verdict'><p class='headline'>{escape(head)}</p><b>Verdict.</b><ul>"
-             + "".join(f"<li>{escape(p)}</li>" for p in rest) + "</ul></div>",
+             f"<div class='verdict'><p class='headline'>{escape(head)}</p><details><summary>Verdict, arm by arm: "
+             "the settings' answers, the pooled numbers, the heterogeneity, the scope</summary><ul>"
+             + "".join(f"<li>{escape(p)}</li>" for p in rest) + "</ul></details></div>",
              "<p>Each row is one study's primary claims, arm − baseline: the mean of its per-seed paired "
              "differences with a 95% t-interval, and its own answer. The pooled rows are random-effects means "
              "with Hartung–Knapp–Sidik–Jonkman intervals.</p>",
-             "<div class='scroll'>" + shown.to_html(index=False, classes="summary", border=0) + "</div>"]
+             "<div class='scroll'>" + compact(shown).to_html(index=False, classes="summary", border=0) + "</div>"]
     for i, fig in enumerate(figures.values()):
         fig.update_layout(autosize=True, width=None)
         parts.append("<div class='figure'>" + fig.to_html(

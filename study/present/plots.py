@@ -244,7 +244,8 @@ def training_curves(histories: dict[tuple[str, str], pd.DataFrame], arms: list[s
 def forest(result: dict, question: str) -> go.Figure:
     """A forest plot of one question across studies: each study's effect (arm − baseline, the mean
     of its per-seed paired differences) with its 95% t-interval, one colour per arm, and the
-    pooled random-effects estimate with its Hartung–Knapp interval as a diamond at the bottom."""
+    pooled random-effects estimate with its Hartung–Knapp interval as a diamond at the bottom, the
+    prediction interval for a new setting as a thin line through it."""
     from ..define.claims import CLAIMS, QUESTIONS
     from ..analyse.verdict import _scale
 
@@ -252,8 +253,10 @@ def forest(result: dict, question: str) -> go.Figure:
     claim = CLAIMS[result["primary"][question]]
     m = _scale(claim.unit)[0]
     colour = colours([result["baseline"], *arms])
-    labels = [f"{r['study']}<br><sub>{r['dataset']}, {r['model']}, {r['start']}, {r['base']}</sub>" for r in studies]
-    pooled_label = "<b>pooled</b><br><sub>random effects, HKSJ</sub>"
+    small = "<span style='font-size:12px'>{}</span>"  # sub-labels at 12 px: plotly's <sub> draws them at 7
+    labels = [f"{r['study']}<br>" + small.format(f"{r['dataset']}, {r['model']}, {r['start']}, {r['base']}")
+              for r in studies]
+    pooled_label = "<b>pooled</b><br>" + small.format("random effects, HKSJ")
     rows = labels + [pooled_label]
     fig = go.Figure()
     spread = 0.6 / max(1, len(arms))
@@ -270,6 +273,11 @@ def forest(result: dict, question: str) -> go.Figure:
             customdata=[[d["answer"], m * d["lo"], m * d["hi"]] for d in e],
             hovertemplate=arm + ": %{x:.2f} [%{customdata[1]:.2f}, %{customdata[2]:.2f}]<br>study's answer: "
                           "%{customdata[0]}<extra></extra>"))
+        if np.isfinite(p.get("pred_lo") if p.get("pred_lo") is not None else np.nan):
+            fig.add_trace(go.Scatter(
+                x=[m * p["pred_lo"], m * p["pred_hi"]], y=[offset, offset], mode="lines", legendgroup=arm,
+                showlegend=False, line={"color": colour[arm], "width": 1.5, "dash": "dot"},
+                hovertemplate=f"{arm}: a new setting like these, %{{x:.2f}} (95% prediction interval)<extra></extra>"))
         fig.add_trace(go.Scatter(
             x=[m * p["estimate"]], y=[offset], mode="markers", name=f"{arm} pooled", legendgroup=arm,
             showlegend=False, marker={"color": colour[arm], "size": 14, "symbol": "diamond"},
@@ -282,7 +290,8 @@ def forest(result: dict, question: str) -> go.Figure:
                      automargin=True)
     better = "→ arm better" if claim.higher_is_better else "← arm better"
     fig.update_layout(
-        title=f"{QUESTIONS[question]}? {claim.label}, arm − {result['baseline']} ({better}; 95% intervals)",
+        title={"text": f"{QUESTIONS[question]}? {claim.short}, arm − {result['baseline']} ({better})<br><sup>"
+                       "95% intervals; pooled: the diamond's line, a new setting's: dotted</sup>"},
         xaxis_title=f"{claim.short} difference ({claim.unit})", height=140 + 62 * len(rows),
         legend={"orientation": "h", "y": -120 / (140 + 62 * len(rows)), "x": 0}, margin={"l": 20, "r": 20})
     return fig

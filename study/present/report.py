@@ -307,10 +307,10 @@ STYLE = """
 body{font-family:system-ui,sans-serif;margin:0 auto;padding:1rem;max-width:1400px;color:#222}
 .verdict{background:#f4f6fa;border-left:4px solid #1f77b4;padding:.8rem 1rem;line-height:1.5}
 .verdict li{margin:.3rem 0}
-.verdict .headline{font-size:1.15rem;font-weight:600;margin:.2rem 0 .6rem}
+.verdict .headline{font-size:1.1rem;font-weight:500;margin:.2rem 0 .6rem}
 .verdict summary{cursor:pointer;color:#1f4f7f;margin-top:.4rem}
 .scroll{overflow-x:auto;max-width:100%}
-table.summary{border-collapse:collapse;font-size:.85rem}
+table.summary{border-collapse:collapse;font-size:.8rem}
 table.summary th,table.summary td{border-bottom:1px solid #ddd;padding:.3rem .5rem;text-align:right}
 table.summary th:first-child,table.summary td:first-child{text-align:left}
 .figure{width:100%;max-width:100%}
