@@ -326,7 +326,11 @@ def test_mlflow_ui_lists_the_trials_with_their_names_whole(study, chromium, tmp_
     assert "Evaluations" not in text
     for key in ("variant", "layer_schedule", "weight_decay"):
         assert key in text
-
+    # η and λ are the view's metric columns too: MLflow sorts them as numbers (params sort as text: 1, 10, 3, 30)
+    logged = requests.get(f"{server}/api/2.0/mlflow/runs/get", params={"run_id": child["mlflow_run_id"]},
+                          timeout=30).json()["run"]["data"]
+    metrics = {m["key"]: m["value"] for m in logged["metrics"]}
+    assert metrics["weight_decay"] == 0.1 and metrics["lr"] == float(child["lr"])
 
 def test_mlflow_chart_view_puts_the_arms_side_by_side(study, chromium, tmp_path):
     """The link the run prints opens MLflow's chart view on the arms' summary runs alone, named after

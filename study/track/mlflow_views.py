@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 VIEW_TAG = "mlflow.sharedViewState."  # MLflow's prefix for a saved view of an experiment page
 RUN_NAME_COLUMN = "attributes.`Run Name`"
-TRIAL_COLUMNS = ["params.`lr`", "params.`weight_decay`", "params.`seed`",
+TRIAL_COLUMNS = ["metrics.`lr`", "metrics.`weight_decay`", "params.`seed`",  # η and λ sort as numbers
                  "metrics.`best_val_acc`", "metrics.`test_acc_at_best_val`", "metrics.`val_acc`"]
 CHARTS_TITLE = "Arm summaries"
 # px per character of a run name in MLflow's table font (about 5.6 on MLflow 3.17 in Chromium on Linux;

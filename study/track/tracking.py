@@ -24,6 +24,7 @@ from .client import SUMMARY_OF, check_reachable, client, resolve_uri, retry
 from .mlflow_views import save_views, view_url
 
 PARENT_FILE = "mlflow_parent.json"
+NUMERIC_PARAMS = ("lr", "weight_decay")  # a trial's cell, logged as metrics too so the UI sorts it as numbers
 
 
 @dataclass
@@ -290,7 +291,7 @@ class TrialRun:
     """A trial's child run: created once, continued after a restore (run id in the checkpoint)."""
 
     def __init__(self, study: StudyRun, run_id: str | None, name: str, params: dict, tags: dict):
-        from mlflow.entities import Param
+        from mlflow.entities import Metric, Param
 
         self._c = client(study.uri)
         self._pending: list = []
@@ -301,8 +302,10 @@ class TrialRun:
             tags = {**parent, "mlflow.runName": name, **source_tags(), **tags}
             run = retry(lambda: self._c.create_run(study.experiment_id, tags=tags), "create child run")
             self.run_id = run.info.run_id
-            retry(lambda: self._c.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()]),
-                  "log trial params")
+            # the cell's η and λ also as metrics: MLflow sorts params as text (1, 10, 3, 30), metrics as numbers
+            cell = [Metric(k, float(params[k]), int(time.time() * 1000), 0) for k in NUMERIC_PARAMS if k in params]
+            retry(lambda: self._c.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                                            metrics=cell), "log trial params")
         else:
             retry(lambda: self._c.update_run(self.run_id, status="RUNNING"), "reopen child run")
         # epochs MLflow holds already: a trial resumed from an older checkpoint than its last flush (the newest
