@@ -118,7 +118,10 @@ def step(optimizer: torch.optim.Optimizer, shrink_of: dict[int, float], count: b
         t = torch.stack([s.to(device, torch.float64) for s in steps])
         lr, shrink = torch.tensor(hyper, dtype=torch.float64, device=device).unbind(1)
         beta1, beta2 = torch.tensor(betas, dtype=torch.float64, device=device).unbind(1)
-        coefficients = torch.stack([lr / (1 - beta1 ** t), (1 - beta2 ** t).rsqrt(), shrink], 1).float()
+        # float32 coefficients for float32 (and lower) weights; a float64 model keeps them in float64, so the
+        # compiled step is as exact as the equations there too
+        wide = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
+        coefficients = torch.stack([lr / (1 - beta1 ** t), (1 - beta2 ** t).rsqrt(), shrink], 1).to(wide)
         try:
             counts = kernel(params, grads, exp_avgs, exp_avg_sqs, max_sqs, coefficients, betas, eps, count)
         except Exception:  # not compiled (so nothing written): the step counters go back for torch's kernel

@@ -97,6 +97,10 @@ BASES: dict[str, tuple[type[torch.optim.Optimizer], set[str]]] = {
 }
 
 
+# group keys this optimizer sets for itself, kept when a checkpoint (its own or torch's) is loaded
+OWN_GROUP_KEYS = ("layer_scales", "layers", "decay_eligible", "decoupled_weight_decay")
+
+
 def _check_rate(name: str, value, low_open: bool) -> None:
     ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > 0 if low_open else value >= 0)
     if not ok:
@@ -116,7 +120,7 @@ class DecayMixin:
     ``weight_decay`` always reads as lambda.
 
     Args beyond torch's:
-        variant: one of :data:`VARIANTS`.
+        variant: one of :data:`VARIANTS` (default ``lpwd``, this library's namesake).
         model: the model the parameters belong to: it gives each parameter its depth
             (:func:`lpwd.layer_indices`, needed by ``lpwd``) and, for ``pwd``/``lpwd``, the
             modules the pre-forward decay is attached to. Without it, call
@@ -138,7 +142,7 @@ class DecayMixin:
     placement: str | None
     _torch_class: type[torch.optim.Optimizer]
 
-    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.0, *, variant: str,
+    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.0, *, variant: str = "lpwd",
                  model: nn.Module | None = None, layer_schedule: LayerSchedule = "linear", strict: bool = False,
                  diagnostics_every: int = 10, diagnostics_sample: int | None = 4096, diagnostics_seed: int = 0,
                  compile_step: bool = False, **base_kwargs):
@@ -556,6 +560,10 @@ class DecayMixin:
         return state
 
     def load_state_dict(self, state_dict):
+        """torch's, plus the decay's own state. A checkpoint of torch's own optimizer (``torch.optim.Adam``
+        or ``AdamW`` saved by another run) loads too: its moments and step counts are taken, and the keys
+        this optimizer sets for itself (each parameter's layer and decay scale, and the base's own decay
+        mode, which must stay as the variant needs it) are kept rather than replaced by the file's."""
         state_dict = dict(state_dict)
         extra = state_dict.pop("decay", None)
         if extra is not None and extra["variant"] != self.variant:
@@ -563,7 +571,14 @@ class DecayMixin:
                 f"optimizer state is for variant {extra['variant']!r}, "
                 f"this optimizer is {self.variant!r}"
             )
+        own = [{k: g[k] for k in OWN_GROUP_KEYS if k in g} for g in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, keys in zip(self.param_groups, own):
+            for k in OWN_GROUP_KEYS:
+                if k in keys:
+                    group[k] = keys[k]
+                else:
+                    group.pop(k, None)
         if extra is not None:
             self._pending = extra["pending"]
             self._steps = extra["steps"]

@@ -540,3 +540,53 @@ def test_cwd_compiled_step_agrees_with_the_separate_pass_in_every_option():
     for p, q in zip(compiled_model.parameters(), separate_model.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
     assert swapped_s._cautious_compiled_once
+
+
+def test_the_default_variant_is_lpwd():
+    model = make_model()
+    opt = lpwd.DecayedAdam(list(model.parameters()), LR0, LAM, model=model)
+    assert opt.variant == "lpwd"
+
+
+@pytest.mark.parametrize("saved_by", [torch.optim.Adam, torch.optim.AdamW])
+def test_a_torch_adam_checkpoint_loads_into_decayed_adam(saved_by):
+    """A run of torch's own Adam or AdamW resumed as lpwd: the moments and step counts carry over, the
+    layer scales and the kernel's decay mode stay this optimizer's, and the next steps are exactly an lpwd
+    optimizer's that had those moments."""
+    model = make_model()
+    plain = saved_by(decay_groups_of(model), lr=LR0)
+    train(model, plain, 2)
+    state = plain.state_dict()
+    twin = make_model()
+    twin.load_state_dict(model.state_dict())
+    ours = lpwd.build_optimizer(model, "lpwd", LR0, LAM)
+    ours.load_state_dict(state)
+    reference_opt = lpwd.build_optimizer(twin, "lpwd", LR0, LAM)
+    reference_opt.load_state_dict(copy.deepcopy(ours.state_dict()))  # torch would share the moments' tensors
+    assert [g["layer_scales"] for g in ours.param_groups] == [g["layer_scales"] for g in reference_opt.param_groups]
+    assert all(not g.get("decoupled_weight_decay", False) for g in ours.param_groups)
+    assert all(ours.state[p]["step"] == 2 for p in model.parameters())
+    train(model, ours, 2, start=2)
+    train(twin, reference_opt, 2, start=2)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, atol=0, rtol=0)
+
+
+def decay_groups_of(model):
+    return [{"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": LAM},
+            {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def test_the_compiled_cautious_step_stays_float64_on_a_float64_model():
+    """Its coefficients are not cast to float32 there: the same run as the separate pass to 1e-12."""
+    compiled_model, separate_model = make_model(dtype=torch.float64), make_model(dtype=torch.float64)
+    compiled = lpwd.build_optimizer(compiled_model, "cwd", LR0, LAM, "adam", compile_step=True)
+    separate = lpwd.build_optimizer(separate_model, "cwd", LR0, LAM, "adam")
+    for t in range(3):
+        for model, opt in ((compiled_model, compiled), (separate_model, separate)):
+            opt.zero_grad()
+            loss_of(model, t, torch.float64).backward()
+            opt.step()
+    assert compiled._cautious_compiled_once
+    for p, q in zip(compiled_model.parameters(), separate_model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-12, rtol=1e-12)
