@@ -330,6 +330,17 @@ def bookkeeping(table: pd.DataFrame) -> pd.DataFrame:
     }).assign(unfinished_trials=lambda d: d["planned_trials"] - d["finished_trials"] - d["errored_trials"])
 
 
+def claim_step(claim: Claim, g: Grid, lambdas: np.ndarray) -> float:
+    """The smallest step a claim's per-seed value moves by, in its own unit: one test image for a claim
+    in points, one cell of the λ > 0 grid for a share of cells, the grid's smallest step of λ for decades."""
+    if claim.unit == "pt":
+        return g.resolution
+    if claim.unit == "share":
+        return 1.0 / (len(lambdas) * len(g.lrs)) if len(lambdas) else 0.0
+    logs = np.log10(np.sort(lambdas))
+    return float(np.diff(logs).min()) if len(logs) > 1 else 0.0
+
+
 def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baseline: str = "wd",
               test: str = "t", correction: str = "holm", alpha: float = ALPHA, effective_decay: dict | None = None,
               arms: list[str] | None = None, primary: dict[str, str] | None = None,
@@ -353,6 +364,7 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
     family = [a for a in (family if family is not None else contenders(g.arms, baseline)) if a in g.arms]
     lambdas = np.asarray([w for w in g.wds if w > 0], float)
     undefined = {k: why for k, claim in CLAIMS.items() if (why := claim.undefined(lambdas))}
+    steps = {k: claim_step(claim, g, lambdas) for k, claim in CLAIMS.items()}
     per_cell = compare_cells(g, baseline, test, correction, alpha) if b is not None else None
     rows = []
     for a, arm in enumerate(g.arms):
@@ -378,9 +390,9 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
         }
         for k, claim in CLAIMS.items():
             row[k], row[f"{k}_lo"], row[f"{k}_hi"], row[f"{k}_clipped"] = own_interval(
-                stat[k][a], bounds=claim.bounds(lambdas), resolution=g.resolution)
+                stat[k][a], bounds=claim.bounds(lambdas), resolution=steps[k])
             if b is not None and a != b:
-                d, seeds = compare(stat[k], a, b, resolution=g.resolution)
+                d, seeds = compare(stat[k], a, b, resolution=steps[k])
                 if k in undefined:
                     d = replace(d, lo=math.nan, hi=math.nan, p=math.nan, se=math.nan)
                 row.update({f"diff_{k}": d.diff, f"diff_{k}_lo": d.lo, f"diff_{k}_hi": d.hi, f"p_{k}": d.p,
