@@ -148,3 +148,17 @@ def test_every_ray_worker_drops_the_systemexit_print_from_its_start():
                           capture_output=True, text=True, timeout=300)
     no_ray_left(ray_tmp)
     assert proc.returncode == 0 and "hook in a fresh worker: True" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_the_table_counts_a_trial_as_running_from_its_start_as_the_progress_bar_does():
+    """Tune calls on_trial_start before it marks the trial RUNNING: the table must not write it PENDING
+    (``study status`` read one trial fewer running than the bar showed)."""
+    from types import SimpleNamespace
+
+    from study.run.table_callback import TidyTable
+
+    cell = {"arm": "lpwd", "variant": "lpwd", "layer_schedule": "linear", "lr": 1e-3, "weight_decay": 1.0, "seed": 0}
+    trial = SimpleNamespace(trial_id="t1", status="PENDING", last_result={}, config={"cell": cell})
+    table = TidyTable("grid", {"base": "adam", "model": "small_cnn", "dataset": "digits"})
+    assert [r["status"] for r in table._rows(trial, started=trial)] == ["RUNNING"]
+    assert [r["status"] for r in table._rows(trial)] == ["PENDING"]

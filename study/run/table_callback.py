@@ -26,10 +26,11 @@ class TidyTable(tune.Callback):
         self.experiment = experiment
         self.fixed = fixed  # base, model, dataset
 
-    def _rows(self, trial, completed=None) -> list[dict]:
+    def _rows(self, trial, completed=None, started=None) -> list[dict]:
         result = trial.last_result or {}
-        # Tune calls on_trial_complete before it sets the trial's status: the completed trial is done
-        status = "TERMINATED" if trial is completed else trial.status
+        # Tune calls on_trial_start/complete before it sets the trial's status: the started trial is
+        # running (as the progress bar counts it, so status and the bar agree), the completed one done
+        status = "TERMINATED" if trial is completed else "RUNNING" if trial is started else trial.status
         if status == "TERMINATED" and result.get("finished") != 1:
             status = "INTERRUPTED"  # stopped by Ctrl-C before its last epoch: resume runs it on
         error = None
@@ -37,7 +38,7 @@ class TidyTable(tune.Callback):
             error = (getattr(trial, "error_message", None) or SEE_ERROR_FILE).strip().splitlines()[-1][:300]
         return rows_of(self.experiment, trial.trial_id, status, trial_params(trial.config), result, self.fixed, error)
 
-    def _write(self, trials, completed=None) -> None:
+    def _write(self, trials, completed=None, started=None) -> None:
         if not trials:
             return
         storage = trials[0].storage
@@ -48,12 +49,12 @@ class TidyTable(tune.Callback):
             others = [r for r in read_rows(study_dir) if _intact([r]) and r["experiment"] != self.experiment]
         except (csv.Error, UnicodeDecodeError):
             others = []
-        write_rows(study_dir, others + [row for t in trials for row in self._rows(t, completed)])
+        write_rows(study_dir, others + [row for t in trials for row in self._rows(t, completed, started)])
         if remote:
             push(study_dir, remote, [TABLE])
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._write(trials)
+        self._write(trials, started=trial)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._write(trials, completed=trial)
