@@ -149,8 +149,10 @@ def test_corrupt_cifar_archive(workdir, capsys):
 
 
 def finished_study(workdir):
-    """A study dir with two finished seeds of wd and lpwd in one cell, as trials.csv would hold them."""
+    """A study dir as the platform makes one (its config, definition and plan) with two finished seeds of wd
+    and lpwd in one cell, as trials.csv would hold them."""
     from study.define.config import dump, load_config
+    from study.run.plan import record_plan
     from study.store.studydir import record_definition
     from study.store.table import write_rows
 
@@ -160,6 +162,7 @@ def finished_study(workdir):
     d.mkdir(parents=True)
     (d / "study.yaml").write_text(dump(cfg))
     record_definition(d, cfg)
+    record_plan(d, cfg)
     write_rows(d, [{"trial_id": f"t{i}", "experiment": "grid", "status": "TERMINATED", "arm": arm, "variant": arm,
                     "layer_schedule": "linear", "lr": 0.001, "weight_decay": 0.1, "seed": seed, "dataset": "digits",
                     "best_val_acc": 0.9 + 0.01 * i, "val_acc": 0.9, "test_acc_at_best_val": 0.9 + 0.01 * i,

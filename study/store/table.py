@@ -109,10 +109,13 @@ def read_table(study_dir: Path, fixed: dict, write_back: bool = False) -> list[d
 
 def _checked(study_dir: Path, rows: list[dict], folders: dict[str, Path], fixed: dict, write_back: bool) -> list[dict]:
     """The table's finished trials checked against their own folders: ``trials.csv`` is derived data, so
-    where a row's numbers differ from its trial's last report (an edited or stale copy), the trial's
-    own results stand, and one line says so."""
+    where a row's numbers differ from its finished trial's last report (an edited or stale copy), the
+    trial's own results stand, and one line says so. A folder whose last report is not a finished
+    trial's proves nothing (an object-store mirror pulled before a resume finished it): it is skipped."""
     finished = {r["trial_id"] for r in rows if r["status"] == "TERMINATED" and r["trial_id"] in folders}
     rebuilt = {t: _as_read(rebuilt_rows(folders[t], fixed)) for t in finished}
+    rebuilt = {t: mine for t, mine in rebuilt.items() if all(r["status"] == "TERMINATED" for r in mine)}
+    finished = set(rebuilt)
     wrong = sorted(t for t in finished if [{c: r[c] for c in METRIC_COLUMNS} for r in rows if r["trial_id"] == t]
                    != [{c: r[c] for c in METRIC_COLUMNS} for r in rebuilt[t]])
     if not wrong:
