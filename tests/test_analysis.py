@@ -461,3 +461,21 @@ def test_near_tied_differences_are_monotone_and_floored_at_one_image():
 
     assert resolution_of(np.array([3, 17, 200, 201]) / 359 * 100) == pytest.approx(h)
     assert resolution_of(np.array([0.1, 0.25, 0.7777])) == 0.0
+
+
+def test_non_finite_accuracies_are_missing_trials_without_warnings():
+    """NaN or ±inf in a table (hand-edited, damaged) is a trial without a number: its seed leaves the
+    comparisons that need it, the verdict says so, and numpy prints nothing."""
+    import warnings
+
+    from study.analyse.simulate import SCENARIOS, simulate
+
+    t = simulate(SCENARIOS["null"], 5, np.random.default_rng(0))
+    t.loc[3, "test_acc_at_best_val"] = np.nan
+    t.loc[7, "test_acc_at_best_val"] = np.inf
+    t.loc[9, "best_val_acc"] = -np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = summarize(t)
+        text = verdict(s)
+    assert by_arm(s)["lpwd"]["dropped_seeds"] and "dropped from this comparison" in text

@@ -91,8 +91,9 @@ def scored(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     selector = SELECTED_BY[metric]
     if selector not in df:
         selector = metric
-    value = pd.to_numeric(df[metric], errors="coerce").where(~diverged, chance)
-    select = pd.to_numeric(df[selector], errors="coerce").where(~diverged, chance)
+    # an accuracy is a share of images: an infinite one (a hand-edited or damaged table) is no number at all
+    value = pd.to_numeric(df[metric], errors="coerce").replace([np.inf, -np.inf], np.nan).where(~diverged, chance)
+    select = pd.to_numeric(df[selector], errors="coerce").replace([np.inf, -np.inf], np.nan).where(~diverged, chance)
     df = df.assign(score=value * 100.0, select=select * 100.0, diverged=diverged.astype(int),
                    lr=df["lr"].astype(float), weight_decay=df["weight_decay"].astype(float),
                    seed=df["seed"].astype(int))
