@@ -45,6 +45,9 @@ def test_ray_job_submit_runs_a_study(tmp_path):
                               "--", PYTHON, "-m", "study", *args], env=env, capture_output=True, text=True, timeout=400)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in (job.stdout + job.stderr)
+        # what to run next, in the form the study was started: a job (the head's interpreter path means
+        # nothing to the machine that submits)
+        assert "ray job submit --address http://HEAD:8265 --working-dir . -- python -m study status" in job.stdout
         rows = list(csv.DictReader(open(tmp_path / "studies" / "job" / "trials.csv")))
         assert len(rows) == 2 * 2 * 2 and all(r["status"] == "TERMINATED" for r in rows)
         assert max(float(r["test_acc_at_best_val"]) for r in rows) > 0.5
