@@ -317,10 +317,10 @@ def verdict_parts(summary: pd.DataFrame, context: dict | None = None) -> list[st
     return [p for p in parts if p] + [" ".join(limits(summary, attrs, context))]
 
 
-def answers(summary: pd.DataFrame, context: dict | None = None) -> list[str]:
-    """The verdict a reader takes in at once: the headline, then each contender's two answers with the
-    numbers they rest on; every exploratory number, the decomposition and the limits are the details."""
-    parts = verdict_parts(summary, context)
+def answers(summary: pd.DataFrame, parts: list[str], context: dict | None = None) -> list[str]:
+    """The verdict a reader takes in at once: the headline of ``parts`` (``verdict_parts``'s), then each
+    contender's two answers with the numbers they rest on; every exploratory number, the decomposition
+    and the limits are the details."""
     attrs = summary.attrs
     rows = {r["arm"]: r for _, r in summary.iterrows()}
     family = [a for a in attrs.get("family", []) if a in rows]

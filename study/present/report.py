@@ -248,7 +248,7 @@ def write_report(study: Study, metric: str = "test_acc_at_best_val", baseline: s
     study_dir = study.study_dir
     out = Path(out_dir) if out_dir else study_dir
     table, df, order, summary, parts, effective = analyse(study, metric, baseline, test, correction)
-    short = answers(summary, context_of(study.cfg))
+    short = answers(summary, parts, context_of(study.cfg))
     baseline = summary.attrs["baseline"]
     label = LABELS[metric]
     out.mkdir(parents=True, exist_ok=True)
