@@ -18,7 +18,8 @@ from importlib import import_module
 from .schedules import SCHEDULE_NAMES, SCHEDULES
 
 _LAZY = {**dict.fromkeys(("decay_scales", "effective_decay", "layer_indices", "no_decay_names"), ".layers"),
-         **dict.fromkeys(("BASES", "VARIANTS", "DecayedAdam", "DecayedSGD", "build_optimizer", "fastest_kernel"), ".optim")}
+         **dict.fromkeys(("BASES", "VARIANTS", "DecayedAdam", "DecayedSGD", "build_optimizer", "decayed",
+                         "decayed_class", "fastest_kernel"), ".optim")}
 
 
 def __getattr__(name: str):
@@ -41,6 +42,8 @@ __all__ = [
     "DecayedAdam",
     "DecayedSGD",
     "build_optimizer",
+    "decayed",
+    "decayed_class",
     "decay_scales",
     "effective_decay",
     "fastest_kernel",

@@ -180,7 +180,7 @@ def resolve_schedule(layer_schedule: LayerSchedule) -> tuple[Callable[[int, int]
 
 
 def decay_scales(model: nn.Module, layer_schedule: LayerSchedule = "linear",
-                 decay_bias_and_norm: bool = False) -> dict[str, float]:
+                 decay_bias_and_norm: bool = False, decay_no_weight_decay: bool = False) -> dict[str, float]:
     """``lambda_p / lambda`` for every trainable parameter: f(l, L), 0 where nothing decays.
 
     A ``*_normalized`` schedule is divided by its parameter-count-weighted mean
@@ -188,7 +188,7 @@ def decay_scales(model: nn.Module, layer_schedule: LayerSchedule = "linear",
     """
     schedule, normalise = resolve_schedule(layer_schedule)
     layers = layer_indices(model)
-    skip = no_decay_names(model, decay_bias_and_norm)
+    skip = no_decay_names(model, decay_bias_and_norm, decay_no_weight_decay)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     scales = {n: (0.0 if n in skip else layer_scale(schedule, *layers[n])) for n, _ in named}
     if normalise:
@@ -206,7 +206,7 @@ def normalise_mass(scales: list[float], sizes: list[int]) -> float:
 
 
 def effective_decay(model: nn.Module, variant: str = "lpwd", layer_schedule: LayerSchedule = "linear",
-                    decay_bias_and_norm: bool = False) -> float:
+                    decay_bias_and_norm: bool = False, decay_no_weight_decay: bool = False) -> float:
     """lambda_eff / lambda: the parameter-weighted mean of lambda_p / lambda over decayed tensors.
 
     1 for ``wd``/``rwd``/``pwd``/``l2``, 0 for ``none``, and for ``lpwd`` the mean of its
@@ -218,8 +218,8 @@ def effective_decay(model: nn.Module, variant: str = "lpwd", layer_schedule: Lay
         return 0.0
     if variant != "lpwd":
         return 1.0
-    scales = decay_scales(model, layer_schedule, decay_bias_and_norm)
-    skip = no_decay_names(model, decay_bias_and_norm)
+    scales = decay_scales(model, layer_schedule, decay_bias_and_norm, decay_no_weight_decay)
+    skip = no_decay_names(model, decay_bias_and_norm, decay_no_weight_decay)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n not in skip]
     count = sum(p.numel() for _, p in named)
     return sum(p.numel() * scales[n] for n, p in named) / count if count else 0.0
@@ -236,24 +236,24 @@ def layer_scale(schedule: Callable[[int, int], float], l: int, L: int) -> float:
     return scale
 
 
-def no_decay_names(model: nn.Module, decay_bias_and_norm: bool = False) -> set[str]:
-    """Names of parameters that get no decay in any variant.
+def no_decay_names(model: nn.Module, decay_bias_and_norm: bool = False, decay_no_weight_decay: bool = False) -> set[str]:
+    """Names of parameters that get no decay in any variant: timm's rule, two switches.
 
-    As in timm's ``param_groups_weight_decay``: tensors with ndim <= 1 (biases,
-    norm scales and shifts) and whatever the model (or a timm model nested in
-    it, or wrapped by ``torch.compile``/DDP) lists in ``no_weight_decay()``
-    (positional embeddings, class tokens, relative position tables; fnmatch
-    patterns allowed), unless ``decay_bias_and_norm`` asks to decay everything.
+    As timm's ``param_groups_weight_decay`` (``create_optimizer_v2``) groups them: tensors with
+    ndim <= 1 (biases, norm scales and shifts) unless ``decay_bias_and_norm`` (timm's
+    ``filter_bias_and_bn=False``), and whatever the model (or a timm model nested in it, or
+    wrapped by ``torch.compile``/DDP) lists in ``no_weight_decay()`` (positional embeddings,
+    class tokens, relative position tables; fnmatch patterns allowed) unless
+    ``decay_no_weight_decay``, which timm has no switch for.
     """
-    if decay_bias_and_norm:
-        return set()
     inner, prefix = unwrap(model)
     listed: set[str] = set()
-    for name, module in inner.named_modules():  # a nested timm model's names, prefixed with its place
-        if hasattr(module, "no_weight_decay") and callable(module.no_weight_decay):
-            listed.update(f"{name}.{n}" if name else n for n in module.no_weight_decay())
+    if not decay_no_weight_decay:
+        for name, module in inner.named_modules():  # a nested timm model's names, prefixed with its place
+            if hasattr(module, "no_weight_decay") and callable(module.no_weight_decay):
+                listed.update(f"{name}.{n}" if name else n for n in module.no_weight_decay())
     skip = set()
     for name, p in inner.named_parameters():
-        if p.ndim <= 1 or name in listed or any(fnmatch.fnmatch(name, pat) for pat in listed):
+        if (p.ndim <= 1 and not decay_bias_and_norm) or name in listed or any(fnmatch.fnmatch(name, pat) for pat in listed):
             skip.add(prefix + name)
     return skip

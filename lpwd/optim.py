@@ -45,7 +45,10 @@ parameter passes a hook first: ``model(x)``, ``model.forward(x)``,
 such forward after each ``step()`` (and the very first) that runs with
 gradients applies the pending decay, with the lr the group holds at that
 moment (after ``scheduler.step()``). Forward passes under ``torch.no_grad()``
-or ``inference_mode`` never decay, so evaluation is safe; extra forward passes
+or ``inference_mode`` never decay, so evaluation is safe, with one exception that
+is a training forward: ``torch.utils.checkpoint``'s reentrant mode (``checkpoint_sequential``'s
+default) runs its segments under ``no_grad`` and recomputes them in backward, so the
+decay runs before them as before any other training forward. Extra forward passes
 before the next ``step()`` (gradient accumulation) do not decay twice. The
 hooks run before any other forward pre-hook (FSDP2's all-gather included), and
 a deep copy of the model (an EMA or teacher) does not decay the original.
@@ -56,8 +59,8 @@ before the update, which is ``wd``'s update, not ``pwd``'s: the optimizer
 warns once, naming the fix (``strict=True`` raises instead). It warns as well
 when the lr changed between the decay and the step (a gradient-enabled
 evaluation between ``step()`` and ``scheduler.step()``), and it refuses to
-decay inside a backward pass (a reentrant ``checkpoint`` around the whole
-model recomputing its forward). The pending flag is part of ``state_dict()``,
+decay inside a backward pass (a forward recomputed there, after the loss was taken,
+with the decay still pending). The pending flag is part of ``state_dict()``,
 so a resumed run continues bit-identically.
 
 A parameter's pre-forward decay belongs to the newest pwd/lpwd optimizer
@@ -68,6 +71,7 @@ detaches the older one's hooks.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 import weakref
 
@@ -75,6 +79,7 @@ import torch
 from torch import nn
 
 from . import cautious
+from .bases import BASES, check_kwargs, kernel_decay_of, muon_groups
 from .diagnostics import OpposingPenaltyProbe, is_dtensor, layer_weight_norms
 from .layers import LayerSchedule, layer_indices, layer_scale, normalise_mass, no_decay_names, resolve_schedule, unwrap
 
@@ -90,12 +95,6 @@ PLACEMENT = {
     "lpwd": "before_forward",
     "cwd": "cautious",
 }
-
-BASES: dict[str, tuple[type[torch.optim.Optimizer], set[str]]] = {
-    "adam": (torch.optim.Adam, {"betas", "eps", "amsgrad", "maximize", "foreach", "fused"}),
-    "sgd": (torch.optim.SGD, {"momentum", "nesterov", "dampening", "maximize", "foreach", "fused"}),
-}
-
 
 # group keys this optimizer sets for itself, kept when a checkpoint (its own or torch's) is loaded
 OWN_GROUP_KEYS = ("layer_scales", "layers", "decay_eligible", "decoupled_weight_decay")
@@ -141,6 +140,7 @@ class DecayMixin:
     variant: str
     placement: str | None
     _torch_class: type[torch.optim.Optimizer]
+    _kernel_decay: str | None  # what the base's own weight_decay does (lpwd.bases)
 
     def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.0, *, variant: str = "lpwd",
                  model: nn.Module | None = None, layer_schedule: LayerSchedule = "linear", strict: bool = False,
@@ -166,15 +166,20 @@ class DecayMixin:
         self.placement = PLACEMENT[variant]
         self._strict = strict
         momentum = [g.get("momentum", base_kwargs.get("momentum", 0)) for g in groups]
-        # Where torch's own kernel can express the shrink, it rides there and saves a
-        # pass over the weights: Adam's decoupled kernel, and SGD's coupled one when
-        # there is no momentum (theta - lr (g + lambda theta) is then SGDW exactly).
-        in_kernel = variant in ("wd", "rwd") and (self._torch_class is torch.optim.Adam or not any(momentum))
-        if in_kernel and self._torch_class is torch.optim.Adam:
+        kind = self._kernel_decay
+        # Where the base's own kernel can express the shrink, it rides there and saves a
+        # pass over the weights: Adam's decoupled kernel, SGD's coupled one when there is
+        # no momentum (theta - lr (g + lambda theta) is then SGDW exactly), and a base whose
+        # own decay is decoupled (wd only: rwd's rescaled lr needs a step proportional to lr).
+        in_kernel = variant in ("wd", "rwd") and (kind == "adam" or (kind == "sgd" and not any(momentum))) \
+            or (variant == "wd" and kind == "decoupled")
+        if in_kernel and kind == "adam":
             base_kwargs["decoupled_weight_decay"] = True
         if in_kernel and variant == "wd":
             self.placement = "in_update"
         self._rwd_in_kernel = in_kernel and variant == "rwd"
+        # torch's Adam and SGD add lambda theta to the gradient themselves; other bases get it added
+        self._l2_in_kernel = kind in ("adam", "sgd")
         self._fast = base_kwargs.get("foreach") is not False
         self._torch_class.__init__(self, groups, lr=lr, weight_decay=weight_decay, **base_kwargs)
         self._probe = OpposingPenaltyProbe(diagnostics_every, diagnostics_sample, diagnostics_seed) \
@@ -344,8 +349,11 @@ class DecayMixin:
         """The decayed tensors before the base step (cwd reads u's sign from how far they move)."""
         params = [p for _, group_params, _, _ in self._decay_plan() for p in group_params]
         olds = [self._scratch(p, 0) for p in params]
-        if params:
-            torch._foreach_copy_(olds, params) if self._fast else [o.copy_(p) for o, p in zip(olds, params)]
+        if params and self._fast and not any(is_dtensor(p) for p in params[:1]):
+            torch._foreach_copy_(olds, params)
+        else:  # FSDP2's DTensors have no sharding rule for _foreach_copy_
+            for o, p in zip(olds, params):
+                o.copy_(p)
         return olds
 
     def _count_due(self) -> bool:
@@ -496,7 +504,8 @@ class DecayMixin:
         setting) takes the separate pass.
         """
         saved = [(g["lr"], g["weight_decay"]) for g in self.param_groups]
-        keep = self.variant == "l2" or self.placement == "in_update"
+        keep = (self.variant == "l2" and self._l2_in_kernel) or self.placement == "in_update"
+        grads = self._add_l2_to_grads() if self.variant == "l2" and not self._l2_in_kernel else []
         in_kernel = self._rwd_in_kernel and all(float(lr) * wd < 1 for lr, wd in saved)
         for g, (lr, wd) in zip(self.param_groups, saved):
             if in_kernel and wd > 0:
@@ -509,7 +518,25 @@ class DecayMixin:
         finally:
             for g, (lr, wd) in zip(self.param_groups, saved):
                 g["lr"], g["weight_decay"] = lr, wd
+            for p, grad in grads:
+                p.grad = grad
         return in_kernel
+
+    @torch.no_grad()
+    def _add_l2_to_grads(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """l2 on a base that has no coupled decay of its own: g <- g + lambda theta (g - lambda theta
+        with ``maximize``, which the base then negates, as torch's Adam orders it), for the base's step
+        only; returns the (param, its own gradient) pairs to put back."""
+        saved = []
+        for g in self.param_groups:
+            if g["weight_decay"] == 0:
+                continue
+            lam = -g["weight_decay"] if g.get("maximize", False) else g["weight_decay"]
+            for p in g["params"]:
+                if p.grad is not None:
+                    saved.append((p, p.grad))
+                    p.grad = p.grad.add(p, alpha=lam)
+        return saved
 
     def _shrink_already_taken(self):
         """Per sampled coordinate, lr * lambda_p taken off before the update (wd only)."""
@@ -596,6 +623,23 @@ def _owner(p: torch.Tensor):
     return opt if any(q is p for g in opt.param_groups for q in g["params"]) else None
 
 
+def _in_reentrant_checkpoint(depth: int = 64) -> bool:
+    """True inside ``torch.utils.checkpoint``'s reentrant forward. It runs its segment under
+    ``no_grad``, yet it is the training forward (``checkpoint_sequential`` runs every segment
+    but the last that way) and backward recomputes it with the weights it saw: the pending
+    decay belongs before it, as before any training forward. Evaluation under ``no_grad``
+    is not inside one and never decays."""
+    from torch.utils.checkpoint import CheckpointFunction
+
+    code = CheckpointFunction.forward.__code__
+    frame = sys._getframe(2)
+    while frame is not None and depth:
+        if frame.f_code is code:
+            return True
+        frame, depth = frame.f_back, depth - 1
+    return False
+
+
 def _root_hook(optimizer_ref):
     """The attached model's own forward pre-hook: applies a pending pre-weight decay.
 
@@ -609,7 +653,7 @@ def _root_hook(optimizer_ref):
     @torch.compiler.disable
     def hook(module, args):
         optimizer = optimizer_ref()
-        if optimizer is not None and optimizer._pending and torch.is_grad_enabled():
+        if optimizer is not None and optimizer._pending and (torch.is_grad_enabled() or _in_reentrant_checkpoint()):
             optimizer._forward_reached(module)
 
     return hook
@@ -624,7 +668,7 @@ def _inner_hook(optimizer_ref):
         if torch.compiler.is_compiling():
             return
         optimizer = optimizer_ref()
-        if optimizer is not None and optimizer._pending and torch.is_grad_enabled():
+        if optimizer is not None and optimizer._pending and (torch.is_grad_enabled() or _in_reentrant_checkpoint()):
             optimizer._forward_reached(module)
 
     return hook
@@ -634,15 +678,47 @@ class DecayedAdam(DecayMixin, torch.optim.Adam):
     """torch.optim.Adam with its weight decay placed by ``variant`` (see :class:`DecayMixin`)."""
 
     _torch_class = torch.optim.Adam
+    _kernel_decay = "adam"
 
 
 class DecayedSGD(DecayMixin, torch.optim.SGD):
     """torch.optim.SGD with its weight decay placed by ``variant`` (see :class:`DecayMixin`)."""
 
     _torch_class = torch.optim.SGD
+    _kernel_decay = "sgd"
 
 
-_CLASSES = {"adam": DecayedAdam, "sgd": DecayedSGD}
+_CLASSES: dict[type, type] = {torch.optim.Adam: DecayedAdam, torch.optim.SGD: DecayedSGD}
+
+
+def decayed_class(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """``base`` (any ``torch.optim.Optimizer`` subclass taking ``lr`` and ``weight_decay``) with its
+    weight decay placed by a variant: ``decayed_class(torch.optim.Adafactor)(model.parameters(), lr,
+    weight_decay, variant="lpwd", model=model)``. One class per base, made once; for a base not known
+    to :mod:`lpwd.bases` the base's own decay stays off and ``wd`` is a separate pass before its update."""
+    if not (isinstance(base, type) and issubclass(base, torch.optim.Optimizer)):
+        raise TypeError(f"base={base!r} must be a torch.optim.Optimizer subclass (the class, not an instance)")
+    if issubclass(base, DecayMixin):
+        return base
+    cls = _CLASSES.get(base)
+    if cls is None:
+        cls = _CLASSES[base] = type(f"Decayed{base.__name__}", (DecayMixin, base), {
+            "__doc__": f"{base.__module__}.{base.__qualname__} with its weight decay placed by ``variant`` "
+                       "(see :class:`lpwd.optim.DecayMixin`).",
+            "__module__": __name__, "_torch_class": base, "_kernel_decay": kernel_decay_of(base)})
+    return cls
+
+
+def decayed(base: type[torch.optim.Optimizer], params=None, lr: float = 1e-3, weight_decay: float = 0.0, *,
+            variant: str = "lpwd", model: nn.Module | None = None, **kwargs) -> torch.optim.Optimizer:
+    """An optimizer of class ``base`` with its decay placed by ``variant``:
+    ``lpwd.decayed(torch.optim.Adafactor, lr=1e-2, weight_decay=0.1, variant="lpwd", model=model)``.
+    ``params`` defaults to the model's parameters, grouped as :func:`build_optimizer` groups them;
+    other keyword arguments go to ``base``."""
+    if params is None and model is None:
+        raise ValueError("pass model=<the model> (or params=... and model=... for lpwd)")
+    return decayed_class(base)(model if params is None else params, lr, weight_decay, variant=variant, model=model,
+                               **kwargs)
 
 
 def _fused_supported(params: list[torch.Tensor]) -> bool:
@@ -655,20 +731,26 @@ def _fused_supported(params: list[torch.Tensor]) -> bool:
     return all(p.device.type in devices and torch.is_floating_point(p) for p in params)
 
 
-def fastest_kernel(params) -> dict:
+def fastest_kernel(params, base: str = "adam") -> dict:
     """``{"fused": True}`` where torch has fused Adam/SGD kernels for these tensors (CUDA, CPU,
     MPS...), else ``{"foreach": True}``: torch's own default on a CPU is the slower single-tensor
-    loop, so a sweep that wants speed asks for this explicitly."""
-    return {"fused": True} if _fused_supported(list(params)) else {"foreach": True}
+    loop, so a sweep that wants speed asks for this explicitly. For another base, the fastest of
+    the choices it offers (``foreach`` for Lion and Adafactor, none for Muon)."""
+    accepted = BASES[base].kwargs if base in BASES else frozenset()
+    if "fused" in accepted and _fused_supported(list(params)):
+        return {"fused": True}
+    return {"foreach": True} if "foreach" in accepted else {}
 
 
-def decay_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: bool = False) -> list[dict]:
+def decay_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: bool = False,
+                 decay_no_weight_decay: bool = False) -> list[dict]:
     """The model's trainable parameters in a decayed and an undecayed group (timm's rule: no decay
-    for 1-D tensors and ``no_weight_decay()`` names, unless ``decay_bias_and_norm``)."""
+    for 1-D tensors unless ``decay_bias_and_norm``, nor for ``no_weight_decay()`` names unless
+    ``decay_no_weight_decay``; :func:`lpwd.no_decay_names`)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("model has no trainable parameters; pass a model with requires_grad parameters")
-    skip = no_decay_names(model, decay_bias_and_norm)
+    skip = no_decay_names(model, decay_bias_and_norm, decay_no_weight_decay)
     groups: dict[bool, dict] = {}
     for name, p in named:
         eligible = name not in skip
@@ -686,13 +768,14 @@ def build_optimizer(
     *,
     layer_schedule: LayerSchedule = "linear",
     decay_bias_and_norm: bool = False,
+    decay_no_weight_decay: bool = False,
     strict: bool = False,
     diagnostics_every: int = 10,
     diagnostics_sample: int | None = 4096,
     diagnostics_seed: int = 0,
     compile_step: bool = False,
     **base_kwargs,
-) -> DecayedAdam | DecayedSGD:
+) -> torch.optim.Optimizer:
     """Build the optimizer of one decay variant for ``model``: the one-liner.
 
     Args:
@@ -707,12 +790,17 @@ def build_optimizer(
             (kwargs ``momentum``, ``nesterov``, ``dampening``); both take
             ``maximize``, ``foreach`` and ``fused`` as torch does (default: torch's
             choice; :func:`fastest_kernel` gives the fastest for a model's tensors).
+            ``muon``, ``lion`` or ``adafactor`` (:data:`lpwd.bases.BASES` lists each one's
+            class and keyword arguments; Muon's groups follow :func:`lpwd.bases.muon_groups`).
+            Any other optimizer class: :func:`decayed`.
         layer_schedule: for ``lpwd`` only: ``linear`` (lambda_l = lambda l/L,
             the paper), ``constant``, ``inverse``, ``sqrt`` or ``f(l, L) -> scale``;
             ``linear_normalized`` (and ``inverse_``/``sqrt_normalized``) rescale the
             shape to a parameter-weighted mean of 1, the same total decay as ``pwd``
             (see :func:`lpwd.effective_decay`). Layers come from :func:`lpwd.layer_indices`.
-        decay_bias_and_norm: also decay 1-D tensors and ``no_weight_decay()`` names.
+        decay_bias_and_norm: also decay 1-D tensors (biases, norms): timm's ``filter_bias_and_bn=False``.
+        decay_no_weight_decay: also decay the names the model's ``no_weight_decay()`` lists (a ViT's
+            ``cls_token``, ``pos_embed``), which timm never decays.
         strict: raise when ``step()`` finds the pre-forward decay pending (see the module docstring).
         diagnostics_every: probe R_op every k-th step (0: off).
         diagnostics_sample: coordinates in the seeded R_op sample (None: all).
@@ -725,16 +813,13 @@ def build_optimizer(
                         "lpwd.DecayedAdam(params, lr, weight_decay, variant=..., model=model) (or DecayedSGD)")
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is unknown; use one of {list(VARIANTS)}")
-    if base not in BASES:
-        raise ValueError(f"base={base!r} is unknown; use one of {sorted(BASES)}")
+    check_kwargs(base, base_kwargs)
     _check_rate("lr", lr, low_open=True)
     _check_rate("weight_decay", weight_decay, low_open=False)
-    unknown = set(base_kwargs) - BASES[base][1]
-    if unknown:
-        raise ValueError(
-            f"{sorted(unknown)} not accepted for base={base!r}; accepted keyword arguments: {sorted(BASES[base][1])}"
-        )
-    return _CLASSES[base](
-        decay_groups(model, weight_decay, decay_bias_and_norm), lr, float(weight_decay), variant=variant, model=model, layer_schedule=layer_schedule,
+    groups = decay_groups(model, weight_decay, decay_bias_and_norm, decay_no_weight_decay)
+    if base == "muon":
+        groups = muon_groups(model, groups)
+    return decayed_class(BASES[base].load())(
+        groups, lr, float(weight_decay), variant=variant, model=model, layer_schedule=layer_schedule,
         strict=strict, diagnostics_every=diagnostics_every, diagnostics_sample=diagnostics_sample,
         diagnostics_seed=diagnostics_seed, compile_step=compile_step, **base_kwargs)

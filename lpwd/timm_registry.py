@@ -1,15 +1,16 @@
 """The decay variants in timm's optimizer registry, so ``create_optimizer_v2`` builds them by name.
 
-    import lpwd.timm_registry, timm.optim
-    lpwd.timm_registry.register()
-    opt = timm.optim.create_optimizer_v2(model, opt="lpwd", lr=1e-3, weight_decay=0.05,
-                                         layer_decay=0.75, model=model)
+    from lpwd.timm_registry import create_optimizer_v2
+    opt = create_optimizer_v2(model, opt="lpwd", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
 
 timm builds the param groups (decay / no-decay, and per-layer ``lr_scale`` with
-``layer_decay``) and hands only those to the optimizer class; ``model=`` gives the
-class the parameters' depths (lpwd) and the modules its pre-forward decay hooks
-onto (pwd, lpwd). It goes through timm's registry object and its ``register``
-method, the way timm registers its own optimizers; nothing of timm is replaced.
+``layer_decay``) and hands only those to the optimizer class; the class also needs
+the model, for the parameters' depths (lpwd) and the modules its pre-forward decay
+hooks onto (pwd, lpwd). :func:`create_optimizer_v2` is timm's, registering the names
+first and handing the model on for them, so the model is given once; after
+:func:`register`, timm's own ``create_optimizer_v2(model, opt="lpwd", ..., model=model)``
+builds the same. It goes through timm's registry object and its ``register`` method,
+the way timm registers its own optimizers; nothing of timm is replaced.
 """
 
 from __future__ import annotations
@@ -47,3 +48,12 @@ def register() -> list[str]:
             has_eps=adam, has_betas=adam, has_momentum=not adam, defaults={"variant": variant},
         ))
     return list(NAMES)
+
+
+def create_optimizer_v2(model, opt: str = "lpwd", **kwargs):
+    """timm's ``create_optimizer_v2(model, opt=...)`` with this library's names registered and, for
+    them, the model handed to the optimizer class too; any other ``opt`` is timm's own, unchanged."""
+    from timm.optim import create_optimizer_v2 as timm_create
+
+    ours = opt.lower() in register()
+    return timm_create(model, opt=opt, **({"model": model} if ours and "model" not in kwargs else {}), **kwargs)

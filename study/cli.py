@@ -250,7 +250,7 @@ def cmd_trial(args) -> int:
         import lpwd
         import torch
 
-        lpwd.build_optimizer(torch.nn.Linear(1, 1), variant, args.lr, args.weight_decay,
+        lpwd.build_optimizer(torch.nn.Linear(1, 1), variant, args.lr, args.weight_decay, cfg.train.base,
                              layer_schedule=schedule or "linear")
     except ValueError as e:
         raise UserError(f"trial: {e}") from None

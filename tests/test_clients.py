@@ -242,7 +242,8 @@ def test_timm_create_optimizer_v2_builds_the_variants_by_name():
     assert same(model.parameters(), eager("lpwd", 1, STEPS))
 
     vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10)
-    layered = create_optimizer_v2(vit, opt="sgdlpwd", lr=LR, weight_decay=LAM, layer_decay=0.75, model=vit)
+    # the model given once, through this library's create_optimizer_v2 (timm's, with the model handed on)
+    layered = lpwd.timm_registry.create_optimizer_v2(vit, opt="sgdlpwd", lr=LR, weight_decay=LAM, layer_decay=0.75)
     assert layered.variant == "lpwd" and layered.defaults["momentum"] == 0.9
     qkv = vit.blocks[3].attn.qkv.weight
     group = next(g for g in layered.param_groups if any(p is qkv for p in g["params"]))
@@ -252,3 +253,5 @@ def test_timm_create_optimizer_v2_builds_the_variants_by_name():
     group["lr"] = LR * group["lr_scale"]  # what timm's scheduler does with lr_scale
     layered.pre_forward()
     torch.testing.assert_close(qkv.detach(), before * (1 - LR * group["lr_scale"] * LAM * l / L))
+    plain = lpwd.timm_registry.create_optimizer_v2(vit, opt="adamw", lr=LR, weight_decay=LAM)
+    assert type(plain) is torch.optim.AdamW  # timm's own names pass through unchanged

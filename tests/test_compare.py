@@ -29,10 +29,10 @@ SAME = Scenario("null", arms=ARMS)
 
 
 def hand_made_study(root, name: str, scenario: Scenario, seeds: int = 5, rng_seed: int = 0, shape: Shape = Shape(),
-                    edit=None):
+                    edit=None, base: str = "adam"):
     """A study dir as ``study run`` leaves it, with a simulated grid of known truth as its trials
     (``edit``: a function that changes that table first)."""
-    cfg = validate({"name": name, "storage": str(root), "tracking": {"enabled": False},
+    cfg = validate({"name": name, "storage": str(root), "tracking": {"enabled": False}, "train": {"base": base},
                     "search": {"variants": list(scenario.arms), "layer_schedule": ["linear"], "lr": list(QUICK_LRS),
                                "weight_decay": list(QUICK_WDS), "seeds": list(range(seeds))}})
     study_dir = prepare_study_dir(cfg)
@@ -43,7 +43,7 @@ def hand_made_study(root, name: str, scenario: Scenario, seeds: int = 5, rng_see
     for i, r in enumerate(table.to_dict("records")):
         row = dict.fromkeys(COLUMNS, "")
         row.update(r, trial_id=f"{name}-{i:05d}", experiment="grid", layer_schedule="linear" if r["arm"] == "lpwd"
-                   else "constant", base="adam", model="small_cnn", epochs_done=10, shared=0)
+                   else "constant", base=base, model="small_cnn", epochs_done=10, shared=0)
         rows.append(row)
     write_rows(study_dir, rows)
     return study_dir
@@ -70,6 +70,24 @@ def test_studies_that_agree_pool_to_shown(tmp_path):
     assert p["answer"] == "shown" and p["hi"] < 0 and p["positive"] == 0 and p["negative"] == 3
     assert p["settings_by_answer"]["shown"] == ["agree0", "agree1", "agree2"]
     assert "more robust to λ? 3 shown, 0 shown worse, 0 not shown of 3 settings" in " ".join(result["parts"])
+
+
+def test_settings_on_several_bases_are_pooled_per_base_as_well(tmp_path):
+    from study.present.comparison import markdown_summary, table
+
+    dirs = [hand_made_study(tmp_path / "s", f"adam{i}", ROBUST, rng_seed=20 + i) for i in range(3)]
+    dirs += [hand_made_study(tmp_path / "s", f"lion{i}", SAME, rng_seed=30 + i, base="lion") for i in range(2)]
+    result = compared(dirs)
+    adam, lion = (result["by_base"][b]["lpwd"]["more_robust"] for b in ("adam", "lion"))
+    # the robust Adam settings pool to shown on their own; the two null Lion settings do not
+    assert adam["answer"] == "shown" and adam["k"] == 3 and adam["settings_by_answer"]["shown"] == ["adam0", "adam1", "adam2"]
+    assert lion["answer"] == "not shown" and lion["k"] == 2 and lion["lo"] < 0 < lion["hi"]
+    assert result["baseline_name"] == "wd (each base's own decoupled decay)"
+    words = " ".join(result["parts"])
+    assert "LPWD per base optimizer" in words and "Adam, 3 settings: better?" in words and "Lion, 2 settings:" in words
+    rows = table(result)
+    assert {"pooled", "pooled: Adam", "pooled: Lion"} <= set(rows["study"])
+    assert "| pooled: Lion |" in markdown_summary(result)
 
 
 def test_studies_that_disagree_are_not_pooled_into_a_claim(tmp_path):

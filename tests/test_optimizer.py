@@ -387,8 +387,30 @@ def test_no_decay_for_bias_norm_and_timm_no_weight_decay():
     assert "pos_embed" not in decayed and "cls_token" not in decayed
     assert not any(n.endswith("bias") or "norm" in n for n in decayed)
     assert "blocks.0.attn.qkv.weight" in decayed
-    everything = lpwd.build_optimizer(model, "wd", 1e-3, 0.1, decay_bias_and_norm=True)
+    everything = lpwd.build_optimizer(model, "wd", 1e-3, 0.1, decay_bias_and_norm=True, decay_no_weight_decay=True)
     assert sum(len(g["params"]) for g in everything.param_groups if g["weight_decay"] > 0) == len(names)
+
+
+@pytest.mark.parametrize("decay_bias_and_norm", [False, True])
+def test_the_decayed_tensors_are_the_ones_timms_own_grouping_decays(decay_bias_and_norm):
+    """decay_bias_and_norm is timm's filter_bias_and_bn negated, and the model's no_weight_decay()
+    names stay undecayed in both, as timm keeps them; decay_no_weight_decay decays those too."""
+    timm = pytest.importorskip("timm")
+    from timm.optim import param_groups_weight_decay
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, patch_size=4)
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def decayed(groups):
+        return {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+
+    theirs = decayed(param_groups_weight_decay(model, 0.1, weight_decay_exclude_1d=not decay_bias_and_norm,
+                                               no_weight_decay_list=model.no_weight_decay()))
+    ours = decayed(lpwd.build_optimizer(model, "wd", 1e-3, 0.1, decay_bias_and_norm=decay_bias_and_norm).param_groups)
+    assert ours == theirs and "cls_token" not in ours and ("blocks.0.norm1.weight" in ours) == decay_bias_and_norm
+    listed = decayed(lpwd.build_optimizer(model, "wd", 1e-3, 0.1, decay_bias_and_norm=decay_bias_and_norm,
+                                          decay_no_weight_decay=True).param_groups)
+    assert listed == theirs | {"cls_token", "pos_embed"}
 
 
 @pytest.mark.parametrize(

@@ -219,7 +219,7 @@ DDP_WORKER = Path(__file__).with_name("ddp_worker.py")
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant,wrap", [("wd", "ddp"), ("lpwd", "ddp"), ("cwd", "ddp"),
-                                          ("lpwd", "fsdp-root"), ("lpwd", "fsdp-blocks")])
+                                          ("lpwd", "fsdp-root"), ("lpwd", "fsdp-blocks"), ("cwd", "fsdp-blocks")])
 def test_ddp_and_fsdp2_ranks_agree_with_the_single_process_reference(variant, wrap, tmp_path):
     """FSDP2's own pre-forward hook all-gathers the root group's weights: lpwd's decay must run
     before it (or the forward sees undecayed weights), and R_op is skipped on sharded tensors."""

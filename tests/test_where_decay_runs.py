@@ -45,7 +45,8 @@ def same(a, b):
 
 
 @pytest.mark.parametrize("variant", ["pwd", "lpwd"])
-@pytest.mark.parametrize("case", ["model.forward(x)", "holder.net(x)", "checkpoint_sequential", "pre_forward()"])
+@pytest.mark.parametrize("case", ["model.forward(x)", "holder.net(x)", "checkpoint_sequential",
+                                  "checkpoint_sequential reentrant", "checkpoint reentrant", "pre_forward()"])
 def test_forwards_that_skip_the_models_own_call_still_decay_once_per_step(case, variant):
     model = mlp()
     if case == "holder.net(x)":  # built on the holder, as build_optimizer(self) in configure_optimizers
@@ -56,6 +57,12 @@ def test_forwards_that_skip_the_models_own_call_still_decay_once_per_step(case, 
     elif case == "checkpoint_sequential":
         opt = lpwd.build_optimizer(model, variant, LR, LAM)
         forward = lambda x: checkpoint_sequential(model, 2, x, use_reentrant=False)  # noqa: E731
+    elif case == "checkpoint_sequential reentrant":  # torch's default: segments but the last under no_grad
+        opt = lpwd.build_optimizer(model, variant, LR, LAM)
+        forward = lambda x: checkpoint_sequential(model, 3, x.requires_grad_(), use_reentrant=True)  # noqa: E731
+    elif case == "checkpoint reentrant":  # the whole model in one reentrant checkpoint
+        opt = lpwd.build_optimizer(model, variant, LR, LAM)
+        forward = lambda x: checkpoint(model, x.requires_grad_(), use_reentrant=True)  # noqa: E731
     else:  # a loop no hook sees: an optimizer built from parameters, decayed by hand
         opt = lpwd.DecayedAdam(*groups_of(model), variant=variant, model=model)
         opt.detach()
@@ -93,15 +100,20 @@ def test_a_forward_no_hook_sees_is_said_once_and_strict_refuses_it():
         run(mlp(), strict, mlp())
 
 
-def test_reentrant_checkpoint_around_the_model_is_not_decayed_inside_backward():
+def test_a_forward_recomputed_inside_backward_with_the_decay_pending_is_not_decayed_there():
+    """A reentrant checkpoint whose forward ran before the optimizer was attached: its recompute in
+    backward finds the decay pending and must not apply it between the loss and its gradient."""
     model = mlp()
-    opt = lpwd.build_optimizer(model, "pwd", LR, LAM)
-    forward = lambda x: checkpoint(model, x.requires_grad_(), use_reentrant=True)  # noqa: E731
+    opt = lpwd.DecayedAdam(*groups_of(model), variant="pwd")
+    x, y = data(0)
     with pytest.warns(RuntimeWarning) as caught:
-        got, _ = run(model, opt, forward)
+        loss = nn.functional.cross_entropy(checkpoint(model, x.requires_grad_(), use_reentrant=True), y)
+        opt.attach(model)
+        before = [p.detach().clone() for p in model.parameters()]
+        loss.backward()
     said = " ".join(str(w.message) for w in caught)
     assert "use_reentrant=False" in said and "pre_forward" in said
-    assert same(got, eager("wd"))  # applied in step(), never between the loss and its gradient
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before)) and opt._pending
 
 
 def test_a_deep_copy_of_the_model_never_decays_the_original():

@@ -33,7 +33,7 @@ from ..errors import UserError
 from .analysis import ALPHA, ANSWERS, CONTROL
 from .paired import holm
 from .pooling import SE_FLOOR, random_effects, share_interval, sign_test, significant
-from .verdict import difference, display_name, interval, magnitude, percent_interval
+from .verdict import BASE_NAMES, difference, display_name, interval, magnitude, percent_interval
 
 MIN_STUDIES = 2
 METHOD = ("random effects with the modified Hartung–Knapp–Sidik–Jonkman t-interval on k − 1 degrees of freedom; "
@@ -127,6 +127,21 @@ def compare(settings: list[Setting], arms: list[str] | None = None) -> dict:
         row["mass_share"] = {q: d["mass_share"] for q, d in decomposition.items()}
         row["run_id"] = getattr(s.run, "parent_run_id", None)
         studies.append(row)
+    bases = sorted({r["base"] for r in studies})
+    result = {"baseline": baseline, "baseline_name": display_name(baseline, bases[0]) if len(bases) == 1
+              else f"{baseline} (each base's own decoupled decay)", "arms": arms, "family": family,
+              "primary": primary, "method": METHOD, "alpha": ALPHA, "studies": studies,
+              "pooled": pool(studies, arms, family, primary),
+              # each base's settings pooled on their own where the settings span several bases
+              "by_base": {b: pool([r for r in studies if r["base"] == b], arms, family, primary)
+                          for b in bases} if len(bases) > 1 else {}}
+    result["parts"] = verdict_parts(result)
+    return result
+
+
+def pool(studies: list[dict], arms: list[str], family: list[str], primary: dict) -> dict:
+    """Per arm and question over ``studies``: the settings counted by answer (with a Clopper–Pearson
+    share), the random-effects pool (Holm across the family's arms), the exploratory sign test."""
     pooled: dict = {arm: {} for arm in arms}
     n = len(studies)
     for question, claim in primary.items():
@@ -162,12 +177,7 @@ def compare(settings: list[Setting], arms: list[str] | None = None) -> dict:
                                         "p_heterogeneity", "pred_lo", "pred_hi"), float("nan"))
                 entry |= {"k": n - len(left_out[arm]), "family": len(members)}
             pooled[arm][question] = entry
-    bases = sorted({r["base"] for r in studies})
-    result = {"baseline": baseline, "baseline_name": display_name(baseline, bases[0]) if len(bases) == 1
-              else f"{baseline} (AdamW/SGDW)", "arms": arms, "family": family, "primary": primary, "method": METHOD,
-              "alpha": ALPHA, "studies": studies, "pooled": pooled}
-    result["parts"] = verdict_parts(result)
-    return result
+    return pooled
 
 
 def _listed(names: list[str]) -> str:
@@ -231,6 +241,19 @@ def question_sentence(result: dict, arm: str, question: str) -> str:
     return "; ".join(words)
 
 
+def base_sentence(result: dict, base: str, arm: str) -> str:
+    """``Muon, 2 settings: better? not shown (pooled …; 0 shown, … of 2 settings (…)); more robust to λ? …``"""
+    k = sum(r["base"] == base for r in result["studies"])
+    said = []
+    for question in QUESTIONS:
+        p = result["by_base"][base][arm][question]
+        words = f"{QUESTIONS[question]}? {p['answer']} ("
+        if p["answer"] != "cannot be shown":
+            words += f"{pooled_text(p)}; {heterogeneity_text(p, result['alpha'])}; "
+        said.append(words + counts_text(p, k) + ")")
+    return f"{BASE_NAMES.get(base, base)}, {k} setting{'s' if k != 1 else ''}: " + "; ".join(said)
+
+
 def verdict_parts(result: dict) -> list[str]:
     """The headline (LPWD or the first contender, both questions), one part per arm, then the limits."""
     arms, n = result["arms"], len(result["studies"])
@@ -253,6 +276,9 @@ def verdict_parts(result: dict) -> list[str]:
     for arm in arms:
         parts.append(f"{arm}{' (control)' if arm not in family else ''} vs {result['baseline_name']}: "
                      + ". ".join(question_sentence(result, arm, q) for q in QUESTIONS) + ".")
+    if result["by_base"]:
+        parts.append(f"{name} per base optimizer (each base's settings pooled on their own, Holm across its arms): "
+                     + ". ".join(base_sentence(result, base, lead) for base in result["by_base"]) + ".")
     shares = [(r["study"], r["mass_share"].get("more_robust")) for r in studies if r["mass_share"].get("more_robust")]
     if shares:
         parts.append("How much of lpwd's λ-regret edge over pwd is decay mass, per setting (Fieller's 95% interval; "

@@ -35,10 +35,16 @@ def _finite(*xs) -> bool:
     return all(x is not None and isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
 
 
+BASE_NAMES = {"adam": "Adam", "sgd": "SGD", "muon": "Muon", "lion": "Lion", "adafactor": "Adafactor"}
+
+
 def display_name(arm: str, base_optimizer: str | None = None) -> str:
-    """``wd`` is AdamW on Adam and SGDW on SGD: say so where an arm is named for a reader."""
+    """``wd`` is AdamW on Adam, SGDW on SGD and the base's own decoupled decay on the others: say so
+    where an arm is named for a reader."""
     if arm == "wd":
-        return f"{'SGDW' if base_optimizer == 'sgd' else 'AdamW'} (wd)"
+        base = base_optimizer or "adam"
+        named = {"adam": "AdamW", "sgd": "SGDW"}.get(base, f"{BASE_NAMES.get(base, base)}'s own decay")
+        return f"{named} (wd)"
     return arm
 
 

@@ -85,7 +85,9 @@ class ModelConfig(Strict):
 class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
-    base: Literal["adam", "sgd"] = "adam"
+    # the base optimizer the variants sit on (lpwd.bases): torch's Adam and SGD, timm's Muon and Lion,
+    # torch's Adafactor; momentum applies to sgd only
+    base: Literal["adam", "sgd", "muon", "lion", "adafactor"] = "adam"
     momentum: float = Field(0.9, ge=0, lt=1)
     lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)
@@ -93,11 +95,19 @@ class TrainConfig(Strict):
     step_gamma: float = Field(0.1, gt=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     amp: Literal["off", "bf16"] = "off"
-    decay_bias_and_norm: bool = False
+    decay_bias_and_norm: bool = False  # 1-D tensors (timm's filter_bias_and_bn=False)
+    decay_no_weight_decay: bool = False  # the names the model's no_weight_decay() lists
     diagnostics_every: int = Field(10, ge=0)
     # checkpoint (and flush MLflow) when this many seconds passed since the last one, and at the end;
     # 0 = after every epoch. Second-long trials then pay for one checkpoint, not one per epoch.
     checkpoint_every_s: float = Field(30.0, ge=0)
+
+    @model_validator(mode="after")
+    def momentum_is_sgds(self):
+        if "momentum" in self.model_fields_set and self.base != "sgd":
+            raise ValueError(f"momentum is SGD's (base: sgd); base {self.base} keeps its own default: "
+                             "remove train.momentum")
+        return self
 
     @field_validator("step_milestones")
     @classmethod

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..analyse.answers import clean
 from ..analyse.compare import Setting, context_of, estimate_text
-from ..analyse.verdict import difference, interval, markdown, percent_interval
+from ..analyse.verdict import BASE_NAMES, difference, interval, markdown, percent_interval
 from ..define.claims import CLAIMS, QUESTIONS
 from ..errors import UserError
 from ..store.loader import load as load_study
@@ -63,15 +63,22 @@ def table(result: dict) -> pd.DataFrame:
             row["λ_eff/λ"] = f"{r['arms'][arm]['effective_decay']:.2f}"
             row["decay-mass share (robust)"] = "-" if not share or not share["bounded"] else percent_interval(share)
             rows.append(row)
-    for arm in result["arms"]:
-        row = {"study": "pooled", "dataset": "", "model": "", "start": "", "base": "", "seeds": "", "arm": arm}
-        for q in QUESTIONS:
-            p = result["pooled"][arm][q]
-            row[f"{QUESTIONS[q]}: {CLAIMS[p['claim']].short}"] = estimate_text(p) + _p_adj(p)
-            row[f"{QUESTIONS[q]}?"] = p["answer"]
-        row["λ_eff/λ"], row["decay-mass share (robust)"] = "", ""
-        rows.append(row)
+    pools = [("pooled", "", result["pooled"])] + [(f"pooled: {BASE_NAMES.get(b, b)}", b, pooled)
+                                                  for b, pooled in result.get("by_base", {}).items()]
+    for name, base, pooled in pools:
+        for arm in result["arms"]:
+            row = {"study": name, "dataset": "", "model": "", "start": "", "base": base, "seeds": "", "arm": arm}
+            for q in QUESTIONS:
+                p = pooled[arm][q]
+                row[f"{QUESTIONS[q]}: {CLAIMS[p['claim']].short}"] = _pooled_cell(p)
+                row[f"{QUESTIONS[q]}?"] = p["answer"]
+            row["λ_eff/λ"], row["decay-mass share (robust)"] = "", ""
+            rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _pooled_cell(p: dict) -> str:
+    return estimate_text(p) + _p_adj(p) if math.isfinite(p["estimate"]) else f"{p['k']} setting(s): too few to pool"
 
 
 def _p_adj(effect: dict) -> str:
@@ -107,6 +114,10 @@ def markdown_summary(result: dict, times: dict[str, float] | None = None) -> str
         p = result["pooled"][lead][q]
         pooled.append(f"**{estimate_text(p)}{_p_adj(p)}: {p['answer']}**")
     lines.append(f"| {' | '.join(pooled + [''] + ([''] if times else []))} |")
+    for base, by_base in result.get("by_base", {}).items():
+        row = [f"pooled: {BASE_NAMES.get(base, base)}", "", "", "", base]
+        row += [f"{_pooled_cell(by_base[lead][q])}: {by_base[lead][q]['answer']}" for q in QUESTIONS]
+        lines.append(f"| {' | '.join(row + [''] + ([''] if times else []))} |")
     predicted = ["a new setting like these", "", "", "", ""]
     for q in QUESTIONS:
         p = result["pooled"][lead][q]
@@ -115,7 +126,8 @@ def markdown_summary(result: dict, times: dict[str, float] | None = None) -> str
     lines.append(f"| {' | '.join(predicted + [''] + ([''] if times else []))} |")
     caption = (f"{lead} − {result['baseline_name']} per setting: each study's primary claims (mean paired difference "
                "over seeds, 95% t-interval, Holm-corrected p, the study's own answer); pooled: random effects, HKSJ "
-               "interval, p Holm-corrected across the contenders compared.")
+               "interval, p Holm-corrected across the contenders compared"
+               + ("; pooled per base: each base's settings on their own." if result.get("by_base") else "."))
     return markdown(result["parts"]) + "\n\n" + caption + "\n\n" + "\n".join(lines) + "\n"
 
 

@@ -159,7 +159,8 @@ def effective_decays(cfg) -> dict[str, float]:
     model = build_model(cfg.model.model_copy(update={"pretrained": False}), in_chans, classes,
                         cfg.model.img_size or size, seed=0)
     def of(variant: str, schedule: str) -> float:
-        return lpwd.effective_decay(model, variant, schedule, cfg.train.decay_bias_and_norm)
+        return lpwd.effective_decay(model, variant, schedule, cfg.train.decay_bias_and_norm,
+                                    cfg.train.decay_no_weight_decay)
 
     # a control trained at another arm's mass applies that arm's total decay
     return {a["arm"]: of(a["mass_of"], "linear") if a.get("mass_of") else of(a["variant"], a["layer_schedule"])

@@ -78,7 +78,8 @@ def decay_scale(model, cfg: StudyConfig, params: dict) -> float:
     model (``study.run.plan`` records the same number for the report); 1 for every other arm."""
     if not params.get("mass_of"):
         return 1.0
-    return lpwd.effective_decay(model, params["mass_of"], "linear", cfg.train.decay_bias_and_norm)
+    return lpwd.effective_decay(model, params["mass_of"], "linear", cfg.train.decay_bias_and_norm,
+                                cfg.train.decay_no_weight_decay)
 
 
 def pick_device(cfg: StudyConfig) -> torch.device:
@@ -122,8 +123,9 @@ def run_trial(cfg: StudyConfig, params: dict, reporter: Reporter, tracking=None,
     opt = lpwd.build_optimizer(
         model, params["variant"], float(params["lr"]), float(params["weight_decay"]) * scale, cfg.train.base,
         layer_schedule=params["layer_schedule"], decay_bias_and_norm=cfg.train.decay_bias_and_norm,
+        decay_no_weight_decay=cfg.train.decay_no_weight_decay,
         diagnostics_every=cfg.train.diagnostics_every, diagnostics_seed=seed, compile_step=cfg.model.compile, **extra,
-        **lpwd.fastest_kernel(model.parameters()),  # torch's own CPU default is the slow single-tensor loop
+        **lpwd.fastest_kernel(model.parameters(), cfg.train.base),  # torch's own CPU default is the slow single-tensor loop
     )
     forward = torch.compile(model) if cfg.model.compile else model
     steps = math.ceil(len(data.train) / cfg.train.batch_size)
