@@ -43,12 +43,13 @@ def test_optimizer_step_times_every_variant_and_the_floor():
         assert ratios and all(math.isfinite(r) and r > 0 for r in ratios), row
 
 
-def test_train_step_compares_lpwd_and_cwd_with_adamw_end_to_end():
-    out = run_benchmark("train_step.py", "--models", "resnet18", "--batch", "4", "--steps", "1", "--rounds", "2")
+def test_train_step_compares_each_variant_with_its_base_end_to_end():
+    out = run_benchmark("train_step.py", "--models", "resnet18", "--batch", "4", "--steps", "1", "--rounds", "2",
+                        "--bases", "adam", "lion")
     rows = table_rows(out)
-    assert [row[:3] for row in rows] == [["resnet18", "eager", "lpwd"], ["resnet18", "eager", "cwd"]]
+    assert [row[:4] for row in rows] == [["resnet18", "eager", base, v] for base in ("adam", "lion") for v in ("lpwd", "cwd")]
     for row in rows:
-        assert float(row[3]) > 0 and float(row[4]) > 0 and math.isfinite(float(RATIO.search(row[5]).group(1)))
+        assert float(row[4]) > 0 and float(row[5]) > 0 and math.isfinite(float(RATIO.search(row[6]).group(1)))
 
 
 def test_trial_throughput_compares_against_the_bare_loop():
