@@ -104,7 +104,8 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def momentum_is_sgds(self):
-        if "momentum" in self.model_fields_set and self.base != "sgd":
+        # a saved study.yaml lists every field, the default momentum included: only another value is refused
+        if self.momentum != type(self).model_fields["momentum"].default and self.base != "sgd":
             raise ValueError(f"momentum is SGD's (base: sgd); base {self.base} keeps its own default: "
                              "remove train.momentum")
         return self
