@@ -315,7 +315,7 @@ def cmd_suite(args, command_line: list[str]) -> int:
     import shlex
     import time
 
-    from .define.config import load_config, repeated_values, trained_trials
+    from .define.config import load_config, repeated_values
     from .run import sweep
 
     configs = []
@@ -336,15 +336,15 @@ def cmd_suite(args, command_line: list[str]) -> int:
         except UserError as e:
             raise UserError(f"suite: {path}: {e}; nothing was started") from None
     resume = f"{invocation()} {shlex.join(command_line)}"
-    total = sum(trained_trials(c) for c in cfgs)
+    lefts = [trials_left(c) for c in cfgs]
+    total = sum(lefts)
     times, trained, began_suite = [], 0, time.perf_counter()
-    for i, cfg in enumerate(cfgs, 1):
-        mine = trained_trials(cfg)
+    for i, (cfg, mine) in enumerate(zip(cfgs, lefts), 1):
         pace = ""
         if trained:
             left = (time.perf_counter() - began_suite) / trained * (total - trained)
             pace = f", ETA of the suite {left / 60:.0f} min at this run's pace"
-        print(f"\nstudy {i} of {len(cfgs)}: {cfg.name} ({mine} trials to train; the suite: {trained} of {total} "
+        print(f"\nstudy {i} of {len(cfgs)}: {cfg.name} ({mine} trials left to train; the suite: {trained} of {total} "
               f"trained in this run{pace})", flush=True)
         began = time.perf_counter()
         code = cmd_run(cfg, report=True, yes=args.yes, resume=resume)
@@ -355,6 +355,19 @@ def cmd_suite(args, command_line: list[str]) -> int:
     print("\n" + "\n".join(f"{name}: {seconds / 60:.1f} min" for name, seconds in times))
     return cmd_compare([c.remote or str(c.study_dir) for c in cfgs], args, dict(times),
                        name="suite " + ", ".join(Path(s).name for s in args.suite))
+
+
+def trials_left(cfg) -> int:
+    """Trials a study still has to train: a resumed suite's finished studies add nothing to its ETA.
+    (A study in object storage is counted whole: its table is read when its turn comes.)"""
+    from .define.config import trained_trials
+    from .store.table import read_rows
+
+    total = trained_trials(cfg)
+    if cfg.remote:
+        return total
+    done = {r["trial_id"] for r in read_rows(cfg.study_dir) if r.get("status") in ("TERMINATED", "ERROR")}
+    return max(0, total - len(done))
 
 
 def cmd_ui(args) -> int:
