@@ -27,7 +27,18 @@ The decay-mass share (``--shares`` replicates a column): four arms identical (th
 is 0/0), mass carrying all of lpwd's edge over pwd (share 1), layer shape carrying all of
 it (share 0): how often a share is stated, and how often a stated one covers the truth.
 
+A sequential seed plan (``--sequential`` studies a column): the plan (``--plan``, default 3, 2, 9:
+looks at 3, 5, 7, 9 seeds) beside the fixed designs of ``--seeds``, each study simulated at the
+plan's most seeds and analysed look by look through ``summarize(looks=...)`` until every question
+is decided or stalled (the same code ``study run`` calls between waves), with the futility margin
+``--min-effect``; a fixed design is the one-look plan, through the same code. Counted per question:
+shown / shown worse (false positives under null, power otherwise), decided (shown, shown worse
+or ruled out), coverage of the reported (repeated) interval; the mean seeds and trials per study,
+and trials per decided answer. Scenarios: null (2 and 4 identical arms), level, robust, clear
+(30% of the loss regained at the two largest λ), and null with each kind of ugly data.
+
     python benchmarks/calibration.py [--replicates 500] [--pooled 200] [--shares 300] [--seeds 3 5 10]
+        [--sequential 200] [--plan 3 2 9] [--min-effect 2]
 
 A rate over N replicates has a standard error of about sqrt(r (1 − r) / N), e.g. ±1.0
 point at 5% and 500 replicates, ±1.5 at 200.
@@ -41,7 +52,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from study.analyse.calibration import POOLING, SEEDS, measure, measure_decomposition, measure_pooling  # noqa: E402
+from study.analyse.calibration import (POOLING, SEEDS, measure, measure_decomposition, measure_design,  # noqa: E402
+                                      measure_pooling)
+from study.define.config import SeedPlan  # noqa: E402
 from study.define.claims import CLAIMS, PRIMARY_DEFAULT, QUESTIONS  # noqa: E402
 from study.analyse.simulate import DECOMPOSITION_SCENARIOS, SCENARIOS, SHAPES  # noqa: E402
 
@@ -116,6 +129,34 @@ def shares(args) -> None:
            ("a stated share's interval covers the truth", [rates[c].covered for c in columns])])
 
 
+def sequential(args) -> None:
+    plan = tuple(SeedPlan(start=args.plan[0], step=args.plan[1], max=args.plan[2]).looks())
+    designs = [(n,) for n in args.seeds] + [plan]
+    names = [f"fixed {d[0]}" if len(d) == 1 else f"plan {', '.join(map(str, d))}" for d in designs]
+    shapes = [("default", sc) for sc in ("null", "null4", "level", "robust", "clear")] + \
+        [(shape, "null") for shape in SHAPES if shape != "default"] + [("collapse", "clear")]
+    for shape, sc in shapes:
+        rates = [measure_design(SCENARIOS[sc], d, args.sequential, args.min_effect, shape=SHAPES[shape])
+                 for d in designs]
+        rows = []
+        for q, claim in PRIMARY_DEFAULT.items():
+            rows += [(f"{QUESTIONS[q]}: shown / shown worse (first arm)", [pct(r.answered[q]) for r in rates]),
+                     (f"{QUESTIONS[q]}: any arm shown / shown worse", [pct(r.family[q]) for r in rates]),
+                     (f"{QUESTIONS[q]}: decided (shown, shown worse, ruled out)", [pct(r.decided[q]) for r in rates]),
+                     (f"{claim}: its interval covers the truth", [pct(r.covered[q]) for r in rates])]
+        decided = [sum(r.decided.values()) for r in rates]
+        rows += [("seeds at the stop (mean)", [f"{r.seeds:.1f}" for r in rates]),
+                 ("trials per study (mean)", [f"{r.trials:.0f}" for r in rates]),
+                 ("trials per decided answer", [f"{r.trials / d:.0f}" if d else "-" for r, d in zip(rates, decided)])]
+        print(f"\n## {sc}{'' if shape == 'default' else ', ' + shape}: {args.sequential} studies a column, "
+              f"futility margin ±{args.min_effect:g} pt\n")
+        print("| | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for name, values in rows:
+            print(f"| {name} | " + " | ".join(values) + " |")
+        sys.stdout.flush()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--replicates", type=int, default=500, help="studies per per-study column")
@@ -123,12 +164,16 @@ def main() -> None:
     p.add_argument("--shares", type=int, default=300, help="four-arm studies per mass-share column")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
-    p.add_argument("--parts", nargs="+", default=["study", "ugly", "pooled", "shares"],
-                   choices=["study", "ugly", "pooled", "shares"])
+    p.add_argument("--sequential", type=int, default=200, help="studies per column of the sequential tables")
+    p.add_argument("--plan", type=int, nargs=3, default=[3, 2, 9], metavar=("START", "STEP", "MAX"),
+                   help="the sequential seed plan set beside the fixed designs of --seeds")
+    p.add_argument("--min-effect", type=float, default=2.0, help="the futility margin, points (verdict.min_effect)")
+    p.add_argument("--parts", nargs="+", default=["study", "ugly", "pooled", "shares", "sequential"],
+                   choices=["study", "ugly", "pooled", "shares", "sequential"])
     args = p.parse_args()
     began = time.perf_counter()
     for part in args.parts:
-        {"study": per_study, "ugly": ugly, "pooled": pooled, "shares": shares}[part](args)
+        {"study": per_study, "ugly": ugly, "pooled": pooled, "shares": shares, "sequential": sequential}[part](args)
         sys.stdout.flush()
     print(f"\n{time.perf_counter() - began:.0f} s")
 

@@ -140,15 +140,21 @@ def cmd_run(cfg, report: bool, yes: bool = False, resume: str | None = None) -> 
     sweep.prepare_study_dir(cfg)
     with owned(study_dir, "run"), pushed(cfg):  # the sweep and its report, one owner throughout
         try:
-            sweep.run_study(cfg, yes)
+            baseline = "wd" if "wd" in cfg.search.variants else arms_of(cfg)[0]
+            look = None
+            if cfg.search.seed_plan and cfg.search.mode == "grid":
+                from .present.report import look as report_look
+
+                def look(path):
+                    return report_look(path, baseline)
+            sweep.run_study(cfg, yes, look)
             if report:  # the report ends the parent run, FINISHED, with the verdict attached
                 from .present.report import write_report
 
                 print("report: the claims, the verdict and the figures", flush=True)
                 from .store.loader import load
 
-                write_report(load(study_dir, write_back=True),
-                             baseline="wd" if "wd" in cfg.search.variants else arms_of(cfg)[0])
+                write_report(load(study_dir, write_back=True), baseline=baseline)
             else:  # every trial is done
                 _end_parent(study_dir, "FINISHED")
         except KeyboardInterrupt:

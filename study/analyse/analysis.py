@@ -35,6 +35,7 @@ from scipy import stats
 from ..define.roles import MASS_ARM, contenders
 from ..define.claims import CLAIMS, PRIMARY_DEFAULT, TIE, Claim, SeedGrids, per_seed
 from .paired import Difference, adjust, compare_cells, paired_difference, ratio_interval
+from .sequential import Look, decide
 
 CHANCE = {"digits": 0.1, "mnist1d": 0.1, "mnist1d_noisy": 0.1, "cifar10": 0.1, "cifar100": 0.01}
 CONFIDENCE = 0.95
@@ -45,7 +46,8 @@ MIN_SEEDS = 3
 # the validation metric that chooses cells for each reported test metric
 SELECTED_BY = {"test_acc_at_best_val": "best_val_acc", "final_test_acc": "val_acc",
                "paper_top10_test_acc": "best_val_acc", "best_val_acc": "best_val_acc", "val_acc": "val_acc"}
-ANSWERS = ("shown", "shown worse", "not shown", "cannot be shown")
+# "ruled out": a sequential study's interval lies inside ±verdict.min_effect (no effect of that size)
+ANSWERS = ("shown", "shown worse", "not shown", "ruled out", "cannot be shown")
 # a control arm is an instrument of the decomposition, never a contender: it gets no answer and
 # stays out of Holm's family (a contender's answer must not depend on the controls a config runs)
 CONTROL = "control"
@@ -345,7 +347,8 @@ def claim_step(claim: Claim, g: Grid, lambdas: np.ndarray) -> float:
 def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baseline: str = "wd",
               test: str = "t", correction: str = "holm", alpha: float = ALPHA, effective_decay: dict | None = None,
               arms: list[str] | None = None, primary: dict[str, str] | None = None,
-              family: list[str] | None = None) -> pd.DataFrame:
+              family: list[str] | None = None, looks: list[int] | None = None,
+              min_effect: float | None = None, spending: str = "pocock") -> pd.DataFrame:
     """One row per arm: descriptive numbers, every claim with its interval, and the paired
     comparison with the baseline; the primary claims' answers (Holm across the family per question).
 
@@ -421,13 +424,66 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
                 "" if r["arm"] == baseline else CONTROL if r["arm"] not in family else
                 answer(CLAIMS[name], r[f"diff_{name}"], int(r[f"n_{name}"]), r[f"p_adj_{question}"], alpha)
                 for _, r in out.iterrows()]
+        if looks:
+            sequential_answers(out, stat, g, b, family, {q: n for q, n in primary.items() if n not in undefined},
+                               looks, alpha, min_effect, steps, spending)
     out.attrs.update({"metric": metric, "selected_by": SELECTED_BY[metric], "baseline": baseline, "test": test,
                       "correction": correction, "alpha": alpha, "confidence": CONFIDENCE, "min_seeds": MIN_SEEDS,
                       "seeds": len(g.seeds), "primary": primary, "cells_per_arm": g.shape[1] * g.shape[2],
                       "decaying_cells": int(np.sum(np.asarray(g.wds) > 0)) * g.shape[1], "family": family,
                       "resolution": g.resolution, "undefined": undefined,
-                      "decomposition": decompose(stat, by_seed, g.arms, g.lrs, primary, alpha, g.resolution)})
+                      "decomposition": decompose(stat, by_seed, g.arms, g.lrs, primary, alpha, g.resolution),
+                      "looks": list(looks) if looks else None, "min_effect": min_effect,
+                      "spending": spending if looks else None,
+                      "looks_done": looks_done(looks, stat, g, b, family, primary) if looks and b is not None else None})
     return out
+
+
+def looks_done(looks: list[int], stat: dict, g: Grid, b: int, family: list[str], primary: dict) -> int:
+    """How many of a plan's looks the study has reached: a look counts once every one of its seeds has
+    a complete grid for the baseline and every arm of the family on each primary claim (a wave still
+    training is no look yet)."""
+    idx = [b] + [g.arms.index(a) for a in family]
+    complete = set.intersection(*(set(paired_seeds(stat[name], idx).tolist()) for name in primary.values()))
+    return sum(1 for n in looks if set(range(n)) <= complete)
+
+
+def sequential_answers(out: pd.DataFrame, stat: dict, g: Grid, b: int, family: list[str], primary: dict,
+                       looks: list[int], alpha: float, min_effect: float | None, steps: dict,
+                       spending: str) -> None:
+    """Each family arm's primary answers decided over the looks (``sequential``), written into ``out``:
+    the answer, the look and seeds that decided it and why (``stop_*``), and the primary claim's
+    difference and repeated confidence interval at that look, so every word has its number."""
+    done = looks_done(looks, stat, g, b, family, primary)
+    if not done:
+        return
+    for question, name in primary.items():
+        history = {}
+        for arm in family:
+            a = g.arms.index(arm)
+            history[arm] = []
+            for n in looks[:done]:
+                d, _ = compare(stat[name][:, :n], a, b, resolution=steps[name])
+                history[arm].append(Look(n, d.diff, d.se, d.p, d.n))
+        decisions = decide(history, looks, alpha, min_effect, spending)
+        for arm, dec in decisions.items():
+            i = out.index[out["arm"] == arm][0]
+            a, n = g.arms.index(arm), dec.seeds
+            both = paired_seeds(stat[name][:, :n], [a, b])
+            ans = out.at[i, f"answer_{question}"]
+            if ans != "cannot be shown":
+                ans = ("ruled out" if dec.outcome == "futile" else "not shown" if dec.outcome in ("open", "stalled")
+                       else "shown" if dec.diff * CLAIMS[name].better_sign() > 0 else "shown worse")
+            values = {f"answer_{question}": ans, f"look_{question}": dec.look, f"seeds_{question}": n,
+                      f"stop_{question}": dec.outcome, f"level_{question}": dec.level, f"p_adj_{question}": math.nan,
+                      f"diff_{name}": dec.diff, f"diff_{name}_lo": dec.lo, f"diff_{name}_hi": dec.hi,
+                      f"p_{name}": dec.p, f"n_{name}": len(both), f"se_{name}": dec.se,
+                      f"{name}_paired": float(stat[name][a, both].mean()) if len(both) else math.nan,
+                      f"{name}_baseline_paired": float(stat[name][b, both].mean()) if len(both) else math.nan}
+            for column, v in values.items():
+                if column not in out:
+                    out[column] = None if isinstance(v, str) else math.nan
+                out.at[i, column] = v
 
 
 def fmt(x: float | None, digits: int = 2) -> str:

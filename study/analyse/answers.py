@@ -52,8 +52,11 @@ def answers_json(summary: pd.DataFrame, parts: list[str]) -> dict:
                                "diff": r[f"diff_{name}"], "lo": r[f"diff_{name}_lo"], "hi": r[f"diff_{name}_hi"],
                                "se": r[f"se_{name}"], "df": int(r[f"n_{name}"]) - 1, "p": r[f"p_{name}"],
                                **({"p_adj": r[f"p_adj_{question}"]} if question else {})}
+        sequential = {q: {"look": r[f"look_{q}"], "seeds": r[f"seeds_{q}"], "stop": r[f"stop_{q}"],
+                          "level": r[f"level_{q}"]} for q in QUESTIONS if f"look_{q}" in r} if attrs.get("looks") else {}
         comparisons.append({"arm": r["arm"], "baseline": attrs["baseline"],
                             "answers": {q: r[f"answer_{q}"] for q in QUESTIONS},
+                            **({"sequential": sequential} if sequential else {}),
                             "dropped_seeds": r.get("dropped_seeds") or [], "claims": per_claim})
     settings = {k: v for k, v in attrs.items() if k != "decomposition"}
     return clean({"headline": parts[0] if parts else "", "verdict": " ".join(parts), "parts": parts,

@@ -186,3 +186,59 @@ def measure_decomposition(scenario: Scenario, truth: float | None, seeds: int, r
             covered += truth is None or share["lo"] - 1e-9 <= truth <= share["hi"] + 1e-9
     return ShareRates(scenario.name, seeds, replicates, truth, printed / replicates,
                       covered / printed if printed else float("nan"))
+
+
+@dataclass
+class DesignRates:
+    scenario: str
+    looks: tuple  # the seed counts looked at; one value is a fixed design
+    replicates: int
+    min_effect: float | None
+    spending: str
+    answered: dict = field(default_factory=dict)  # question -> rate of "shown"/"shown worse" (first treated arm)
+    family: dict = field(default_factory=dict)  # question -> rate of any arm "shown"/"shown worse"
+    covered: dict = field(default_factory=dict)  # question -> the reported interval covers the truth
+    decided: dict = field(default_factory=dict)  # question -> shown, shown worse or ruled out
+    trials: float = 0.0  # mean trials trained per study
+    seeds: float = 0.0  # mean seeds at the stop
+
+
+def trials_per_seed(shape: Shape, arms: int) -> int:
+    """Trials a grid trains per seed: λ = 0 once per η, every other cell once per arm."""
+    zero = sum(1 for w in shape.wds if w == 0)
+    return len(shape.lrs) * (zero + (len(shape.wds) - zero) * arms)
+
+
+def measure_design(scenario: Scenario, looks: tuple, replicates: int, min_effect: float | None = None,
+                   seed: int = 0, shape: Shape = Shape(), alpha: float = ALPHA,
+                   spending: str = "pocock") -> DesignRates:
+    """A sequential seed plan (``looks``: the seed counts of its looks) run on simulated studies through
+    ``summarize(looks=...)``, the report's own path: each study is simulated at the plan's largest seed
+    count and analysed on its first seeds look by look, stopping at the first look that decides every
+    question of every arm. One look is the fixed design, through the same code."""
+    rng = np.random.default_rng([seed, looks[-1], len(looks), zlib.crc32(scenario.name.encode())])
+    truth = true_differences(scenario, shape)
+    arm = scenario.arms[1]
+    counts = {k: {q: 0 for q in PRIMARY_DEFAULT} for k in ("answered", "family", "covered", "decided")}
+    trials = seeds_used = 0
+    per_seed = trials_per_seed(shape, len(scenario.arms))
+    for _ in range(replicates):
+        table = simulate(scenario, looks[-1], rng, shape)
+        for n in looks:
+            s = summarize(table[table["seed"] < n], arms=list(scenario.arms), alpha=alpha, looks=list(looks),
+                          min_effect=min_effect, spending=spending)
+            rows = s.set_index("arm").drop(index=scenario.arms[0])
+            if all((rows[f"stop_{q}"] != "open").all() for q in PRIMARY_DEFAULT):  # decided or stalled
+                break
+        trials += per_seed * n
+        seeds_used += n
+        r = rows.loc[arm]
+        for q, claim in PRIMARY_DEFAULT.items():
+            counts["answered"][q] += r[f"answer_{q}"] in ("shown", "shown worse")
+            counts["family"][q] += bool(rows[f"answer_{q}"].isin(["shown", "shown worse"]).any())
+            counts["covered"][q] += bool(r[f"diff_{claim}_lo"] - 1e-9 <= truth[claim] <= r[f"diff_{claim}_hi"] + 1e-9)
+            counts["decided"][q] += r[f"answer_{q}"] in ("shown", "shown worse", "ruled out")
+    n = replicates
+    return DesignRates(scenario.name, tuple(looks), n, min_effect, spending,
+                       **{k: {q: v / n for q, v in c.items()} for k, c in counts.items()},
+                       trials=trials / n, seeds=seeds_used / n)

@@ -65,7 +65,7 @@ def context_of(cfg) -> dict:
     start = (f"fine-tuned from {pretrain.data}" if pretrain else "fine-tuned from ImageNet" if cfg.model.pretrained
              else "from scratch")
     return {"dataset": cfg.data.name, "model": cfg.model.name, "start": start, "base": cfg.train.base,
-            "epochs": cfg.train.epochs, "seeds": len(cfg.search.seeds)}
+            "epochs": cfg.train.epochs, "seeds": len(cfg.search.seed_list)}
 
 
 def check(settings: list[Setting], arms: list[str] | None) -> tuple[str, list[str], dict]:

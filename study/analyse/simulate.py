@@ -91,6 +91,7 @@ SCENARIOS = {
     "null4": Scenario("null4", arms=("wd", "pwd", "lpwd", "cwd")),
     "level": Scenario("level", level=1.0),
     "robust": Scenario("robust", recover=0.1),
+    "clear": Scenario("clear", recover=0.3),  # a clear robustness effect: 30% of the loss regained
 }
 # the decomposition's arms: lpwd − wd = (pwd − wd) + (pwd@lpwd-mass − pwd) + (lpwd − pwd@lpwd-mass)
 FOUR = ("wd", "pwd", "lpwd", "pwd@lpwd-mass")

@@ -5,7 +5,9 @@ disagree with it. Two questions get an answer, each from its one pre-declared pr
 claim (``study.define.claims``): *better?* (level) and *more robust to λ?* (shape around the
 arm's own optimum). An answer is one of "shown", "shown worse", "not shown" or
 "cannot be shown" (too few seeds), decided by the paired t-test over seeds with Holm's
-correction across the arms compared with the baseline. Every other claim is
+correction across the arms compared with the baseline; a sequential study's answers are
+decided look by look (``sequential``) and may also be "ruled out" (no effect of
+``verdict.min_effect``'s size). Every other claim is
 exploratory: its number and interval are given, never called "shown".
 
 The verdict comes as parts: a headline a reader gets in ten seconds, one part per arm,
@@ -129,12 +131,66 @@ def answer_text(row: pd.Series, question: str, attrs: dict, base_optimizer: str 
         return f"{QUESTIONS[question]}? {_seeds_needed(n, attrs['seeds'])}"
     a, b = row[f"{claim}_paired"], row[f"{claim}_baseline_paired"]
     control = ans == CONTROL
+    evidence = (f"uncorrected {_p(row[f'p_{claim}'])}" if control else sequential_evidence(row, question, attrs)
+                or f"Holm-adjusted {_p(row[f'p_adj_{question}'])}")
     numbers = (f"{c.label}: {value(claim, a)} vs {value(claim, b)}, "
                f"{difference(claim, row[f'diff_{claim}'], row[f'diff_{claim}_lo'], row[f'diff_{claim}_hi'])}, "
-               + (f"uncorrected {_p(row[f'p_{claim}'])}" if control else f"Holm-adjusted {_p(row[f'p_adj_{question}'])}"))
+               + evidence)
     if control:
         return f"{QUESTIONS[question]}? not asked of a control ({numbers})"
     return f"{QUESTIONS[question]}? {ans} ({numbers})"
+
+
+def sequential_evidence(row: pd.Series, question: str, attrs: dict) -> str | None:
+    """How a sequential study's answer was reached: the look, its seeds, the boundary its p-value had to
+    reach, and that the interval is the repeated one (valid across looks). None for a fixed design."""
+    looks = attrs.get("looks")
+    if not looks or not _finite(row.get(f"look_{question}")):
+        return None
+    k, n = int(row[f"look_{question}"]), int(row[f"seeds_{question}"])
+    at = f"look {k} of {len(looks)} ({n} seeds)"
+    level = row[f"level_{question}"]
+    outcome = row[f"stop_{question}"]
+    if outcome == "rejected":
+        p = row[f"p_{attrs['primary'][question]}"]
+        why = f"decided at {at}: p = {p:.2g}, within the look's boundary {level:.2g}"
+    elif outcome == "futile":
+        why = f"decided at {at}: the interval lies inside ±{attrs['min_effect']:g} pt"
+    elif outcome == "stalled":
+        why = f"undecided at {at}, where more seeds were not expected to decide it"
+    else:
+        why = f"undecided at {at}"
+    return f"{why}; repeated {100 * (1 - level):.2f}% interval, valid across looks"
+
+
+def looks_words(summary: pd.DataFrame) -> tuple[bool, str] | None:
+    """Where a sequential study stands: (every question decided?, the sentence). None for a fixed design."""
+    attrs = summary.attrs
+    looks, done = attrs.get("looks"), attrs.get("looks_done") or 0
+    if not looks:
+        return None
+    family = [a for a in attrs.get("family", []) if a in set(summary["arm"])]
+    rows = summary.set_index("arm")
+    plan = f"looks at {', '.join(map(str, looks))} seeds"
+    if not done:
+        return False, f"Sequential plan ({plan}): no look yet ({looks[0]} seeds with a complete grid needed)."
+    open_ = [f"{QUESTIONS[q]} for {a}" for q in QUESTIONS for a in family
+             if f"stop_{q}" in rows and rows.loc[a, f"stop_{q}"] == "open"]
+    where = f"look {done} of {len(looks)} ({looks[done - 1]} seeds)"
+    stalled = [f"{QUESTIONS[q]} for {a}" for q in QUESTIONS for a in family
+               if f"stop_{q}" in rows and rows.loc[a, f"stop_{q}"] == "stalled"]
+    if not open_ and stalled:
+        return True, (f"Sequential plan ({plan}): at {where} every question is decided or past deciding (at its "
+                      f"current estimate, more seeds up to {looks[-1]} would not decide {'; '.join(stalled)}); "
+                      "the study stops there.")
+    if not open_:
+        return True, f"Sequential plan ({plan}): every question decided at {where}; the study stops there."
+    if done == len(looks):
+        return True, (f"Sequential plan ({plan}): at the last look, {where}, still undecided: {'; '.join(open_)} "
+                      "(answered \"not shown\").")
+    seeds = f"seed {looks[done - 1]}" if looks[done] - looks[done - 1] == 1 else \
+        f"seeds {looks[done - 1]}-{looks[done] - 1}"
+    return False, f"Sequential plan ({plan}): at {where} undecided: {'; '.join(open_)}; the next wave trains {seeds}."
 
 
 def headline(summary: pd.DataFrame, base_optimizer: str | None = None) -> str | None:
@@ -276,6 +332,14 @@ def limits(summary: pd.DataFrame, attrs: dict, context: dict) -> list[str]:
                f"arms by per-seed differences (paired t-test, 95% t-interval, standard errors no smaller than one "
                f"test image allows), answers Holm-corrected across the verdict's {_family(attrs)} compared with "
                f"{attrs['baseline']}.")
+    sequential = looks_words(summary)
+    if sequential:
+        margin = (f", stopping for futility when the interval lies inside ±{attrs['min_effect']:g} pt"
+                  if attrs.get("min_effect") else "")
+        kind = {"pocock": "Pocock"}.get(attrs.get("spending"), "O'Brien-Fleming")
+        out.append(f"{sequential[1]} The looks spend α by a {kind}-type Lan-DeMets function, with Holm across the "
+                   f"arms at every look{margin}; intervals of the primary claims are repeated confidence "
+                   f"intervals at the deciding look.")
     if seeds < MIN_SEEDS:
         out.append(f"With {seeds} seed{'s' if seeds != 1 else ''} no claim can be shown; run at least {MIN_SEEDS}.")
     base = summary.set_index("arm")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 import lpwd
 
@@ -118,12 +118,45 @@ class TrainConfig(Strict):
         return v
 
 
+# a paired t-test needs 3 seeds (analyse.analysis.MIN_SEEDS): a sequential plan's first look has them
+FIRST_LOOK_SEEDS = 3
+# the tags of search.seeds' two forms, left out of the key a config error names
+SEED_FORMS = ("list", "plan")
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
+class SeedPlan(Strict):
+    """A sequential seed plan: the whole grid for seeds 0 .. start − 1, then ``step`` more seeds at a
+    time while a primary question of the verdict is undecided, up to ``max`` seeds
+    (``study.analyse.sequential``)."""
+
+    start: int = Field(ge=FIRST_LOOK_SEEDS)
+    step: int = Field(ge=1)
+    max: int
+
+    @model_validator(mode="after")
+    def max_after_start(self):
+        if self.max <= self.start:
+            raise ValueError(f"max ({self.max}) must be larger than start ({self.start}): a plan adds seeds; "
+                             f"for a fixed number of seeds list them, e.g. search.seeds=[0,1,2]")
+        if self.max > 1000:
+            raise ValueError(f"max {self.max}: at most 1000 seeds")
+        return self
+
+    def looks(self) -> list[int]:
+        """The seed counts at which the plan looks: start, start + step, ..., max."""
+        return [*range(self.start, self.max, self.step), self.max]
+
+
 class SearchConfig(Strict):
     mode: Literal["grid", "optuna"] = "grid"
     variants: list[Variant] = Field(default_factory=lambda: ["wd", "lpwd"], min_length=1)
     lr: list[float] = Field(default_factory=lambda: [1e-3, 3e-3, 1e-2], min_length=1)
     weight_decay: list[float] = Field(default_factory=lambda: [0.0, 0.1, 1.0], min_length=1)
-    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
+    # a list of seeds, or a sequential plan {start, step, max} (seeds 0 .. max − 1, added wave by wave)
+    seeds: Annotated[Annotated[list[Seed], Field(min_length=1), Tag("list")] | Annotated[SeedPlan, Tag("plan")],
+                     Discriminator(lambda v: "plan" if isinstance(v, (dict, SeedPlan)) else "list")] = \
+        Field(default_factory=lambda: [0])
     # lpwd's schedule(s); a list runs the ablation in one study, one arm per schedule
     layer_schedule: list[Literal[tuple(lpwd.SCHEDULE_NAMES)]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["linear"], min_length=1)
@@ -143,9 +176,27 @@ class SearchConfig(Strict):
     def one_or_many(cls, v):
         return [v] if isinstance(v, str) else v
 
+    @property
+    def seed_plan(self) -> SeedPlan | None:
+        return self.seeds if isinstance(self.seeds, SeedPlan) else None
+
+    @property
+    def seed_list(self) -> list[int]:
+        """Every seed the study may train: the list, or a plan's 0 .. max − 1."""
+        return list(range(self.seeds.max)) if isinstance(self.seeds, SeedPlan) else self.seeds
+
+    def waves(self) -> list[list[int]]:
+        """The seeds each wave trains: one wave for a list, the plan's looks apart for a plan."""
+        if self.seed_plan is None:
+            return [self.seed_list]
+        looks = [0, *self.seed_plan.looks()]
+        return [list(range(a, b)) for a, b in zip(looks, looks[1:])]
+
     @field_validator("variants", "lr", "weight_decay", "seeds", "layer_schedule", "controls")
     @classmethod
-    def no_repeats(cls, v: list) -> list:
+    def no_repeats(cls, v):
+        if not isinstance(v, list):
+            return v
         repeated = repeated_values(v)
         if repeated:  # a repeated value is one cell planned twice: counts and the verdict would disagree
             raise ValueError(f"{', '.join(map(str, repeated))} listed more than once; list each value once")
@@ -164,6 +215,13 @@ class SearchConfig(Strict):
         if any(not x >= 0 for x in v):
             raise ValueError("every decay rate must be >= 0")
         return v
+
+    @model_validator(mode="after")
+    def plan_is_a_grids(self):
+        if self.mode == "optuna" and self.seed_plan is not None:
+            raise ValueError("seeds: a sequential plan adds seeds to a whole grid (mode: grid); an Optuna search "
+                             "takes a list of seeds")
+        return self
 
     @model_validator(mode="after")
     def optuna_needs_a_range(self):
@@ -192,6 +250,13 @@ class VerdictConfig(Strict):
     better: Literal[tuple(claims_for("better"))] = PRIMARY_DEFAULT["better"]  # type: ignore[valid-type]
     more_robust: Literal[tuple(claims_for("more_robust"))] = PRIMARY_DEFAULT["more_robust"]  # type: ignore[valid-type]
     arms: Optional[list[str]] = Field(None, min_length=1)
+    # a sequential plan's futility margin, in points: a question whose repeated confidence interval lies
+    # inside ±min_effect stops with "ruled out" (no effect of that size); None: questions stop on evidence only
+    min_effect: Optional[float] = Field(None, gt=0)
+    # how a sequential plan spends α over its looks, both Lan-DeMets functions (analyse.sequential): Pocock-type
+    # (even levels, so a clear answer stops early; with 3 seeds a look's t-test has 2 degrees of freedom, and
+    # O'Brien-Fleming-type's early levels are out of its reach) or O'Brien-Fleming-type (the most power at the end)
+    spending: Literal["pocock", "obrien-fleming"] = "pocock"
 
 
 class StudyConfig(Strict):
@@ -361,8 +426,13 @@ def _keys_at(loc: tuple) -> list[str]:
         if isinstance(part, int):
             continue
         field = model.model_fields.get(part)
-        inner = [t for t in (field.annotation, *get_args(field.annotation)) if isinstance(t, type)
-                 and issubclass(t, BaseModel)] if field is not None else []
+
+        def models_in(t) -> list:  # through Optional, unions and Annotated
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                return [t]
+            return [m for arg in get_args(t) for m in models_in(arg)]
+
+        inner = models_in(field.annotation) if field is not None else []
         if not inner:
             return []
         model = inner[0]
@@ -373,17 +443,18 @@ def describe(error: ValidationError, source: str, overrides: dict[str, str] | No
     """The first validation error as one actionable line; one about a key given with ``--set``
     (``overrides``: key -> the value as typed) names the ``--set``, not the file."""
     first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    loc = [p for p in first["loc"] if p not in SEED_FORMS]  # search.seeds' union tags name no key
+    where = ".".join(str(p) for p in loc) or "(top level)"
     key_typed = next((k for k in (overrides or {}) if where == k or where.startswith(k + ".")), None)
     msg = first["msg"].removeprefix("Value error, ")
     shown = first.get("input")
     got = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(shown, dict) else f" (got {shown!r:.80})"
     more = f" [+{len(error.errors()) - 1} more]" if len(error.errors()) > 1 else ""
-    key = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or where  # --set takes whole lists
+    key = ".".join(str(p) for p in loc if not isinstance(p, int)) or where  # --set takes whole lists
     fix = f"fix it in the file or with --set {key}=..."
     if first["type"] == "extra_forbidden":
-        guess = did_you_mean(first["loc"][-1], _keys_at(first["loc"]))
-        msg = "unknown key" + (f" (did you mean {'.'.join([*map(str, first['loc'][:-1]), guess])}?)" if guess else
+        guess = did_you_mean(loc[-1], _keys_at(tuple(loc)))
+        msg = "unknown key" + (f" (did you mean {'.'.join([*map(str, loc[:-1]), guess])}?)" if guess else
                                "; see configs/README.md for the accepted keys")
         fix = "rename it in the file or in --set" if guess else fix
     elif first["type"] == "literal_error":
@@ -444,11 +515,12 @@ def arms(cfg: StudyConfig) -> list[dict]:
     return out
 
 
-def trial_grid(cfg: StudyConfig) -> list[dict]:
-    """Every planned (arm, lr, weight_decay, seed) trial of a grid study: one tidy-table row each."""
+def trial_grid(cfg: StudyConfig, seeds: list[int] | None = None) -> list[dict]:
+    """Every planned (arm, lr, weight_decay, seed) trial of a grid study (of ``seeds`` only, when given:
+    one wave of a sequential plan): one tidy-table row each."""
     s = cfg.search
     return [{**a, "lr": lr, "weight_decay": wd, "seed": seed}
-            for a in arms(cfg) for lr in s.lr for wd in s.weight_decay for seed in s.seeds]
+            for a in arms(cfg) for lr in s.lr for wd in s.weight_decay for seed in (seeds or s.seed_list)]
 
 
 def canonical(trial: dict) -> dict:
@@ -465,11 +537,11 @@ def canonical(trial: dict) -> dict:
     return {k: trial[k] for k in keys}
 
 
-def trained_grid(cfg: StudyConfig) -> list[dict]:
-    """The trials a grid study trains: one per distinct canonical trial, each listing the
-    planned (arm, weight_decay) rows it stands for."""
+def trained_grid(cfg: StudyConfig, seeds: list[int] | None = None) -> list[dict]:
+    """The trials a grid study trains (of ``seeds`` only, when given): one per distinct canonical
+    trial, each listing the planned (arm, weight_decay) rows it stands for."""
     out: dict[tuple, dict] = {}
-    for t in trial_grid(cfg):
+    for t in trial_grid(cfg, seeds):
         c = canonical(t)
         key = tuple(c.values())
         out.setdefault(key, {**c, "stands_for": []})["stands_for"].append(

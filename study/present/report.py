@@ -207,7 +207,7 @@ def analyse(study: Study, metric: str, baseline: str, test: str, correction: str
     table = pd.DataFrame(study.rows)
     if table.empty:
         raise UserError(f"{study_dir}/trials.csv has no trials yet; run or resume the study first")
-    baseline = check_choices(table, metric, baseline, test, correction, len(cfg.search.seeds))
+    baseline = check_choices(table, metric, baseline, test, correction, len(cfg.search.seed_list))
     df = scored(table, metric)
     if df.empty:
         raise UserError(f"{study_dir} has no finished trials yet; wait for some or resume the study")
@@ -225,8 +225,22 @@ def analyse(study: Study, metric: str, baseline: str, test: str, correction: str
     context = context_of(cfg)
     primary = {"better": cfg.verdict.better, "more_robust": cfg.verdict.more_robust}
     summary = summarize(table, metric, baseline, test, correction, effective_decay=effective, arms=order,
-                        primary=primary, family=cfg.verdict.arms)
+                        primary=primary, family=cfg.verdict.arms, min_effect=cfg.verdict.min_effect,
+                        spending=cfg.verdict.spending,
+                        looks=cfg.search.seed_plan.looks() if cfg.search.seed_plan else None)
     return table, df, order, summary, verdict_parts(summary, context), effective
+
+
+def look(study_dir: Path, baseline: str = "wd") -> bool:
+    """A sequential plan's look after a wave: the verdict's questions on the seeds so far, through the
+    report's own analysis; prints where each stands and returns True when every one is decided."""
+    from ..analyse.verdict import looks_words
+    from ..store.loader import load
+
+    *_, summary, _, _ = analyse(load(study_dir), "test_acc_at_best_val", baseline, "t", "holm")
+    decided, words = looks_words(summary) or (False, "")
+    print(words, flush=True)
+    return decided
 
 
 def report_json(study: Study, metric: str = "test_acc_at_best_val", baseline: str = "wd", test: str = "t",

@@ -21,12 +21,37 @@ STATES = {"TERMINATED": "done", "RUNNING": "running", "PENDING": "pending", "PAU
           "INTERRUPTED": "pending", "ERROR": "errored"}
 
 
-def study_counts(study_dir: Path) -> tuple[Counter, list[dict], int]:
-    """Planned trials by state, the table's rows, and how many trials there are to train."""
+def study_counts(study_dir: Path) -> tuple[Counter, list[dict], int, str | None]:
+    """Planned trials by state, the table's rows, how many trials there are to train, and where a
+    sequential plan stands (None for a fixed list of seeds)."""
     study = load(study_dir)  # status only reads: a rebuilt table is not written
+    planned, trained, standing = study.planned_trials, study.trained_trials, None
+    if study.cfg.search.seed_plan and study.cfg.search.mode == "grid":
+        planned, trained, standing = sequential_counts(study)
     counts = Counter(STATES.get(r["status"], "pending") for r in study.rows)
-    counts["pending"] += max(0, study.planned_trials - len(study.rows))
-    return counts, study.rows, study.trained_trials
+    counts["pending"] += max(0, planned - len(study.rows))
+    return counts, study.rows, trained, standing
+
+
+def sequential_counts(study) -> tuple[int, int, str]:
+    """A sequential study's planned and trained trials so far: the waves its looks have asked for (the
+    next one too while a question is open), and the look's sentence, from the report's own analysis."""
+    from ..analyse.verdict import looks_words
+    from ..define.config import trained_grid, trial_grid
+    from .report import analyse
+
+    cfg = study.cfg
+    waves = cfg.search.waves()
+    decided, words, done = False, f"Sequential plan: no look yet ({len(waves[0])} seeds needed).", 0
+    finished = [r for r in study.rows if r["status"] == "TERMINATED"]
+    if finished:
+        baseline = "wd" if "wd" in cfg.search.variants else study.arms[0]["arm"]
+        summary = analyse(study, "test_acc_at_best_val", baseline, "t", "holm")[3]
+        decided, words = looks_words(summary) or (False, "")
+        done = summary.attrs.get("looks_done") or 0
+    asked = waves[:min(len(waves), done + (0 if decided else 1))]
+    seeds = [s for wave in asked for s in wave]
+    return len(trial_grid(cfg, seeds)), len(trained_grid(cfg, seeds)), words
 
 
 def timing(study_dir: Path, rows: list[dict], total: int) -> str:
@@ -54,7 +79,7 @@ def timing(study_dir: Path, rows: list[dict], total: int) -> str:
 
 def print_status(study_dir: Path, shown: str | None = None) -> None:
     """``shown``: how the user named the study (an object-store URI, whose files are read from its mirror)."""
-    counts, rows, to_train = study_counts(study_dir)
+    counts, rows, to_train, standing = study_counts(study_dir)
     import sys
 
     # a terminal wraps at its own width; a file or a pipe (``status > file``, a log) gets the table whole
@@ -64,6 +89,8 @@ def print_status(study_dir: Path, shown: str | None = None) -> None:
     when = timing(study_dir, rows, to_train)
     if when:
         console.print(when, soft_wrap=True)
+    if standing:
+        console.print(standing, soft_wrap=True)
     if counts["running"]:
         from .commands import invocation
 

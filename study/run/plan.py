@@ -23,7 +23,7 @@ def make_plan(cfg) -> dict:
     effective = effective_decays(cfg)
     return {"arms": [{**a, "effective_decay": effective[a["arm"]],
                       "decay_scale": effective[a["arm"]] if a.get("mass_of") else 1.0} for a in arms(cfg)],
-            "lr": cfg.search.lr, "weight_decay": cfg.search.weight_decay, "seeds": cfg.search.seeds,
+            "lr": cfg.search.lr, "weight_decay": cfg.search.weight_decay, "seeds": cfg.search.seed_list,
             "planned_trials": planned_trials(cfg)}
 
 

@@ -161,8 +161,10 @@ def experiments(cfg: StudyConfig) -> list[tuple[str, dict, dict]]:
     common = {"reuse_actors": True, "max_concurrent_trials": cfg.resources.max_concurrent,
               "trial_name_creator": name_trial, "trial_dirname_creator": trial_dirname}
     if s.mode == "grid":
-        # one entry per distinct trial: identical trials (lambda = 0, none) are trained once
-        return [("grid", {"cell": tune.grid_search(trained_grid(cfg))}, common)]
+        # one entry per distinct trial: identical trials (lambda = 0, none) are trained once; a sequential
+        # seed plan is one sweep per wave of seeds, run only while its looks leave a question open
+        return [(wave_name(k), {"cell": tune.grid_search(trained_grid(cfg, seeds))}, common)
+                for k, seeds in enumerate(s.waves())]
     from optuna.samplers import TPESampler
     from ray.tune.search.optuna import OptunaSearch
 
@@ -173,11 +175,23 @@ def experiments(cfg: StudyConfig) -> list[tuple[str, dict, dict]]:
 
     out = []
     for arm in arms(cfg):
-        space = {**arm, "lr": log_range(s.lr), "weight_decay": log_range(s.weight_decay), "seed": s.seeds[0]}
-        search = OptunaSearch(sampler=TPESampler(seed=s.seeds[0]), metric="best_val_acc", mode="max")
+        space = {**arm, "lr": log_range(s.lr), "weight_decay": log_range(s.weight_decay), "seed": s.seed_list[0]}
+        search = OptunaSearch(sampler=TPESampler(seed=s.seed_list[0]), metric="best_val_acc", mode="max")
         out.append((f"optuna-{arm['arm'].replace(':', '-')}", space,
                     {**common, "search_alg": search, "num_samples": s.num_samples}))
     return out
+
+
+def wave_name(k: int) -> str:
+    """The Ray experiment of wave k (0-based) of a grid: ``grid``, then ``grid-wave2``, ``grid-wave3``, ..."""
+    return "grid" if k == 0 else f"grid-wave{k + 1}"
+
+
+def sweep_size(space: dict, tune_kwargs: dict) -> int:
+    """How many trials one sweep trains: its grid's cells, or an Optuna search's samples."""
+    cells = space.get("cell")
+    return len(cells["grid_search"]) if isinstance(cells, dict) and "grid_search" in cells \
+        else tune_kwargs["num_samples"]
 
 
 def check_study_dir(cfg: StudyConfig, pull: bool = True) -> None:
@@ -320,7 +334,13 @@ def announce(cfg: StudyConfig) -> None:
     planned, trained = planned_trials(cfg), trained_trials(cfg)
     shared = f" ({planned - trained} identical ones shared: λ = 0 and `none` do not depend on the variant or λ)" \
         if trained < planned else ""
-    print(f"{cfg.name}: {planned} planned trials, {trained} to train{shared}", flush=True)
+    plan = cfg.search.seed_plan
+    if plan:
+        print(f"{cfg.name}: up to {planned} planned trials, {trained} to train{shared}: a sequential seed plan, "
+              f"looks at {', '.join(map(str, plan.looks()))} seeds; each wave trains only while a question "
+              "of the verdict is undecided", flush=True)
+    else:
+        print(f"{cfg.name}: {planned} planned trials, {trained} to train{shared}", flush=True)
     flips = sign_flipping_cells(cfg)
     if flips:
         cells = ", ".join(f"η={lr:g} λ={wd:g}" for lr, wd in flips[:4]) + (" ..." if len(flips) > 4 else "")
@@ -328,16 +348,19 @@ def announce(cfg: StudyConfig) -> None:
               "flips every decayed weight; they run, and the report marks them", flush=True)
 
 
-def run_study(cfg: StudyConfig, yes: bool = False) -> Path:
-    """Run (or resume) every sweep of the study, owning its dir throughout; returns the study dir."""
+def run_study(cfg: StudyConfig, yes: bool = False, look=None) -> Path:
+    """Run (or resume) every sweep of the study, owning its dir throughout; returns the study dir.
+
+    ``look(study_dir) -> bool``: a sequential plan's look, called after each wave but the last (the
+    analysis lives above this package); True stops the study there, every question decided."""
     preflight(cfg, yes)
     study_dir = prepare_study_dir(cfg)
     with owned(study_dir, "run"):
-        _sweep(cfg, study_dir)
+        _sweep(cfg, study_dir, look)
     return study_dir
 
 
-def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
+def _sweep(cfg: StudyConfig, study_dir: Path, look=None) -> None:
     import ray
     from ray import tune
 
@@ -387,11 +410,16 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
     uri = tracking["uri"] if tracking else ""
     WATCHES.clear()  # this study's watches only: the one made here, and any Tune restores with its sweeps
     watch = TrackingWatch(uri, DEADLINE_S) if uri.startswith(("http://", "https://")) else None
-    for name, space, tune_kwargs in sweeps:
-        total = trained_trials(cfg) // len(sweeps)
+    for k, (name, space, tune_kwargs) in enumerate(sweeps):
+        total = sweep_size(space, tune_kwargs)
         storage, root = sweep_storage(cfg)
         path = f"{root}/{name}"
-        if tune.Tuner.can_restore(path, storage_filesystem=storage):  # sealed: checked above
+        restorable = tune.Tuner.can_restore(path, storage_filesystem=storage)
+        # a wave that exists was asked for by the look before it (the same trials give the same look), so
+        # it is always finished; otherwise the look decides whether the next wave trains at all
+        if k and cfg.search.mode == "grid" and look is not None and not restorable and look(study_dir):
+            return
+        if restorable:  # sealed: checked above
             tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=True,
                                        storage_filesystem=storage)
         else:
@@ -412,7 +440,10 @@ def _sweep(cfg: StudyConfig, study_dir: Path) -> None:
         done = len({r["trial_id"] for r in read_rows(study_dir) if r.get("experiment") == name
                     and r["status"] in ("TERMINATED", "ERROR")})
         left = f"{total - done} of {total} trials left to train" if done else f"{total} trials to train"
-        print(f"sweep: {left}, {cfg.resources.cpu:g} CPU each, {cpus} CPUs in Ray", flush=True)
+        waves = cfg.search.waves()
+        wave = (f"wave {k + 1} of up to {len(waves)} (seeds {waves[k][0]}-{waves[k][-1]}): "
+                if cfg.search.seed_plan and cfg.search.mode == "grid" else "")
+        print(f"sweep: {wave}{left}, {cfg.resources.cpu:g} CPU each, {cpus} CPUs in Ray", flush=True)
         results = tuner.fit()
         raise_if_lost()
         finished = sum(bool(r.metrics) and r.metrics.get("finished") == 1 for r in results)

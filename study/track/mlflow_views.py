@@ -67,7 +67,7 @@ def longest_trial_name(cfg) -> int:
 
     if cfg.search.mode == "grid":
         return max(len(trial_name(t)) for t in trained_grid(cfg))
-    return max(len(trial_name({**a, "lr": 1.23e-05, "weight_decay": 1.23e-05, "seed": max(cfg.search.seeds)}))
+    return max(len(trial_name({**a, "lr": 1.23e-05, "weight_decay": 1.23e-05, "seed": max(cfg.search.seed_list)}))
                for a in arms(cfg))
 
 
