@@ -150,3 +150,14 @@ def test_a_look_waits_for_complete_seeds():
     assert s.attrs["looks_done"] == 1
     assert all(s.set_index("arm").loc["lpwd", f"seeds_{q}"] == 3 for q in PRIMARY_DEFAULT)
     assert math.isfinite(s.set_index("arm").loc["lpwd", "diff_lambda_regret_lo"])
+
+
+def test_a_question_no_seed_up_to_max_would_decide_is_stalled_unless_curtailing_is_off():
+    plan = [3, 5, 9]
+    flat = [Look(3, 0.05, 1.0, 0.95, 3)]  # no effect in sight, far from any margin
+    trend = [Look(3, 2.0, 0.8, 0.12, 3)]  # not yet significant; at 9 seeds, were it to hold, it would be
+    assert decide({"a": flat}, plan, 0.05)["a"].outcome == "stalled"
+    assert decide({"a": flat}, plan, 0.05, curtail=False)["a"].outcome == "open"
+    assert decide({"a": trend}, plan, 0.05)["a"].outcome == "open"
+    # at the last look nothing is stalled: the question is simply not shown
+    assert decide({"a": flat + [Look(5, 0.0, 1.0, 1.0, 5), Look(9, 0.0, 1.0, 1.0, 9)]}, plan, 0.05)["a"].outcome == "open"

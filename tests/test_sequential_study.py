@@ -21,6 +21,9 @@ pytestmark = pytest.mark.slow
 # 4 trials a seed (one η, two λ, wd and lpwd), 2 epochs: the first wave is seeds 0-2, the second seed 3
 PLAN = ["--set", "search.seeds={start: 3, step: 1, max: 4}", "--set", "search.lr=[3.0e-2]",
         "--set", "search.weight_decay=[0.1,100000.0]", "--set", "train.epochs=2"]
+# λ too small to tell the arms apart in 2 epochs, no futility margin, no curtailment: look 1 leaves both
+# questions open, so the second wave trains
+OPEN = ["--set", "search.weight_decay=[0.001,0.003]", "--set", "verdict.curtail=false"]
 
 
 def experiments(rows) -> dict[str, int]:
@@ -76,12 +79,12 @@ def test_kill_9_between_waves_and_in_a_later_wave_then_resume(tmp_path):
     reference_dir = tmp_path / "ref"
     reference_dir.mkdir()
     # start_driver's ARGS (a checkpoint every epoch), with the report
-    run_study_cli(tiny_args("seq", *[a for a in ARGS if a != "--no-report"], *PLAN), reference_dir)
+    run_study_cli(tiny_args("seq", *[a for a in ARGS if a != "--no-report"], *PLAN, *OPEN), reference_dir)
     expected = read_rows(reference_dir / "studies" / "seq")
     assert experiments(expected) == {"grid": 12, "grid-wave2": 4}  # look 1 left a question open
     expected_answers = json.loads((reference_dir / "studies" / "seq" / "robustness.json").read_text())["comparisons"]
 
-    driver, env, ray_tmp = start_driver("seq", tmp_path, *PLAN)
+    driver, env, ray_tmp = start_driver("seq", tmp_path, *PLAN, *OPEN)
     study_dir = tmp_path / "studies" / "seq"
     wait_until(study_dir, lambda rows: sum(r["status"] == "TERMINATED" for r in rows) >= 12, driver)
     kill(driver, ray_tmp)

@@ -348,7 +348,7 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
               test: str = "t", correction: str = "holm", alpha: float = ALPHA, effective_decay: dict | None = None,
               arms: list[str] | None = None, primary: dict[str, str] | None = None,
               family: list[str] | None = None, looks: list[int] | None = None,
-              min_effect: float | None = None, spending: str = "pocock") -> pd.DataFrame:
+              min_effect: float | None = None, spending: str = "pocock", curtail: bool = True) -> pd.DataFrame:
     """One row per arm: descriptive numbers, every claim with its interval, and the paired
     comparison with the baseline; the primary claims' answers (Holm across the family per question).
 
@@ -426,7 +426,7 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
                 for _, r in out.iterrows()]
         if looks:
             sequential_answers(out, stat, g, b, family, {q: n for q, n in primary.items() if n not in undefined},
-                               looks, alpha, min_effect, steps, spending)
+                               looks, alpha, min_effect, steps, spending, curtail)
     out.attrs.update({"metric": metric, "selected_by": SELECTED_BY[metric], "baseline": baseline, "test": test,
                       "correction": correction, "alpha": alpha, "confidence": CONFIDENCE, "min_seeds": MIN_SEEDS,
                       "seeds": len(g.seeds), "primary": primary, "cells_per_arm": g.shape[1] * g.shape[2],
@@ -450,7 +450,7 @@ def looks_done(looks: list[int], stat: dict, g: Grid, b: int, family: list[str],
 
 def sequential_answers(out: pd.DataFrame, stat: dict, g: Grid, b: int, family: list[str], primary: dict,
                        looks: list[int], alpha: float, min_effect: float | None, steps: dict,
-                       spending: str) -> None:
+                       spending: str, curtail: bool) -> None:
     """Each family arm's primary answers decided over the looks (``sequential``), written into ``out``:
     the answer, the look and seeds that decided it and why (``stop_*``), and the primary claim's
     difference and repeated confidence interval at that look, so every word has its number."""
@@ -465,7 +465,7 @@ def sequential_answers(out: pd.DataFrame, stat: dict, g: Grid, b: int, family: l
             for n in looks[:done]:
                 d, _ = compare(stat[name][:, :n], a, b, resolution=steps[name])
                 history[arm].append(Look(n, d.diff, d.se, d.p, d.n))
-        decisions = decide(history, looks, alpha, min_effect, spending)
+        decisions = decide(history, looks, alpha, min_effect, spending, curtail)
         for arm, dec in decisions.items():
             i = out.index[out["arm"] == arm][0]
             a, n = g.arms.index(arm), dec.seeds

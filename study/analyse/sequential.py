@@ -29,7 +29,8 @@ fixed-α test would inflate its false-positive rate, so each look has its own bo
 
 * **Stalling.** A question still undecided whose current estimate, with its standard error
   shrunk to the plan's last look, would cross neither that look's boundary nor the futility
-  margin is *stalled*: more seeds are not expected to decide it. It stays "not shown".
+  margin is *stalled*: more seeds are not expected to decide it (stochastic curtailment by the
+  current trend; ``verdict.curtail: false`` turns it off). It stays "not shown".
 
 A question's answer is fixed at the look that decided it; the study stops at the first look
 at which every question of every arm of the family is decided or stalled, or at ``max``. Everything
@@ -152,13 +153,14 @@ class Decision:
 
 
 def decide(history: dict[str, list[Look]], plan: list[int], alpha: float,
-           min_effect: float | None = None, spending: str = "pocock") -> dict[str, Decision]:
+           min_effect: float | None = None, spending: str = "pocock", curtail: bool = True) -> dict[str, Decision]:
     """Each arm's decision on one question from its looks so far (``history[arm][j]``: look j+1).
 
     ``plan``: the seed counts of every planned look (the last is ``max``), which fix the
     information fractions. Holm across the arms by the graphical procedure: an open arm's
     level is α/m with m the arms not yet rejected, rechecked at every look so far after each
-    rejection. An arm decided futile keeps its share of α and is never rejected later.
+    rejection. An arm decided futile keeps its share of α and is never rejected later. ``curtail``: an
+    arm still open at the last look so far is ``stalled`` when more seeds are not expected to decide it.
     """
     arms = list(history)
     if not arms:
@@ -199,7 +201,7 @@ def decide(history: dict[str, list[Look]], plan: list[int], alpha: float,
         if a not in decided:
             look = history[a][done - 1]
             lo, hi = look.interval(full[done - 1])
-            stalled = done < len(plan) and not decidable(look, plan[-1], last, full[-1], min_effect)
+            stalled = curtail and done < len(plan) and not decidable(look, plan[-1], last, full[-1], min_effect)
             decided[a] = Decision("stalled" if stalled else "open", done, look.seeds, look.diff, lo, hi,
                                   full[done - 1], look.p, look.se)
     return decided

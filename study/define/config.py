@@ -257,6 +257,9 @@ class VerdictConfig(Strict):
     # (even levels, so a clear answer stops early; with 3 seeds a look's t-test has 2 degrees of freedom, and
     # O'Brien-Fleming-type's early levels are out of its reach) or O'Brien-Fleming-type (the most power at the end)
     spending: Literal["pocock", "obrien-fleming"] = "pocock"
+    # a sequential plan stops adding seeds once every open question is past deciding at its current estimate
+    # (stochastic curtailment); false: an open question keeps the study going to max
+    curtail: bool = True
 
 
 class StudyConfig(Strict):

@@ -226,7 +226,7 @@ def analyse(study: Study, metric: str, baseline: str, test: str, correction: str
     primary = {"better": cfg.verdict.better, "more_robust": cfg.verdict.more_robust}
     summary = summarize(table, metric, baseline, test, correction, effective_decay=effective, arms=order,
                         primary=primary, family=cfg.verdict.arms, min_effect=cfg.verdict.min_effect,
-                        spending=cfg.verdict.spending,
+                        spending=cfg.verdict.spending, curtail=cfg.verdict.curtail,
                         looks=cfg.search.seed_plan.looks() if cfg.search.seed_plan else None)
     return table, df, order, summary, verdict_parts(summary, context), effective
 
