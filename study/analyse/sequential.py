@@ -46,9 +46,6 @@ from functools import lru_cache
 import numpy as np
 from scipy import optimize, stats
 
-SPENDING = ("obrien-fleming", "pocock")
-
-
 def spent(t: float, alpha: float, spending: str = "pocock") -> float:
     """Two-sided α spent by information fraction t, α/2 on each side: by the O'Brien-Fleming-type
     Lan-DeMets function 2 − 2Φ(z_{1−α/4} / √t) per side (gsDesign's ``sfLDOF``), or the Pocock-type
@@ -180,7 +177,8 @@ def decide(history: dict[str, list[Look]], plan: list[int], alpha: float,
                     look = history[a][i]
                     if math.isfinite(look.p) and look.n >= 3 and look.p <= levels[i]:
                         lo, hi = look.interval(full[i])
-                        decided[a] = Decision("rejected", i + 1, look.seeds, look.diff, lo, hi, full[i], look.p, look.se)
+                        decided[a] = Decision("rejected", i + 1, look.seeds, look.diff, lo, hi, full[i], look.p,
+                                              look.se)
                         rejected_now = True
                         break
                 if rejected_now:
@@ -219,8 +217,3 @@ def decidable(look: Look, most: int, reject_level: float, interval_level: float,
         return True
     half = float(stats.t.isf(interval_level / 2, most - 1)) * se
     return min_effect is not None and abs(look.diff) + half < min_effect
-
-
-def all_decided(decisions: dict[str, dict[str, Decision]]) -> bool:
-    """No question of any arm still open (each rejected, futile or stalled): the study needs no more seeds."""
-    return all(d.outcome != "open" for per_arm in decisions.values() for d in per_arm.values())

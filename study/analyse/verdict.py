@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..define.roles import MASS_ARM
 from .analysis import CONTROL, DECOMPOSITION, MIN_SEEDS
+from .sequential import nominal_levels
 from ..define.claims import CLAIMS, QUESTIONS
 
 TEST_NAMES = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test", "signflip": "exact sign-flip test"}
@@ -190,7 +191,15 @@ def looks_words(summary: pd.DataFrame) -> tuple[bool, str] | None:
                       "(answered \"not shown\").")
     seeds = f"seed {looks[done - 1]}" if looks[done] - looks[done - 1] == 1 else \
         f"seeds {looks[done - 1]}-{looks[done] - 1}"
-    return False, f"Sequential plan ({plan}): at {where} undecided: {'; '.join(open_)}; the next wave trains {seeds}."
+    # the boundary the next look holds an open question to: Holm's first step over the arms not yet shown
+    shown = {q: sum(1 for a in family if rows.loc[a, f"stop_{q}"] == "rejected") for q in QUESTIONS
+             if f"stop_{q}" in rows}
+    fractions = tuple(n / looks[-1] for n in looks)
+    needs = ", ".join(
+        f"p ≤ {nominal_levels(fractions, attrs['alpha'] / max(1, len(family) - k), attrs['spending'])[done]:.2g} "
+        f"for {QUESTIONS[q]}" for q, k in shown.items() if any(f"{QUESTIONS[q]} for" in o for o in open_))
+    return False, (f"Sequential plan ({plan}): at {where} undecided: {'; '.join(open_)}; the next wave trains {seeds}, "
+                   f"whose look needs {needs}.")
 
 
 def headline(summary: pd.DataFrame, base_optimizer: str | None = None) -> str | None:

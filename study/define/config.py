@@ -445,7 +445,8 @@ def _keys_at(loc: tuple) -> list[str]:
 def describe(error: ValidationError, source: str, overrides: dict[str, str] | None = None) -> str:
     """The first validation error as one actionable line; one about a key given with ``--set``
     (``overrides``: key -> the value as typed) names the ``--set``, not the file."""
-    first = error.errors()[0]
+    # an unknown key first: a mistyped name is why a required one is "missing" beside it
+    first = next((e for e in error.errors() if e["type"] == "extra_forbidden"), error.errors()[0])
     loc = [p for p in first["loc"] if p not in SEED_FORMS]  # search.seeds' union tags name no key
     where = ".".join(str(p) for p in loc) or "(top level)"
     key_typed = next((k for k in (overrides or {}) if where == k or where.startswith(k + ".")), None)

@@ -38,7 +38,10 @@ def load(given: str) -> Setting:
         run = None
     identity = run.parent_run_id if run is not None and run.parent_run_id else "trials " + hashlib.sha256(
         " ".join(sorted(r["trial_id"] for r in study.rows)).encode()).hexdigest()[:16]
-    return Setting(cfg.name, given, context_of(cfg), report_json(study, baseline=baseline), run, identity)
+    answers = report_json(study, baseline=baseline)
+    # a sequential plan's seeds are the ones its looks trained, not its max
+    context = context_of(cfg) | ({"seeds": answers["settings"]["seeds"]} if cfg.search.seed_plan else {})
+    return Setting(cfg.name, given, context, answers, run, identity)
 
 
 def terminal_table(result: dict) -> pd.DataFrame:

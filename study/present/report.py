@@ -207,7 +207,9 @@ def analyse(study: Study, metric: str, baseline: str, test: str, correction: str
     table = pd.DataFrame(study.rows)
     if table.empty:
         raise UserError(f"{study_dir}/trials.csv has no trials yet; run or resume the study first")
-    baseline = check_choices(table, metric, baseline, test, correction, len(cfg.search.seed_list))
+    # the seeds a sequential plan's looks have trained so far, else every planned seed
+    seeds = table["seed"].nunique() if cfg.search.seed_plan else len(cfg.search.seed_list)
+    baseline = check_choices(table, metric, baseline, test, correction, seeds)
     df = scored(table, metric)
     if df.empty:
         raise UserError(f"{study_dir} has no finished trials yet; wait for some or resume the study")
