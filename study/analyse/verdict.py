@@ -175,19 +175,24 @@ def looks_words(summary: pd.DataFrame) -> tuple[bool, str] | None:
     plan = f"looks at {', '.join(map(str, looks))} seeds"
     if not done:
         return False, f"Sequential plan ({plan}): no look yet ({looks[0]} seeds with a complete grid needed)."
-    open_ = [f"{QUESTIONS[q]} for {a}" for q in QUESTIONS for a in family
-             if f"stop_{q}" in rows and rows.loc[a, f"stop_{q}"] == "open"]
+    def by_question(outcome: str) -> dict[str, list[str]]:
+        return {q: arms for q in QUESTIONS if f"stop_{q}" in rows
+                and (arms := [a for a in family if rows.loc[a, f"stop_{q}"] == outcome])}
+
+    def listed(questions: dict[str, list[str]]) -> str:
+        return "; ".join(f"{QUESTIONS[q]}? for {', '.join(arms)}" for q, arms in questions.items())
+
+    open_ = by_question("open")
     where = f"look {done} of {len(looks)} ({looks[done - 1]} seeds)"
-    stalled = [f"{QUESTIONS[q]} for {a}" for q in QUESTIONS for a in family
-               if f"stop_{q}" in rows and rows.loc[a, f"stop_{q}"] == "stalled"]
+    stalled = by_question("stalled")
     if not open_ and stalled:
         return True, (f"Sequential plan ({plan}): at {where} every question is decided or past deciding (at its "
-                      f"current estimate, more seeds up to {looks[-1]} would not decide {'; '.join(stalled)}); "
+                      f"current estimate, more seeds up to {looks[-1]} would not decide {listed(stalled)}); "
                       "the study stops there.")
     if not open_:
         return True, f"Sequential plan ({plan}): every question decided at {where}; the study stops there."
     if done == len(looks):
-        return True, (f"Sequential plan ({plan}): at the last look, {where}, still undecided: {'; '.join(open_)} "
+        return True, (f"Sequential plan ({plan}): at the last look, {where}, still undecided: {listed(open_)} "
                       "(answered \"not shown\").")
     seeds = f"seed {looks[done - 1]}" if looks[done] - looks[done - 1] == 1 else \
         f"seeds {looks[done - 1]}-{looks[done] - 1}"
@@ -195,10 +200,10 @@ def looks_words(summary: pd.DataFrame) -> tuple[bool, str] | None:
     shown = {q: sum(1 for a in family if rows.loc[a, f"stop_{q}"] == "rejected") for q in QUESTIONS
              if f"stop_{q}" in rows}
     fractions = tuple(n / looks[-1] for n in looks)
-    needs = ", ".join(
+    needs = " and ".join(
         f"p ≤ {nominal_levels(fractions, attrs['alpha'] / max(1, len(family) - k), attrs['spending'])[done]:.2g} "
-        f"for {QUESTIONS[q]}" for q, k in shown.items() if any(f"{QUESTIONS[q]} for" in o for o in open_))
-    return False, (f"Sequential plan ({plan}): at {where} undecided: {'; '.join(open_)}; the next wave trains {seeds}, "
+        f"({QUESTIONS[q]}?)" for q, k in shown.items() if q in open_)
+    return False, (f"Sequential plan ({plan}): at {where} undecided: {listed(open_)}; the next wave trains {seeds}, "
                    f"whose look needs {needs}.")
 
 
