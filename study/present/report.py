@@ -20,7 +20,7 @@ from rich.table import Table
 from ..analyse.analysis import ALPHA, CONFIDENCE, CONTROL, SELECTED_BY, arm_of, best_cells, cells, grid, scored, summarize
 from ..analyse.answers import answers_json
 from ..analyse.paired import CORRECTIONS, TESTS, seeds_needed, smallest_p
-from ..analyse.verdict import answers, markdown, verdict_parts
+from ..analyse.verdict import answers, looks_words, markdown, verdict_parts
 from ..define.claims import CLAIMS, QUESTIONS
 from ..define.location import PLAN_FILE
 from ..errors import UserError
@@ -252,6 +252,10 @@ def report_json(study: Study, metric: str = "test_acc_at_best_val", baseline: st
     return answers_json(summary, parts)
 
 
+# MLflow's longest tag value (mlflow.utils.validation.MAX_TAG_VAL_LENGTH): a run's description is a tag
+NOTE_LIMIT = 8000
+
+
 def write_report(study: Study, metric: str = "test_acc_at_best_val", baseline: str = "wd", test: str = "t",
                  correction: str = "holm", out_dir: Path | None = None, attach_to_mlflow: bool = True,
                  verbose: bool = False) -> Path:
@@ -314,8 +318,14 @@ def write_report(study: Study, metric: str = "test_acc_at_best_val", baseline: s
         print("no Chromium found for PNG export: install one (apt-get install chromium) or set BROWSER_PATH")
     if attach_to_mlflow:
         status = table["status"] if "status" in table else pd.Series(dtype=str)
-        complete = len(table) >= study.planned_trials and status.isin(["TERMINATED", "ERROR"]).all()
-        attach(study_dir, artifacts, markdown(parts), summary, "FINISHED" if complete else None)
+        stopped = looks_words(summary)  # a sequential study is done once its looks stop it
+        planned = len(table) >= study.planned_trials if stopped is None else stopped[0]
+        complete = planned and status.isin(["TERMINATED", "ERROR"]).all()
+        description = markdown(parts)
+        if len(description) > NOTE_LIMIT:  # MLflow would cut it mid-sentence: the answers, and where the rest is
+            description = markdown(short + ["Every exploratory number, the decay-mass decomposition and the limits: "
+                                            "report.html among this run's artifacts."])
+        attach(study_dir, artifacts, description, summary, "FINISHED" if complete else None)
     return html
 
 
