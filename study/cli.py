@@ -142,11 +142,12 @@ def cmd_run(cfg, report: bool, yes: bool = False, resume: str | None = None) -> 
         try:
             baseline = "wd" if "wd" in cfg.search.variants else arms_of(cfg)[0]
             look = None
-            if cfg.search.seed_plan and cfg.search.mode == "grid":
+            if cfg.search.seed_plan and cfg.search.mode == "grid":  # a sequential plan: a look after each wave
+                from functools import partial
+
                 from .present.report import look as report_look
 
-                def look(path):
-                    return report_look(path, baseline)
+                look = partial(report_look, baseline=baseline)
             sweep.run_study(cfg, yes, look)
             if report:  # the report ends the parent run, FINISHED, with the verdict attached
                 from .present.report import write_report

@@ -13,7 +13,7 @@ import pytest
 
 from study.store.table import read_rows
 
-from .conftest import ARGS, PYTHON, final_metrics, no_ray_left, run_study_cli, study_env, tiny_args
+from .conftest import ARGS, PYTHON, children, final_metrics, no_ray_left, run_study_cli, study_env, tiny_args
 from .test_resilience import start_driver
 
 pytestmark = pytest.mark.slow
@@ -49,6 +49,11 @@ def test_a_question_decided_at_the_first_look_trains_no_second_wave(tmp_path):
         "better": (1, 3, "futile"), "more_robust": (1, 3, "futile")}
     claim = lpwd["claims"]["lambda_regret"]
     assert -1000 < claim["lo"] < claim["hi"] < 1000
+    client, runs = children(tmp_path / "mlflow.db", "seq1")
+    assert len(runs) == 12  # one run per trained trial
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED"  # stopped by its look, not left RUNNING for trials never planned
+    assert "decided at look 1 of 2 (3 seeds)" in parent.data.tags["mlflow.note.content"]
     status = subprocess.run([PYTHON, "-m", "study", "status", str(study_dir)], cwd=tmp_path, env=study_env(),
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stderr

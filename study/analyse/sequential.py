@@ -79,7 +79,7 @@ def boundaries(fractions: tuple[float, ...], alpha: float, spending: str = "poco
     α(t_k) − α(t_{k−1}).
     """
     out: list[float] = []
-    grid = density = None  # the continuation region's grid and the sub-density on it
+    grid = density = weights = None  # the continuation region's grid, the sub-density on it, Simpson's weights
     previous = 0.0
     for k, t in enumerate(fractions):
         increment = spent(t, alpha, spending) - previous
