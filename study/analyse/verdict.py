@@ -62,7 +62,10 @@ def value(claim: str, x: float) -> str:
 
 
 def _signed(x: float, digits: int) -> str:
-    """A signed number that never reads as 0 when it is not: ``+0.03`` rather than ``+0.0``."""
+    """A signed number that never reads as 0 when it is not: ``+0.03`` rather than ``+0.0`` (floating-point
+    dust below 1e-9, a difference of equal means summed in another order, is 0)."""
+    if abs(x) < 1e-9:
+        x = 0.0
     text = f"{x:+.{digits}f}"
     while x != 0 and float(text) == 0 and digits < 4:
         digits += 1
