@@ -20,9 +20,16 @@ pytestmark = pytest.mark.slow
 RAY = str(Path(PYTHON).parent / "ray")
 
 
-def test_ray_job_submit_runs_a_study(tmp_path):
+# a sequential seed plan whose first look leaves its questions open (λ too small to tell the arms apart, no
+# curtailment): the job runs both waves and its looks unattended
+SEQUENTIAL = ["--set", "search.seeds={start: 3, step: 1, max: 4}", "--set", "search.weight_decay=[0.001,0.003]",
+              "--set", "verdict.curtail=false"]
+
+
+@pytest.mark.parametrize("plan", [[], SEQUENTIAL], ids=["fixed seeds", "sequential plan"])
+def test_ray_job_submit_runs_a_study(tmp_path, plan):
     """docs/cluster.md's recipe as written: token authentication on, the same token and mode given to
-    the head and to the machine that submits."""
+    the head and to the machine that submits; a sequential study runs to its decision the same way."""
     import secrets
 
     temp = short_tmpdir("h")
@@ -39,7 +46,7 @@ def test_ray_job_submit_runs_a_study(tmp_path):
         assert wait_until_answers(f"http://127.0.0.1:{dash}/api/version", head, 120, env["RAY_AUTH_TOKEN"]), \
             "the Ray head did not start"
         args = tiny_args("job", "--set", f"storage={tmp_path}/studies", "--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-                         "--set", "search.weight_decay=[0.0,0.1]", "--set", "train.epochs=2", "--no-report")
+                         "--set", "search.weight_decay=[0.0,0.1]", "--set", "train.epochs=2", *plan, "--no-report")
         args[1] = "configs/quick.yaml"  # relative to the uploaded working dir
         job = subprocess.run([RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
                               "--", PYTHON, "-m", "study", *args], env=env, capture_output=True, text=True, timeout=400)
@@ -49,7 +56,13 @@ def test_ray_job_submit_runs_a_study(tmp_path):
         # nothing to the machine that submits)
         assert "ray job submit --address http://HEAD:8265 --working-dir . -- python -m study status" in job.stdout
         rows = list(csv.DictReader(open(tmp_path / "studies" / "job" / "trials.csv")))
-        assert len(rows) == 2 * 2 * 2 and all(r["status"] == "TERMINATED" for r in rows)
+        if plan:  # seeds 0-2, a look, then seed 3: 2 η × 2 λ × 2 arms a seed
+            assert "at look 1 of 2 (3 seeds) undecided" in job.stdout, job.stdout[-3000:]
+            assert sorted({(r["experiment"], r["seed"]) for r in rows}) == [
+                ("grid", "0"), ("grid", "1"), ("grid", "2"), ("grid-wave2", "3")]
+            assert len(rows) == 2 * 2 * 2 * 4 and all(r["status"] == "TERMINATED" for r in rows)
+        else:
+            assert len(rows) == 2 * 2 * 2 and all(r["status"] == "TERMINATED" for r in rows)
         assert max(float(r["test_acc_at_best_val"]) for r in rows) > 0.5
     finally:
         os.killpg(head.pid, signal.SIGTERM)
