@@ -140,7 +140,9 @@ def cmd_run(cfg, report: bool, yes: bool = False, resume: str | None = None) -> 
     sweep.prepare_study_dir(cfg)
     with owned(study_dir, "run"), pushed(cfg):  # the sweep and its report, one owner throughout
         try:
-            baseline = "wd" if "wd" in cfg.search.variants else arms_of(cfg)[0]
+            from .define.config import baseline_arm
+
+            baseline = baseline_arm(cfg)
             look = None
             if cfg.search.seed_plan and cfg.search.mode == "grid":  # a sequential plan: a look after each wave
                 from functools import partial

@@ -424,9 +424,10 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
                 "" if r["arm"] == baseline else CONTROL if r["arm"] not in family else
                 answer(CLAIMS[name], r[f"diff_{name}"], int(r[f"n_{name}"]), r[f"p_adj_{question}"], alpha)
                 for _, r in out.iterrows()]
-        if looks:
-            sequential_answers(out, stat, g, b, family, {q: n for q, n in primary.items() if n not in undefined},
-                               looks, alpha, min_effect, steps, spending, curtail)
+    done = looks_done(looks, stat, g, b, family, primary) if looks and b is not None else None
+    if done:
+        sequential_answers(out, stat, g, b, family, {q: n for q, n in primary.items() if n not in undefined},
+                           looks, done, alpha, min_effect, steps, spending, curtail)
     out.attrs.update({"metric": metric, "selected_by": SELECTED_BY[metric], "baseline": baseline, "test": test,
                       "correction": correction, "alpha": alpha, "confidence": CONFIDENCE, "min_seeds": MIN_SEEDS,
                       "seeds": len(g.seeds), "primary": primary, "cells_per_arm": g.shape[1] * g.shape[2],
@@ -435,7 +436,7 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
                       "decomposition": decompose(stat, by_seed, g.arms, g.lrs, primary, alpha, g.resolution),
                       "looks": list(looks) if looks else None, "min_effect": min_effect,
                       "spending": spending if looks else None,
-                      "looks_done": looks_done(looks, stat, g, b, family, primary) if looks and b is not None else None})
+                      "looks_done": done})
     return out
 
 
@@ -449,32 +450,29 @@ def looks_done(looks: list[int], stat: dict, g: Grid, b: int, family: list[str],
 
 
 def sequential_answers(out: pd.DataFrame, stat: dict, g: Grid, b: int, family: list[str], primary: dict,
-                       looks: list[int], alpha: float, min_effect: float | None, steps: dict,
+                       looks: list[int], done: int, alpha: float, min_effect: float | None, steps: dict,
                        spending: str, curtail: bool) -> None:
-    """Each family arm's primary answers decided over the looks (``sequential``), written into ``out``:
-    the answer, the look and seeds that decided it and why (``stop_*``), and the primary claim's
-    difference and repeated confidence interval at that look, so every word has its number."""
-    done = looks_done(looks, stat, g, b, family, primary)
-    if not done:
-        return
+    """Each family arm's primary answers decided over the first ``done`` of the plan's ``looks``
+    (``sequential``), written into ``out``: the answer, the look and seeds that decided it and why
+    (``stop_*``), and the primary claim's difference and repeated confidence interval at that look, so
+    every word has its number."""
     for question, name in primary.items():
-        history = {}
+        history, used = {}, {}
         for arm in family:
             a = g.arms.index(arm)
             history[arm] = []
             for n in looks[:done]:
-                d, _ = compare(stat[name][:, :n], a, b, resolution=steps[name])
+                d, used[arm, n] = compare(stat[name][:, :n], a, b, resolution=steps[name])
                 history[arm].append(Look(n, d.diff, d.se, d.p, d.n))
         decisions = decide(history, looks, alpha, min_effect, spending, curtail)
         for arm, dec in decisions.items():
             i = out.index[out["arm"] == arm][0]
-            a, n = g.arms.index(arm), dec.seeds
-            both = paired_seeds(stat[name][:, :n], [a, b])
+            a, both = g.arms.index(arm), used[arm, dec.seeds]
             ans = out.at[i, f"answer_{question}"]
             if ans != "cannot be shown":
                 ans = ("ruled out" if dec.outcome == "futile" else "not shown" if dec.outcome in ("open", "stalled")
                        else "shown" if dec.diff * CLAIMS[name].better_sign() > 0 else "shown worse")
-            values = {f"answer_{question}": ans, f"look_{question}": dec.look, f"seeds_{question}": n,
+            values = {f"answer_{question}": ans, f"look_{question}": dec.look, f"seeds_{question}": dec.seeds,
                       f"stop_{question}": dec.outcome, f"level_{question}": dec.level, f"p_adj_{question}": math.nan,
                       f"diff_{name}": dec.diff, f"diff_{name}_lo": dec.lo, f"diff_{name}_hi": dec.hi,
                       f"p_{name}": dec.p, f"n_{name}": len(both), f"se_{name}": dec.se,

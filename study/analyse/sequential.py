@@ -5,12 +5,14 @@ first ``start`` seeds, then ``step`` more at a time, up to ``max``. After each w
 the verdict's primary questions are analysed on the seeds so far. Looking repeatedly at a
 fixed-α test would inflate its false-positive rate, so each look has its own boundary:
 
-* **Spending.** Each question's α is spent over the looks, α/2 on each side, by the
-  Lan-DeMets function of O'Brien-Fleming type, α(t) = 2 − 2Φ(z_{1−α/4} / √t) per side, with t
-  the information fraction (seeds so far / ``max``): almost nothing at an early look, nearly
-  all at the last (Lan & DeMets 1983; gsDesign's ``sfLDOF``). The boundaries c_k solve P(no |Z_j| ≥ c_j before k, |Z_k| ≥ c_k) =
-  α(t_k) − α(t_{k−1}) for the z statistics of one growing sample, computed by recursive
-  numerical integration (Armitage, McPherson & Rowe 1969), as gsDesign does.
+* **Spending.** Each question's α is spent over the looks, α/2 on each side, by a Lan-DeMets
+  function of the information fraction t (seeds so far / ``max``): Pocock type (the default,
+  (α/2)·ln(1 + (e − 1)t) per side: about even levels, so a clear answer stops early) or
+  O'Brien-Fleming type (2 − 2Φ(z_{1−α/4} / √t) per side: almost nothing early, nearly all at
+  the last look), as gsDesign's ``sfLDPocock`` and ``sfLDOF`` (Lan & DeMets 1983). The
+  boundaries c_k solve P(no |Z_j| ≥ c_j before k, |Z_k| ≥ c_k) = α(t_k) − α(t_{k−1}) for the
+  z statistics of one growing sample, computed by recursive numerical integration
+  (Armitage, McPherson & Rowe 1969), as gsDesign does.
 * **Few seeds.** A look's paired t-test has n − 1 degrees of freedom, not a z's infinity: a
   look rejects when the t-test's p-value is below the boundary's nominal level 2Φ(−c_k), the
   usual way of carrying z boundaries to t statistics (Jennison & Turnbull 2000, §3.8).

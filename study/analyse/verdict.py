@@ -178,6 +178,7 @@ def looks_words(summary: pd.DataFrame) -> tuple[bool, str] | None:
     plan = f"looks at {', '.join(map(str, looks))} seeds"
     if not done:
         return False, f"Sequential plan ({plan}): no look yet ({looks[0]} seeds with a complete grid needed)."
+
     def by_question(outcome: str) -> dict[str, list[str]]:
         return {q: arms for q in QUESTIONS if f"stop_{q}" in rows
                 and (arms := [a for a in family if rows.loc[a, f"stop_{q}"] == outcome])}

@@ -519,6 +519,11 @@ def arms(cfg: StudyConfig) -> list[dict]:
     return out
 
 
+def baseline_arm(cfg: StudyConfig) -> str:
+    """The arm every other is compared with: ``wd`` when the study runs it, else its first arm."""
+    return "wd" if "wd" in cfg.search.variants else arms(cfg)[0]["arm"]
+
+
 def trial_grid(cfg: StudyConfig, seeds: list[int] | None = None) -> list[dict]:
     """Every planned (arm, lr, weight_decay, seed) trial of a grid study (of ``seeds`` only, when given:
     one wave of a sequential plan): one tidy-table row each."""

@@ -37,7 +37,7 @@ def sequential_counts(study) -> tuple[int, int, str]:
     """A sequential study's planned and trained trials so far: the waves its looks have asked for (the
     next one too while a question is open), and the look's sentence, from the report's own analysis."""
     from ..analyse.verdict import looks_words
-    from ..define.config import trained_grid, trial_grid
+    from ..define.config import baseline_arm, trained_grid, trial_grid
     from .report import analyse
 
     cfg = study.cfg
@@ -45,8 +45,7 @@ def sequential_counts(study) -> tuple[int, int, str]:
     decided, words, done = False, f"Sequential plan: no look yet ({len(waves[0])} seeds needed).", 0
     finished = [r for r in study.rows if r["status"] == "TERMINATED"]
     if finished:
-        baseline = "wd" if "wd" in cfg.search.variants else study.arms[0]["arm"]
-        summary = analyse(study, "test_acc_at_best_val", baseline, "t", "holm")[3]
+        summary = analyse(study, "test_acc_at_best_val", baseline_arm(cfg), "t", "holm")[3]
         decided, words = looks_words(summary) or (False, "")
         done = summary.attrs.get("looks_done") or 0
     asked = waves[:min(len(waves), done + (0 if decided else 1))]
