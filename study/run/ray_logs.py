@@ -62,7 +62,10 @@ def quiet_ray_logs() -> None:
     # on Ctrl-C Ray's multi-line "Tuner.restore(...)" advice is replaced by the CLI's one line,
     # and trials that never started have no results to complain about
     # and a resumed trial that had not yet synced its progress.csv ("Remote file not found") starts a new one
-    for noisy in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis", "ray.tune.logger.logger"):
+    # and on a busy machine Tune's "The `process_trial_result` operation took 0.7 s, which may be a performance
+    # bottleneck" is about the driver's own pace, which the progress line's ETA already shows
+    for noisy in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis", "ray.tune.logger.logger",
+                  "ray.tune.utils.util"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # a failed trial is one progress line ("errored (see study status)"), its error in the table, study
     # status and the trial's error.txt; Tune would also print each failure's whole traceback; a failed
