@@ -1,10 +1,13 @@
 """One rank of the DDP and FSDP2 tests (tests/test_training_setups.py): gloo on CPU, half the global
 batch each.
 
-    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python tests/ddp_worker.py VARIANT OUT_DIR [WRAP]
+    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python tests/ddp_worker.py VARIANT OUT_DIR [WRAP [BASE]]
 
 WRAP: ``ddp`` (default); ``fsdp-root``, FSDP2's ``fully_shard`` on the whole model only; ``fsdp-blocks``,
 the usual recipe: each hidden layer sharded on its own, the input and output layers in the root group.
+BASE: the base optimizer (default ``adam``). For ``muon`` the Newton-Schulz iteration runs in float64,
+like the model (timm runs it in bfloat16, whose rounding differs between a whole matrix and its
+shards by ~1e-3 after 6 steps): the test is of lpwd's decay on sharded weights, not of that rounding.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ def batch(t):
     return torch.randn(BATCH, 8, generator=g, dtype=torch.float64), torch.randint(4, (BATCH,), generator=g)
 
 
-def train(net, params_of, variant, part=slice(None), decays=None):
-    opt = lpwd.build_optimizer(net, variant, LR, LAM)
+def train(net, params_of, variant, part=slice(None), decays=None, base="adam"):
+    opt = lpwd.build_optimizer(net, variant, LR, LAM, base)
     if decays is not None:  # count the pre-forward decays, as the in-process tests do
         apply = opt._apply_decay
         opt._apply_decay = lambda: (decays.append(opt._steps), apply())
@@ -50,10 +53,24 @@ def train(net, params_of, variant, part=slice(None), decays=None):
     return [p.detach().clone() for p in params_of.parameters()]
 
 
-def reference(variant):
+def exact_newton_schulz():
+    """timm's Muon orthogonalises in float64 in this process (see the module docstring)."""
+    import functools
+
+    import timm.optim.muon as muon
+
+    if not getattr(muon.zeropower_via_newtonschulz, "exact", False):
+        exact = functools.partial(muon.zeropower_via_newtonschulz, dtype=torch.float64)
+        exact.exact = True
+        muon.zeropower_via_newtonschulz = exact
+
+
+def reference(variant, base="adam"):
     """The same global batches in one process."""
+    if base == "muon":
+        exact_newton_schulz()
     net = model()
-    return train(net, net, variant)
+    return train(net, net, variant, base=base)
 
 
 def main():
@@ -61,19 +78,22 @@ def main():
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     wrap = sys.argv[3] if len(sys.argv) > 3 else "ddp"
+    base = sys.argv[4] if len(sys.argv) > 4 else "adam"
+    if base == "muon":
+        exact_newton_schulz()
     inner = model()
     share = BATCH // world
     part = slice(rank * share, (rank + 1) * share)
     decays = []
     if wrap == "ddp":
-        weights = train(nn.parallel.DistributedDataParallel(inner), inner, variant, part, decays)
+        weights = train(nn.parallel.DistributedDataParallel(inner), inner, variant, part, decays, base)
     else:
         from torch.distributed.fsdp import fully_shard
 
         if wrap == "fsdp-blocks":
             fully_shard(inner[2])
         fully_shard(inner)
-        sharded = train(inner, inner, variant, part, decays)
+        sharded = train(inner, inner, variant, part, decays, base)
         weights = [p.full_tensor() for p in sharded]
     (out / f"rank{rank}.pkl").write_bytes(pickle.dumps({"weights": weights, "decays": decays[:-1],
                                                           "diagnostics": decays[-1]}))

@@ -81,6 +81,26 @@ def test_torch_compile_before_or_after_building_gives_the_eager_update(variant):
         assert counters["stats"]["unique_graphs"] == 1, (order, dict(counters["stats"]))  # no recompile per lr
 
 
+@pytest.mark.parametrize("base", ["lion", "adafactor", "muon"])
+@pytest.mark.parametrize("variant", ["lpwd", "cwd"])
+def test_torch_compile_gives_the_eager_update_on_other_bases(variant, base):
+    """The hooks and the shrink are the ones compiled above on Adam; here with the bases' own kernels
+    (timm's Lion and Muon, torch's Adafactor) behind them: a compiled model trains as the eager one."""
+    from torch._dynamo.utils import counters
+
+    model = mlp()
+    eager = train(model, lpwd.build_optimizer(model, variant, LR, LAM, base), model)
+    torch._dynamo.reset()
+    counters.clear()
+    model = mlp()
+    opt = lpwd.build_optimizer(model, variant, LR, LAM, base)
+    decays = counting_decays(opt)
+    got = train(model, opt, torch.compile(model))
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(got, eager))
+    assert decays == (list(range(8)) if variant == "lpwd" else [])
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
 def vit():
     timm = pytest.importorskip("timm")
     return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10)
@@ -150,7 +170,7 @@ def test_the_newest_pre_decay_optimizer_takes_the_parameters_over():
 def scaler_loop(variant, base, fast, skip_at):
     """fp32 training through GradScaler at a constant lr; the step at ``skip_at`` has infinite gradients."""
     model = mlp(torch.float32)
-    opt = lpwd.build_optimizer(model, variant, LR, LAM, base, fused=fast)
+    opt = lpwd.build_optimizer(model, variant, LR, LAM, base, **({} if fast is None else {"fused": fast}))
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1000)
     for t in range(5):
         x, y = data(t, torch.float32)
@@ -164,15 +184,17 @@ def scaler_loop(variant, base, fast, skip_at):
     return [p.detach().clone() for p in model.parameters()], scaler.get_scale()
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["fused", "single-tensor"])
-@pytest.mark.parametrize("base", ["adam", "sgd"])  # sgd with momentum: wd and rwd are a separate pass there
+@pytest.mark.parametrize("base,fast", [("adam", True), ("adam", False), ("sgd", True), ("sgd", False),
+                                       ("lion", None), ("adafactor", None), ("muon", None)],
+                         ids=["adam-fused", "adam-single-tensor", "sgd-fused", "sgd-single-tensor", "lion",
+                              "adafactor", "muon"])  # sgd with momentum: wd and rwd are a separate pass there
 @pytest.mark.parametrize("variant", lpwd.VARIANTS)
 def test_a_step_grad_scaler_skips_changes_nothing(variant, base, fast):
     skipped, scale = scaler_loop(variant, base, fast, skip_at=2)
     assert scale == 2.0**7  # the scaler did see the infinite gradients and skipped
     # the same run without that batch: one decay and one update per applied step
     model = mlp(torch.float32)
-    opt = lpwd.build_optimizer(model, variant, LR, LAM, base, fused=fast)
+    opt = lpwd.build_optimizer(model, variant, LR, LAM, base, **({} if fast is None else {"fused": fast}))
     for t in (0, 1, 3, 4):
         x, y = data(t, torch.float32)
         opt.zero_grad()
@@ -214,19 +236,54 @@ def test_autocast_loop_matches_decay_then_torch_adam(dtype):
     assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(ours, ref))
 
 
+@pytest.mark.parametrize("base", ["lion", "adafactor", "muon"])
+def test_autocast_loop_matches_decay_then_the_base_with_its_decay_off(base):
+    """Under bf16 autocast, lpwd on another base = shrink each weight by (1 − lr λ_l) before the forward,
+    then that base with no decay of its own (``none``)."""
+    def loop(model, opt, before_forward):
+        for t in range(5):
+            x, y = data(t, torch.float32)
+            opt.zero_grad()
+            before_forward()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = nn.functional.cross_entropy(model(x).float(), y)
+            loss.backward()
+            opt.step()
+        return [p.detach() for p in model.parameters()]
+
+    model = mlp(torch.float32)
+    ours = loop(model, lpwd.build_optimizer(model, "lpwd", LR, LAM, base), lambda: None)
+    ref_model = mlp(torch.float32)
+    scales = {n: l / L for n, (l, L) in lpwd.layer_indices(ref_model).items()}
+    named = dict(ref_model.named_parameters())
+
+    @torch.no_grad()
+    def decay():
+        for n, p in named.items():
+            if p.ndim >= 2:
+                p.mul_(1 - LR * LAM * scales[n])
+
+    ref = loop(ref_model, lpwd.build_optimizer(ref_model, "none", LR, 0.0, base), decay)
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(ours, ref))
+
+
 DDP_WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant,wrap", [("wd", "ddp"), ("lpwd", "ddp"), ("cwd", "ddp"),
-                                          ("lpwd", "fsdp-root"), ("lpwd", "fsdp-blocks"), ("cwd", "fsdp-blocks")])
-def test_ddp_and_fsdp2_ranks_agree_with_the_single_process_reference(variant, wrap, tmp_path):
+@pytest.mark.parametrize("variant,wrap,base", [
+    ("wd", "ddp", "adam"), ("lpwd", "ddp", "adam"), ("cwd", "ddp", "adam"), ("lpwd", "fsdp-root", "adam"),
+    ("lpwd", "fsdp-blocks", "adam"), ("cwd", "fsdp-blocks", "adam"), ("lpwd", "fsdp-blocks", "lion"),
+    ("lpwd", "ddp", "adafactor"), ("lpwd", "ddp", "muon"), ("lpwd", "fsdp-blocks", "muon")])
+def test_ddp_and_fsdp2_ranks_agree_with_the_single_process_reference(variant, wrap, base, tmp_path):
     """FSDP2's own pre-forward hook all-gathers the root group's weights: lpwd's decay must run
-    before it (or the forward sees undecayed weights), and R_op is skipped on sharded tensors."""
+    before it (or the forward sees undecayed weights), and R_op is skipped on sharded tensors. Not
+    Adafactor under FSDP2: torch's Adafactor itself cannot step a sharded parameter (its in-place
+    ``pow_`` on a partial norm is refused by DTensor, torch 2.14.1), with or without lpwd."""
     from .conftest import free_port
 
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
-    procs = [subprocess.Popen([sys.executable, str(DDP_WORKER), variant, str(tmp_path), wrap],
+    procs = [subprocess.Popen([sys.executable, str(DDP_WORKER), variant, str(tmp_path), wrap, base],
                               env={**env, "RANK": str(r)}, start_new_session=True) for r in range(2)]
     try:
         assert [p.wait(timeout=300) for p in procs] == [0, 0]
@@ -235,7 +292,7 @@ def test_ddp_and_fsdp2_ranks_agree_with_the_single_process_reference(variant, wr
             if p.poll() is None:
                 os.killpg(p.pid, 9)
     ranks = [pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes()) for r in range(2)]
-    ref = reference(variant)  # the same global batches in one process
+    ref = reference(variant, base)  # the same global batches in one process
     assert all(torch.equal(a, b) for a, b in zip(ranks[0]["weights"], ranks[1]["weights"]))
     assert all(torch.allclose(a, b, rtol=0, atol=1e-10) for a, b in zip(ranks[0]["weights"], ref))
     assert ranks[0]["decays"] == (list(range(6)) if variant == "lpwd" else [])  # once per step, in the forward
