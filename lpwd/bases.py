@@ -64,6 +64,33 @@ KNOWN_CLASSES = {
 }
 
 
+# bases that cannot step a sharded (FSDP2, DTensor) parameter at all, with or without a decay variant
+NOT_SHARDABLE = {
+    "torch.optim:Adafactor": "torch's Adafactor cannot step FSDP2-sharded parameters (DTensor refuses its in-place "
+                             "pow_ on a partial norm, torch 2.14); train it with DDP, or shard with another base",
+}
+
+
+def _tensors(params):
+    """The tensors of an optimizer's ``params`` argument: tensors, (name, tensor) pairs or param groups."""
+    for x in params:
+        if isinstance(x, dict):
+            yield from _tensors([x["params"]] if isinstance(x["params"], torch.Tensor) else x["params"])
+        else:
+            yield x[1] if isinstance(x, tuple) else x
+
+
+def refuse_sharded(cls: type[torch.optim.Optimizer], params) -> None:
+    """One line, at build time, instead of a DTensor traceback at the first step."""
+    from torch.distributed.tensor import DTensor
+
+    for path, why in NOT_SHARDABLE.items():
+        module, name = path.split(":")
+        known = getattr(sys.modules.get(module), name, None)
+        if known is not None and known in cls.__mro__ and any(isinstance(p, DTensor) for p in _tensors(params)):
+            raise ValueError(why)
+
+
 def kernel_decay_of(cls: type[torch.optim.Optimizer]) -> str | None:
     """What ``cls``'s own weight_decay does (module docstring); None for a class not known here.
     A known class's library is already imported when one of its classes is passed: nothing is imported."""

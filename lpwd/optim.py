@@ -79,7 +79,7 @@ import torch
 from torch import nn
 
 from . import cautious
-from .bases import BASES, check_kwargs, kernel_decay_of, muon_groups
+from .bases import BASES, check_kwargs, kernel_decay_of, muon_groups, refuse_sharded
 from .diagnostics import OpposingPenaltyProbe, is_dtensor, layer_weight_norms
 from .layers import LayerSchedule, layer_indices, layer_scale, normalise_mass, no_decay_names, resolve_schedule, unwrap
 
@@ -717,6 +717,9 @@ def decayed(base: type[torch.optim.Optimizer], params=None, lr: float = 1e-3, we
     other keyword arguments go to ``base``."""
     if params is None and model is None:
         raise ValueError("pass model=<the model> (or params=... and model=... for lpwd)")
+    if params is not None:
+        params = list(params)  # a generator is read twice: by the check and by the optimizer
+    refuse_sharded(base, model.parameters() if params is None else params)
     return decayed_class(base)(model if params is None else params, lr, weight_decay, variant=variant, model=model,
                                **kwargs)
 
@@ -819,6 +822,7 @@ def build_optimizer(
     groups = decay_groups(model, weight_decay, decay_bias_and_norm, decay_no_weight_decay)
     if base == "muon":
         groups = muon_groups(model, groups)
+    refuse_sharded(BASES[base].load(), groups)
     return decayed_class(BASES[base].load())(
         groups, lr, float(weight_decay), variant=variant, model=model, layer_schedule=layer_schedule,
         strict=strict, diagnostics_every=diagnostics_every, diagnostics_sample=diagnostics_sample,

@@ -267,6 +267,30 @@ def test_autocast_loop_matches_decay_then_the_base_with_its_decay_off(base):
     assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(ours, ref))
 
 
+def test_adafactor_on_sharded_parameters_is_refused_in_one_line_while_torch_cannot_step_them():
+    """FSDP2 on a one-rank group: building lpwd on Adafactor over DTensor parameters is refused, by name
+    and by class, before any step; Lion builds. The refusal stands while torch's own Adafactor still
+    fails on them (the last assertion): when a torch release steps them, it fails and the refusal goes."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        net = mlp()
+        fully_shard(net)
+        for build in (lambda: lpwd.build_optimizer(net, "lpwd", LR, LAM, "adafactor"),
+                      lambda: lpwd.decayed(torch.optim.Adafactor, lr=LR, weight_decay=LAM, model=net)):
+            with pytest.raises(ValueError, match="torch's Adafactor cannot step FSDP2-sharded parameters"):
+                build()
+        lpwd.build_optimizer(net, "lpwd", LR, LAM, "lion")
+        plain = torch.optim.Adafactor(net.parameters(), lr=LR)
+        nn.functional.cross_entropy(net(data(0)[0]), data(0)[1]).backward()
+        with pytest.raises(RuntimeError, match="pow_"):
+            plain.step()
+    finally:
+        dist.destroy_process_group()
+
+
 DDP_WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
