@@ -27,10 +27,10 @@ def dataset(batches):
     return torch.randn(batches * BATCH, 8, generator=g), torch.randint(4, (batches * BATCH,), generator=g)
 
 
-def eager(variant, batches, steps, accumulate=1, bf16=False, clip=None):
+def eager(variant, batches, steps, accumulate=1, bf16=False, clip=None, base="adam"):
     """The plain loop: the reference every client is held to."""
     model = net()
-    opt = lpwd.build_optimizer(model, variant, LR, LAM)
+    opt = lpwd.build_optimizer(model, variant, LR, LAM, base)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
     x, y = dataset(batches)
     order = [b % batches for b in range(steps * accumulate)]
@@ -59,9 +59,10 @@ class Classifier(L.LightningModule):
     """docs/library.md's recipe: build_optimizer(self, ...) in configure_optimizers. ``style="net"``
     calls ``self.net(x)`` in training_step, as Lightning's own examples do."""
 
-    def __init__(self, variant="lpwd", style="self"):
+    def __init__(self, variant="lpwd", style="self", base="adam"):
         super().__init__()
         self.net, self.variant, self.style, self.decays, self.lr = net(), variant, style, [], LR
+        self.base = base
 
     def forward(self, x):
         return self.net(x)
@@ -71,7 +72,7 @@ class Classifier(L.LightningModule):
         return nn.functional.cross_entropy(self.net(x) if self.style == "net" else self(x), y)
 
     def configure_optimizers(self):
-        opt = lpwd.build_optimizer(self, self.variant, self.lr, LAM)
+        opt = lpwd.build_optimizer(self, self.variant, self.lr, LAM, self.base)
         self.decays = counting_decays(opt)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -101,6 +102,18 @@ def test_lightning_matches_the_eager_loop(case, variant):
     ref = eager(variant, 4, STEPS, accumulate=2 if "accumulate" in case else 1,
                 bf16="bf16" in case, clip=0.5 if "clipping" in case else None)
     assert same(module.net.parameters(), ref, atol=1e-6 if "bf16" not in case else 1e-5)
+    assert module.decays == (list(range(STEPS)) if variant == "lpwd" else [])
+
+
+@pytest.mark.parametrize("variant", ["lpwd", "cwd"])
+@pytest.mark.parametrize("base", ["lion", "adafactor", "muon"])
+def test_lightning_matches_the_eager_loop_on_other_bases(base, variant):
+    """Lightning's loop with accumulation over timm's Lion and Muon and torch's Adafactor: the eager loop's weights."""
+    module = Classifier(variant, base=base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fit(module, batches=4, steps=STEPS, accumulate_grad_batches=2)
+    assert same(module.net.parameters(), eager(variant, 4, STEPS, accumulate=2, base=base))
     assert module.decays == (list(range(STEPS)) if variant == "lpwd" else [])
 
 
@@ -160,7 +173,7 @@ def token_batches():
     return [{"input_ids": ids[i], "labels": int(ids[i, 0] % 3)} for i in range(BATCH)]
 
 
-def hf_trainer(model, out):
+def hf_trainer(model, out, cls=lpwd.DecayedAdam):
     """The documented recipe, with accumulation and activation checkpointing: the Trainer hands the
     ``model`` entry to the class as its parameters, grouped as build_optimizer groups them."""
     from transformers import Trainer, TrainingArguments
@@ -171,24 +184,30 @@ def hf_trainer(model, out):
         warmup_steps=0, max_grad_norm=0.0, use_cpu=True, report_to=[], save_strategy="steps", save_steps=2,
         logging_strategy="no", train_sampling_strategy="sequential", seed=0)
     trainer = Trainer(model=model, args=args, train_dataset=token_batches(),
-                      optimizer_cls_and_kwargs=(lpwd.DecayedAdam, {"variant": "lpwd", "model": model, "lr": LR,
-                                                                  "weight_decay": LAM}))
+                      optimizer_cls_and_kwargs=(cls, {"variant": "lpwd", "model": model, "lr": LR,
+                                                      "weight_decay": LAM}))
     trainer.create_optimizer()
     return trainer, counting_decays(trainer.optimizer)
 
 
-def test_hugging_face_trainer_with_optimizer_cls_and_kwargs_matches_the_eager_loop_and_resumes(tmp_path):
+@pytest.mark.parametrize("base", ["adam", "lion", "adafactor"])
+def test_hugging_face_trainer_with_optimizer_cls_and_kwargs_matches_the_eager_loop_and_resumes(base, tmp_path):
+    """The Trainer builds the class from its own parameter groups: DecayedAdam, or any base through
+    ``lpwd.decayed_class`` (Muon is left out: its split into Muon and AdamW groups is build_optimizer's)."""
+    from lpwd.bases import BASES
+
+    cls = lpwd.DecayedAdam if base == "adam" else lpwd.decayed_class(BASES[base].load())
     model = tiny_bert()
-    trainer, decays = hf_trainer(model, tmp_path)
+    trainer, decays = hf_trainer(model, tmp_path, cls)
     trainer.train()
     assert decays == [0, 1, 2]
     resumed = tiny_bert()
-    trainer, decays = hf_trainer(resumed, tmp_path)
+    trainer, decays = hf_trainer(resumed, tmp_path, cls)
     trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert decays == [2] and same(resumed.parameters(), model.parameters())
 
     ref = tiny_bert()
-    opt = lpwd.build_optimizer(ref, "lpwd", LR, LAM)
+    opt = lpwd.build_optimizer(ref, "lpwd", LR, LAM, base)
     rows = token_batches()
     ids, labels = torch.stack([r["input_ids"] for r in rows]), torch.tensor([r["labels"] for r in rows])
     ref.train()
@@ -201,12 +220,13 @@ def test_hugging_face_trainer_with_optimizer_cls_and_kwargs_matches_the_eager_lo
     assert same(model.parameters(), ref.parameters())
 
 
-def test_accelerate_prepare_and_accumulate_match_the_eager_loop():
+@pytest.mark.parametrize("base", ["adam", "lion", "adafactor", "muon"])
+def test_accelerate_prepare_and_accumulate_match_the_eager_loop(base):
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
     model = net()
-    opt = lpwd.build_optimizer(model, "lpwd", LR, LAM)
+    opt = lpwd.build_optimizer(model, "lpwd", LR, LAM, base)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
     decays = counting_decays(opt)
     wrapped, wrapped_opt, wrapped_sched = accelerator.prepare(model, opt, sched)
@@ -219,7 +239,7 @@ def test_accelerate_prepare_and_accumulate_match_the_eager_loop():
             wrapped_sched.step()
             wrapped_opt.zero_grad()
     assert decays == list(range(STEPS))
-    assert same(model.parameters(), eager("lpwd", 2, STEPS, accumulate=2))
+    assert same(model.parameters(), eager("lpwd", 2, STEPS, accumulate=2, base=base))
 
 
 # -- timm -------------------------------------------------------------------------------------------
