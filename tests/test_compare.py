@@ -205,3 +205,34 @@ def test_a_setting_whose_seeds_all_tie_is_pooled_with_the_one_image_floor(tmp_pa
     for setting in (tied, nudged):
         p = compare([*others, setting])["pooled"]["lpwd"]["better"]
         assert p["left_out"] == [] and p["k"] == 3 and p["lo"] < p["hi"]
+
+
+def test_a_setting_whose_arms_both_tune_decay_off_leaves_the_better_pool(tmp_path):
+    """Where λ > 0 only hurts, every seed's tuned cell is λ = 0 for both arms: one shared trial, a
+    difference of 0 by construction and no spread. The study answers "better?" with "cannot be shown"
+    and why, keeps its robustness answer, and ``compare`` pools "better?" over the other settings only,
+    saying which it left out, instead of letting the one-image floor outweigh them all."""
+    surface = QUICK_SURFACE.copy()
+    surface[:, 1:] -= 8.0  # every λ > 0 cell well below the λ = 0 trial
+    others = [hand_made_study(tmp_path / "s", f"robust{i}", ROBUST, rng_seed=50 + i) for i in range(3)]
+    off = hand_made_study(tmp_path / "s", "off", ROBUST, rng_seed=60, shape=Shape(surface=surface))
+    report = subprocess.run([PYTHON, "-m", "study", "report", str(off), "--json"], env=study_env(),
+                            capture_output=True, text=True, timeout=300)
+    import json
+
+    lpwd = next(c for c in json.loads(report.stdout)["comparisons"] if c["arm"] == "lpwd")
+    assert lpwd["answers"] == {"better": "cannot be shown", "more_robust": "shown"}
+    best = lpwd["claims"]["best"]
+    assert best["tuned_off"] and best["diff"] == 0 and best["lo"] is None and best["se"] is None
+    assert "tuning turns decay off for both arms" in json.loads(report.stdout)["headline"]
+
+    with_off, without = compared([*others, off]), compared(others)
+    p, q = with_off["pooled"]["lpwd"]["better"], without["pooled"]["lpwd"]["better"]
+    assert p["tuned_off"] == p["left_out"] == ["off"] and p["k"] == 3
+    assert p["settings_by_answer"]["cannot be shown"] == ["off"]
+    assert (p["estimate"], p["lo"], p["hi"]) == pytest.approx((q["estimate"], q["lo"], q["hi"]))
+    assert with_off["pooled"]["lpwd"]["more_robust"]["k"] == 4  # its robustness is pooled as before
+    result = compare_cli([*others, off], tmp_path / "cmp")
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "off left out of the pooled estimate (tuning turns decay off for both arms" in text

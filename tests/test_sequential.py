@@ -161,3 +161,22 @@ def test_a_question_no_seed_up_to_max_would_decide_is_stalled_unless_curtailing_
     assert decide({"a": trend}, plan, 0.05)["a"].outcome == "open"
     # at the last look nothing is stalled: the question is simply not shown
     assert decide({"a": flat + [Look(5, 0.0, 1.0, 1.0, 5), Look(9, 0.0, 1.0, 1.0, 9)]}, plan, 0.05)["a"].outcome == "open"
+
+
+def test_arms_that_both_tune_decay_off_are_never_ruled_out_on_that_alone():
+    """Every seed's tuned cell is the shared λ = 0 trial for both arms: the difference is 0 with no spread,
+    which bounds nothing. The look leaves "better?" open (more seeds may show a seed where they part) and
+    answers "cannot be shown" at the last look, where a floor-width interval would have ruled out ±2 pt."""
+    from dataclasses import replace
+
+    from study.analyse.simulate import DECAY_HURTS
+    from study.analyse.verdict import looks_words
+
+    table = simulate(replace(SCENARIOS["robust"], recover=0.5), 5, np.random.default_rng(3), DECAY_HURTS)
+    mid = summarize(table, looks=[3, 4, 5, 6], min_effect=2.0).set_index("arm").loc["lpwd"]
+    assert (mid["stop_better"], mid["answer_better"]) == ("open", "cannot be shown") and mid["shared_best"]
+    assert mid["stop_more_robust"] == "rejected" and mid["answer_more_robust"] == "shown"
+    last = summarize(table, looks=[3, 4, 5], min_effect=2.0)
+    assert last.set_index("arm").loc["lpwd", "answer_better"] == "cannot be shown"
+    assert looks_words(last) == (True, 'Sequential plan (looks at 3, 4, 5 seeds): at the last look, look 3 of 3 '
+                                       '(5 seeds), still undecided: better? for lpwd (answered "cannot be shown").')

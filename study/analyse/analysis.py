@@ -33,7 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from ..define.roles import MASS_ARM, contenders
-from ..define.claims import CLAIMS, PRIMARY_DEFAULT, TIE, Claim, SeedGrids, per_seed
+from ..define.claims import CLAIMS, PRIMARY_DEFAULT, TIE, Claim, SeedGrids, per_seed, per_seed_shared
 from .paired import Difference, adjust, compare_cells, paired_difference, ratio_interval
 from .sequential import Look, decide
 
@@ -175,6 +175,14 @@ def compare(stat: np.ndarray, a: int, b: int, confidence: float = CONFIDENCE,
     """Arm a − arm b on one claim's per-seed statistic ``[arm, seed]``; also the seeds used."""
     both = paired_seeds(stat, [a, b])
     return paired(stat[a, both] - stat[b, both], confidence, resolution), both
+
+
+def off_together(shared: np.ndarray | None, a: int, b: int, seeds: np.ndarray) -> bool:
+    """Whether arms a and b read a claim from the shared λ = 0 trial on every one of ``seeds``
+    (``shared``: ``Claim.shared``'s [arm, seed] mask): their difference is then 0 by construction, and
+    its standard error, 0 over these seeds, says nothing of the seeds on which one of them would not."""
+    return (shared is not None and len(seeds) >= MIN_SEEDS
+            and bool(shared[a, seeds].all() and shared[b, seeds].all()))
 
 
 def own_interval(x: np.ndarray, confidence: float = CONFIDENCE, bounds: tuple[float, float] = (-math.inf, math.inf),
@@ -362,6 +370,7 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
     g = grid(df, arms)
     by_seed = seed_grids(g)
     stat = per_seed(by_seed)
+    shared = per_seed_shared(by_seed)
     books = bookkeeping(table)
     c = cells(df)
     b = g.arms.index(baseline) if baseline in g.arms else None
@@ -399,7 +408,11 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
                 d, seeds = compare(stat[k], a, b, resolution=steps[k])
                 if k in undefined:
                     d = replace(d, lo=math.nan, hi=math.nan, p=math.nan, se=math.nan)
-                row.update({f"diff_{k}": d.diff, f"diff_{k}_lo": d.lo, f"diff_{k}_hi": d.hi, f"p_{k}": d.p,
+                off = off_together(shared.get(k), a, b, seeds)
+                if off:  # the p-value (1: every difference is 0) stays in Holm's family; no interval
+                    d = replace(d, lo=math.nan, hi=math.nan, se=math.nan)
+                row.update({f"shared_{k}": off, f"diff_{k}": d.diff, f"diff_{k}_lo": d.lo, f"diff_{k}_hi": d.hi,
+                            f"p_{k}": d.p,
                             f"n_{k}": d.n, f"se_{k}": d.se,
                             f"{k}_paired": float(stat[k][a, seeds].mean()) if len(seeds) else float("nan"),
                             f"{k}_baseline_paired": float(stat[k][b, seeds].mean()) if len(seeds) else float("nan")})
@@ -422,12 +435,14 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
                 out.loc[members, f"p_adj_{question}"] = adjust(p, "holm")
             out[f"answer_{question}"] = [
                 "" if r["arm"] == baseline else CONTROL if r["arm"] not in family else
+                "cannot be shown" if r[f"shared_{name}"] else
                 answer(CLAIMS[name], r[f"diff_{name}"], int(r[f"n_{name}"]), r[f"p_adj_{question}"], alpha)
                 for _, r in out.iterrows()]
     done = looks_done(looks, stat, g, b, family, primary) if looks and b is not None else None
     if done:
-        sequential_answers(out, stat, g, b, family, {q: n for q, n in primary.items() if n not in undefined},
-                           looks, done, alpha, min_effect, steps, spending, curtail)
+        sequential_answers(out, stat, shared, g, b, family,
+                           {q: n for q, n in primary.items() if n not in undefined}, looks, done, alpha, min_effect,
+                           steps, spending, curtail)
     out.attrs.update({"metric": metric, "selected_by": SELECTED_BY[metric], "baseline": baseline, "test": test,
                       "correction": correction, "alpha": alpha, "confidence": CONFIDENCE, "min_seeds": MIN_SEEDS,
                       "seeds": len(g.seeds), "primary": primary, "cells_per_arm": g.shape[1] * g.shape[2],
@@ -449,30 +464,36 @@ def looks_done(looks: list[int], stat: dict, g: Grid, b: int, family: list[str],
     return sum(1 for n in looks if set(range(n)) <= complete)
 
 
-def sequential_answers(out: pd.DataFrame, stat: dict, g: Grid, b: int, family: list[str], primary: dict,
-                       looks: list[int], done: int, alpha: float, min_effect: float | None, steps: dict,
+def sequential_answers(out: pd.DataFrame, stat: dict, shared: dict, g: Grid, b: int, family: list[str],
+                       primary: dict, looks: list[int], done: int, alpha: float, min_effect: float | None, steps: dict,
                        spending: str, curtail: bool) -> None:
     """Each family arm's primary answers decided over the first ``done`` of the plan's ``looks``
     (``sequential``), written into ``out``: the answer, the look and seeds that decided it and why
     (``stop_*``), and the primary claim's difference and repeated confidence interval at that look, so
     every word has its number."""
     for question, name in primary.items():
-        history, used = {}, {}
+        history, used, off = {}, {}, {}
         for arm in family:
             a = g.arms.index(arm)
             history[arm] = []
             for n in looks[:done]:
                 d, used[arm, n] = compare(stat[name][:, :n], a, b, resolution=steps[name])
-                history[arm].append(Look(n, d.diff, d.se, d.p, d.n))
+                off[arm, n] = off_together(shared.get(name), a, b, used[arm, n])
+                # tuned off together: no spread to bound the difference by, so no interval and no futility;
+                # the look stays open and the next wave may show a seed on which they part
+                history[arm].append(Look(n, d.diff, math.nan if off[arm, n] else d.se, d.p, d.n))
         decisions = decide(history, looks, alpha, min_effect, spending, curtail)
         for arm, dec in decisions.items():
             i = out.index[out["arm"] == arm][0]
             a, both = g.arms.index(arm), used[arm, dec.seeds]
             ans = out.at[i, f"answer_{question}"]
-            if ans != "cannot be shown":
+            if off[arm, dec.seeds]:
+                ans = "cannot be shown"
+            elif ans != "cannot be shown":
                 ans = ("ruled out" if dec.outcome == "futile" else "not shown" if dec.outcome in ("open", "stalled")
                        else "shown" if dec.diff * CLAIMS[name].better_sign() > 0 else "shown worse")
-            values = {f"answer_{question}": ans, f"look_{question}": dec.look, f"seeds_{question}": dec.seeds,
+            values = {f"answer_{question}": ans, f"shared_{name}": off[arm, dec.seeds], f"look_{question}": dec.look,
+                      f"seeds_{question}": dec.seeds,
                       f"stop_{question}": dec.outcome, f"level_{question}": dec.level, f"p_adj_{question}": math.nan,
                       f"diff_{name}": dec.diff, f"diff_{name}_lo": dec.lo, f"diff_{name}_hi": dec.hi,
                       f"p_{name}": dec.p, f"n_{name}": len(both), f"se_{name}": dec.se,

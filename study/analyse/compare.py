@@ -105,7 +105,7 @@ def check(settings: list[Setting], arms: list[str] | None) -> tuple[str, list[st
         for arm in arms:
             for question, claim in primary.items():
                 c = s.comparison(arm)["claims"][claim]
-                if c["se"] is None or c["diff"] is None:
+                if (c["se"] is None or c["diff"] is None) and not c.get("tuned_off"):
                     raise UserError(f"compare: {s.where} gives {arm}'s {CLAIMS[claim].short} no interval "
                                     f"({s.context['seeds']} seeds, or too few complete grids); each study needs "
                                     "3 seeds with complete grids to be pooled")
@@ -145,13 +145,17 @@ def pool(studies: list[dict], arms: list[str], family: list[str], primary: dict)
     pooled: dict = {arm: {} for arm in arms}
     n = len(studies)
     for question, claim in primary.items():
-        fits, left_out = {}, {}
+        fits, left_out, tuned_off = {}, {}, {}
         for arm in arms:
             # only a study of hand-made, continuous numbers can have no standard error at all: accuracies
-            # in whole test images always have one (``paired.se_floor``), so such studies are weighted
+            # in whole test images always have one (``paired.se_floor``), so such studies are weighted. A
+            # setting whose arms both tuned decay off on every seed has a difference of 0 by construction and
+            # no spread to weight it by: with the floor as its standard error it would outweigh every other
             effects = [r["arms"][arm][question] for r in studies]
-            kept = [e for e in effects if e["se"] > SE_FLOOR]
-            left_out[arm] = [r["study"] for r, e in zip(studies, effects) if e["se"] <= SE_FLOOR]
+            usable = [e.get("se") is not None and e["se"] > SE_FLOOR for e in effects]
+            kept = [e for e, ok in zip(effects, usable) if ok]
+            left_out[arm] = [r["study"] for r, ok in zip(studies, usable) if not ok]
+            tuned_off[arm] = [r["study"] for r, e in zip(studies, effects) if e.get("tuned_off")]
             if len(kept) >= MIN_STUDIES:
                 fits[arm] = random_effects([e["diff"] for e in kept], [e["se"] for e in kept], [e["df"] for e in kept])
         signs = {arm: sign_test([r["arms"][arm][question]["diff"] for r in studies]) for arm in arms}
@@ -164,6 +168,7 @@ def pool(studies: list[dict], arms: list[str], family: list[str], primary: dict)
             shown_lo, shown_hi = share_interval(len(counts["shown"]), n)
             entry = {"claim": claim, "answer": "cannot be shown", "p_adj": float("nan"), "settings_by_answer": counts,
                      "shown_share_lo": shown_lo, "shown_share_hi": shown_hi, "left_out": left_out[arm],
+                     "tuned_off": tuned_off[arm],
                      "favour": signs[arm]["positive"] if sign > 0 else signs[arm]["negative"], **signs[arm],
                      "p_sign_adj": float(sign_adjusted.get(arm, signs[arm]["p_sign"])), "control": arm not in family}
             if arm in fits:
@@ -226,11 +231,16 @@ def question_sentence(result: dict, arm: str, question: str) -> str:
     by = p["settings_by_answer"]
     named = [f"{ans} in {_listed(by[ans])}" for ans in ("shown", "shown worse") if by[ans]]
     words = [f"{QUESTIONS[question]}? {counts_text(p, n)}" + (f": {'; '.join(named)}" if named else "")]
-    if p["left_out"]:
-        words.append(f"{_listed(p['left_out'])} left out of the pooled estimate (hand-made numbers with no "
+    off = p.get("tuned_off", [])
+    if off:
+        words.append(f"{_listed(off)} left out of the pooled estimate (tuning turns decay off for both arms on every "
+                     "seed: the difference is 0 by construction, with no spread to weight it by)")
+    hand_made = [name for name in p["left_out"] if name not in off]
+    if hand_made:
+        words.append(f"{_listed(hand_made)} left out of the pooled estimate (hand-made numbers with no "
                      "standard error to weight them by)")
     if p["answer"] == "cannot be shown":
-        words.append(f"pooled: cannot be shown ({p['k']} setting{'s' if p['k'] != 1 else ''} with a standard error, "
+        words.append(f"pooled: cannot be shown ({p['k']} setting{'s' if p['k'] != 1 else ''} to pool, "
                      f"{MIN_STUDIES} needed)")
     else:
         words.append(f"{pooled_text(p)} ({claim.reading}): {p['answer'] if p['answer'] != CONTROL else 'not asked of a control'}")

@@ -100,6 +100,8 @@ DECOMPOSITION_SCENARIOS = {
     "all mass": Scenario("all mass", arms=FOUR, recover=(0.0, 0.0, 0.3, 0.3)),  # share 1
     "all shape": Scenario("all shape", arms=FOUR, recover=(0.0, 0.0, 0.3, 0.0)),  # share 0
 }
+# decay only hurts: every λ > 0 cell 8 points below the λ = 0 trial, so tuning turns decay off for every arm
+DECAY_HURTS = Shape(surface=np.where(np.asarray(QUICK_WDS) > 0, QUICK_SURFACE - 8.0, QUICK_SURFACE))
 CEILING_SURFACE = QUICK_SURFACE + 9.0  # a latent accuracy above 100 for half the cells: their trials sit at 100
 SHAPES = {
     "default": Shape(),

@@ -4,7 +4,7 @@ Every sentence is a function of ``analysis.summarize``'s table, so the words can
 disagree with it. Two questions get an answer, each from its one pre-declared primary
 claim (``study.define.claims``): *better?* (level) and *more robust to λ?* (shape around the
 arm's own optimum). An answer is one of "shown", "shown worse", "not shown" or
-"cannot be shown" (too few seeds), decided by the paired t-test over seeds with Holm's
+"cannot be shown" (too few seeds, or both arms tune decay off on every seed), decided by the paired t-test over seeds with Holm's
 correction across the arms compared with the baseline; a sequential study's answers are
 decided look by look (``sequential``) and may also be "ruled out" (no effect of
 ``verdict.min_effect``'s size). Every other claim is
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from ..define.roles import MASS_ARM
@@ -117,6 +118,20 @@ def _seeds_needed(n: int, seeds: int) -> str:
            f"(run {more} more seed{'s' if more != 1 else ''})"
 
 
+TUNED_OFF = ("cannot be shown: tuning turns decay off for both arms (on every seed the validation-best cell is "
+             "λ = 0, the one trial they share), so their tuned accuracies are that trial's and the seeds show no "
+             "spread to put an interval on")
+
+
+def _not_answered(row: pd.Series, claim: str, seeds: int) -> str:
+    """Why a claim answered "cannot be shown": both arms tuned decay off, or too few seeds."""
+    off = row.get(f"shared_{claim}")
+    if isinstance(off, (bool, np.bool_)) and off:
+        return TUNED_OFF
+    n = int(row[f"n_{claim}"]) if _finite(row.get(f"n_{claim}")) else 0
+    return _seeds_needed(n, seeds)
+
+
 def _undefined(attrs: dict, claim: str) -> str | None:
     why = (attrs.get("undefined") or {}).get(claim)
     return f"cannot be shown: {why}" if why else None
@@ -127,12 +142,11 @@ def answer_text(row: pd.Series, question: str, attrs: dict, base_optimizer: str 
     claim = attrs["primary"][question]
     c = CLAIMS[claim]
     ans = row[f"answer_{question}"]
-    n = int(row[f"n_{claim}"]) if _finite(row.get(f"n_{claim}")) else 0
     undefined = _undefined(attrs, claim)
     if undefined:
         return f"{QUESTIONS[question]}? {undefined}"
     if ans == "cannot be shown":
-        return f"{QUESTIONS[question]}? {_seeds_needed(n, attrs['seeds'])}"
+        return f"{QUESTIONS[question]}? {_not_answered(row, claim, attrs['seeds'])}"
     a, b = row[f"{claim}_paired"], row[f"{claim}_baseline_paired"]
     control = ans == CONTROL
     evidence = (f"uncorrected {_p(row[f'p_{claim}'])}" if control else sequential_evidence(row, question, attrs)
@@ -196,8 +210,9 @@ def looks_words(summary: pd.DataFrame) -> tuple[bool, str] | None:
     if not open_:
         return True, f"Sequential plan ({plan}): every question decided at {where}; the study stops there."
     if done == len(looks):
+        answered = sorted({rows.loc[a, f"answer_{q}"] for q, arms in open_.items() for a in arms})
         return True, (f"Sequential plan ({plan}): at the last look, {where}, still undecided: {listed(open_)} "
-                      "(answered \"not shown\").")
+                      f"(answered {' or '.join(chr(34) + a + chr(34) for a in answered)}).")
     seeds = f"seed {looks[done - 1]}" if looks[done] - looks[done - 1] == 1 else \
         f"seeds {looks[done - 1]}-{looks[done] - 1}"
     # the boundary the next look holds an open question to: Holm's first step over the arms not yet shown
@@ -230,8 +245,7 @@ def headline(summary: pd.DataFrame, base_optimizer: str | None = None) -> str | 
             words.append(f"{QUESTIONS[question]}? {undefined}")
             continue
         if ans == "cannot be shown":
-            n = int(row[f"n_{claim}"]) if _finite(row.get(f"n_{claim}")) else 0
-            words.append(f"{QUESTIONS[question]}? {_seeds_needed(n, attrs['seeds'])}")
+            words.append(f"{QUESTIONS[question]}? {_not_answered(row, claim, attrs['seeds'])}")
             continue
         d = difference(claim, row[f"diff_{claim}"], row[f"diff_{claim}_lo"], row[f"diff_{claim}_hi"])
         words.append(f"{QUESTIONS[question]}? {ans} ({CLAIMS[claim].short} {d}; {CLAIMS[claim].reading})")

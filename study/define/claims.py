@@ -16,7 +16,10 @@ error rates ``study.analyse.calibration`` measures at 3, 5 and 10 seeds.
 
 Cells with λ = 0 are one trial shared by every arm: they are never part of a robustness
 or level statistic of the decaying grid (they would only add exact zeros to every
-difference). The tuned accuracy (``best``) may choose them, as tuning would.
+difference). The tuned accuracy (``best``) may choose them, as tuning would; where both
+arms choose them on every seed, their tuned accuracies are one trial's, the difference is 0
+by construction and the seeds show no spread to put an interval on (``Claim.shared``): that
+answer is "cannot be shown", and ``study compare`` leaves such a setting out of its pool.
 
 Every reader (the verdict, ``report --json``, MLflow, the calibration benchmark) iterates
 over ``CLAIMS``, so a claim added here cannot skip its calibration.
@@ -65,6 +68,9 @@ class Claim:
     # what the quantity can be on a grid with these λ > 0 values: its intervals are clipped there
     bounds: Callable[[np.ndarray], tuple[float, float]] = lambda lambdas: (-np.inf, np.inf)
     min_lambdas: int = 1  # λ > 0 values the claim needs to mean anything (a shape needs two)
+    # [arm, seed] True where the seed's statistic is read from the shared λ = 0 trial alone: where both
+    # arms are, on every seed, their difference is 0 by construction and the seeds show no spread
+    shared: Callable[[SeedGrids], np.ndarray] | None = None
 
     def better_sign(self) -> int:
         return 1 if self.higher_is_better else -1
@@ -113,6 +119,12 @@ def _only_complete(stat: np.ndarray, *grids: np.ndarray) -> np.ndarray:
 def tuned(g: SeedGrids) -> np.ndarray:
     """Test accuracy at the seed's validation-best cell of the whole grid."""
     return _only_complete(_at_chosen(g.test, _chosen(g.val)), g.val, g.test)
+
+
+def tuned_off(g: SeedGrids) -> np.ndarray:
+    """[arm, seed]: the seed's validation-best cells are all λ = 0 (tuning turned decay off), so its tuned
+    accuracy is the shared trial's, the same for every arm that does the same."""
+    return ~_chosen(g.val)[..., g.decaying].any(axis=(2, 3))
 
 
 def _decaying(g: SeedGrids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -201,7 +213,7 @@ def _decades(lambdas):
 
 CLAIMS: dict[str, Claim] = {c.name: c for c in (
     Claim("best", "better", "tuned test accuracy (each seed's validation-best cell)", "tuned accuracy", "pt",
-          True, tuned, bounds=_points),
+          True, tuned, bounds=_points, shared=tuned_off),
     Claim("lambda_regret", "more_robust", "λ-regret: points lost off each η's own best λ (mean over η and "
           "λ > 0)", "λ-regret", "pt", False, lambda_regret, bounds=lambda lambdas: (-100.0, 100.0), min_lambdas=2),
     Claim("lambda_regret_best_lr", "more_robust", "λ-regret at its best η only (mean over λ > 0)",
@@ -226,3 +238,8 @@ def claims_for(question: str) -> list[str]:
 def per_seed(g: SeedGrids) -> dict[str, np.ndarray]:
     """Every claim's statistic, ``[arm, seed]``."""
     return {name: c.statistic(g) for name, c in CLAIMS.items()}
+
+
+def per_seed_shared(g: SeedGrids) -> dict[str, np.ndarray]:
+    """For the claims that can be read from the shared λ = 0 trial: where they are, ``[arm, seed]``."""
+    return {name: c.shared(g) for name, c in CLAIMS.items() if c.shared}

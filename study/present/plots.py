@@ -268,9 +268,12 @@ def forest(result: dict, question: str) -> go.Figure:
         x = [m * d["diff"] for d in e]
         fig.add_trace(go.Scatter(
             x=x, y=y, mode="markers", name=arm, legendgroup=arm, marker={"color": colour[arm], "size": 8},
-            error_x={"type": "data", "symmetric": False, "array": [m * d["hi"] - v for d, v in zip(e, x)],
-                     "arrayminus": [v - m * d["lo"] for d, v in zip(e, x)], "visible": True},
-            customdata=[[d["answer"], m * d["lo"], m * d["hi"]] for d in e],
+            # no bar where a setting has no interval (both arms tuned decay off on every seed)
+            error_x={"type": "data", "symmetric": False,
+                     "array": [None if d["hi"] is None else m * d["hi"] - v for d, v in zip(e, x)],
+                     "arrayminus": [None if d["lo"] is None else v - m * d["lo"] for d, v in zip(e, x)],
+                     "visible": True},
+            customdata=[[d["answer"], *(np.nan if d[k] is None else m * d[k] for k in ("lo", "hi"))] for d in e],
             hovertemplate=arm + ": %{x:.2f} [%{customdata[1]:.2f}, %{customdata[2]:.2f}]<br>study's answer: "
                           "%{customdata[0]}<extra></extra>"))
         if np.isfinite(p.get("pred_lo") if p.get("pred_lo") is not None else np.nan):
