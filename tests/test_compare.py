@@ -207,6 +207,11 @@ def test_a_setting_whose_seeds_all_tie_is_pooled_with_the_one_image_floor(tmp_pa
         assert p["left_out"] == [] and p["k"] == 3 and p["lo"] < p["hi"]
 
 
+def p_seeds(result) -> tuple[int, int]:
+    p = result["pooled"]["lpwd"]["better"]
+    return p["tuned_off_seeds"], p["paired_seeds"]
+
+
 def test_a_setting_whose_arms_both_tune_decay_off_leaves_the_better_pool(tmp_path):
     """Where λ > 0 only hurts, every seed's tuned cell is λ = 0 for both arms: one shared trial, a
     difference of 0 by construction and no spread. The study answers "better?" with "cannot be shown"
@@ -226,7 +231,25 @@ def test_a_setting_whose_arms_both_tune_decay_off_leaves_the_better_pool(tmp_pat
     assert best["tuned_off"] and best["diff"] == 0 and best["lo"] is None and best["se"] is None
     assert "tuning turns decay off for both arms" in json.loads(report.stdout)["headline"]
 
+    def off_seeds(study_dir) -> int:  # written apart from the claims code: each seed's argmax cells per arm
+        from study.store.table import read_rows
+        import pandas as pd
+
+        t = pd.DataFrame(read_rows(study_dir))
+        t = t[t["arm"].isin(["wd", "lpwd"])].astype({"best_val_acc": float, "weight_decay": float, "seed": int})
+        count = 0
+        for _, seed in t.groupby("seed"):
+            at_zero = [bool((g.loc[g["best_val_acc"] >= g["best_val_acc"].max() - 1e-9, "weight_decay"] == 0).all())
+                       for _, g in seed.groupby("arm")]
+            count += all(at_zero)
+        return count
+
+    from study.present.comparison import load
+
+    for d in (*others, off):
+        assert load(str(d)).comparison("lpwd")["claims"]["best"]["tuned_off_seeds"] == off_seeds(d), d
     with_off, without = compared([*others, off]), compared(others)
+    assert p_seeds(with_off) == (sum(off_seeds(d) for d in others), 15)
     p, q = with_off["pooled"]["lpwd"]["better"], without["pooled"]["lpwd"]["better"]
     assert p["tuned_off"] == p["left_out"] == ["off"] and p["k"] == 3
     assert p["settings_by_answer"]["cannot be shown"] == ["off"]
@@ -236,3 +259,5 @@ def test_a_setting_whose_arms_both_tune_decay_off_leaves_the_better_pool(tmp_pat
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "cmp" / "compare.md").read_text()
     assert "off left out of the pooled estimate (tuning turns decay off for both arms" in text
+    k, n = p_seeds(with_off)
+    assert (f"both arms tune decay off on {k} of {n} paired seeds pooled" in text) == (k > 0)

@@ -177,6 +177,12 @@ def compare(stat: np.ndarray, a: int, b: int, confidence: float = CONFIDENCE,
     return paired(stat[a, both] - stat[b, both], confidence, resolution), both
 
 
+def seeds_off_together(shared: np.ndarray | None, a: int, b: int, seeds: np.ndarray) -> int:
+    """On how many of ``seeds`` arms a and b both read a claim from the shared λ = 0 trial (0 where the
+    claim never does): those seeds' differences are 0 by construction, so a reader is told how many."""
+    return int((shared[a, seeds] & shared[b, seeds]).sum()) if shared is not None and len(seeds) else 0
+
+
 def off_together(shared: np.ndarray | None, a: int, b: int, seeds: np.ndarray) -> bool:
     """Whether arms a and b read a claim from the shared λ = 0 trial on every one of ``seeds``
     (``shared``: ``Claim.shared``'s [arm, seed] mask): their difference is then 0 by construction, and
@@ -411,7 +417,8 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
                 off = off_together(shared.get(k), a, b, seeds)
                 if off:  # the p-value (1: every difference is 0) stays in Holm's family; no interval
                     d = replace(d, lo=math.nan, hi=math.nan, se=math.nan)
-                row.update({f"shared_{k}": off, f"diff_{k}": d.diff, f"diff_{k}_lo": d.lo, f"diff_{k}_hi": d.hi,
+                row.update({f"shared_{k}": off, f"shared_seeds_{k}": seeds_off_together(shared.get(k), a, b, seeds),
+                            f"diff_{k}": d.diff, f"diff_{k}_lo": d.lo, f"diff_{k}_hi": d.hi,
                             f"p_{k}": d.p,
                             f"n_{k}": d.n, f"se_{k}": d.se,
                             f"{k}_paired": float(stat[k][a, seeds].mean()) if len(seeds) else float("nan"),
@@ -492,7 +499,9 @@ def sequential_answers(out: pd.DataFrame, stat: dict, shared: dict, g: Grid, b: 
             elif ans != "cannot be shown":
                 ans = ("ruled out" if dec.outcome == "futile" else "not shown" if dec.outcome in ("open", "stalled")
                        else "shown" if dec.diff * CLAIMS[name].better_sign() > 0 else "shown worse")
-            values = {f"answer_{question}": ans, f"shared_{name}": off[arm, dec.seeds], f"look_{question}": dec.look,
+            values = {f"answer_{question}": ans, f"shared_{name}": off[arm, dec.seeds],
+                      f"shared_seeds_{name}": seeds_off_together(shared.get(name), a, b, both),
+                      f"look_{question}": dec.look,
                       f"seeds_{question}": dec.seeds,
                       f"stop_{question}": dec.outcome, f"level_{question}": dec.level, f"p_adj_{question}": math.nan,
                       f"diff_{name}": dec.diff, f"diff_{name}_lo": dec.lo, f"diff_{name}_hi": dec.hi,

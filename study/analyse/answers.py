@@ -34,7 +34,7 @@ def answers_json(summary: pd.DataFrame, parts: list[str]) -> dict:
     ``comparisons``: per arm against the baseline, ``answers`` ({"better", "more_robust"},
     each one of ``analysis.ANSWERS``) and every claim's paired difference (diff, lo, hi,
     se, df, p; p_adj for the primary ones; ``tuned_off`` where both arms read it from the shared λ = 0
-    trial on every seed, with no interval), which ``study compare`` pools across studies.
+    trial on every seed, with no interval, and ``tuned_off_seeds``, on how many seeds they do), which ``study compare`` pools across studies.
     """
     attrs = summary.attrs
     primary = attrs["primary"]
@@ -54,6 +54,7 @@ def answers_json(summary: pd.DataFrame, parts: list[str]) -> dict:
                                "diff": r[f"diff_{name}"], "lo": r[f"diff_{name}_lo"], "hi": r[f"diff_{name}_hi"],
                                "se": r[f"se_{name}"], "df": int(r[f"n_{name}"]) - 1, "p": r[f"p_{name}"],
                                "tuned_off": r.get(f"shared_{name}") is True or r.get(f"shared_{name}") is np.True_,
+                               "tuned_off_seeds": r.get(f"shared_seeds_{name}"),
                                **({"p_adj": r[f"p_adj_{question}"]} if question else {})}
         sequential = {q: {"look": r[f"look_{q}"], "seeds": r[f"seeds_{q}"], "stop": r[f"stop_{q}"],
                           "level": r[f"level_{q}"]} for q in QUESTIONS if f"look_{q}" in r} if attrs.get("looks") else {}

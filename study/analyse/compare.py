@@ -171,6 +171,10 @@ def pool(studies: list[dict], arms: list[str], family: list[str], primary: dict)
                      "tuned_off": tuned_off[arm],
                      "favour": signs[arm]["positive"] if sign > 0 else signs[arm]["negative"], **signs[arm],
                      "p_sign_adj": float(sign_adjusted.get(arm, signs[arm]["p_sign"])), "control": arm not in family}
+            # how much of the pool is the shared trial against itself: seeds on which both arms tuned decay off
+            pooled_rows = [r["arms"][arm][question] for r in studies if r["study"] not in left_out[arm]]
+            entry["tuned_off_seeds"] = sum(int(e.get("tuned_off_seeds") or 0) for e in pooled_rows)
+            entry["paired_seeds"] = sum(int(e["df"]) + 1 for e in pooled_rows)
             if arm in fits:
                 fit = fits[arm]
                 p_adj = float(adjusted.get(arm, fit.p))
@@ -213,6 +217,14 @@ def heterogeneity_text(p: dict, alpha: float) -> str:
     return f"no difference between the settings shown ({test}; τ = {tau}; I² = {100 * p['i2']:.0f}%)"
 
 
+def tuned_off_text(p: dict) -> str:
+    """``; both arms tune decay off on 38 of 45 paired seeds pooled (there the difference is 0 by construction)``"""
+    if not p.get("tuned_off_seeds"):
+        return ""
+    return (f"; both arms tune decay off on {p['tuned_off_seeds']} of {p['paired_seeds']} paired seeds pooled "
+            "(λ = 0, the trial they share: there the difference is 0 by construction)")
+
+
 def pooled_text(p: dict) -> str:
     p_text = "p < 0.001" if p["p_adj"] < 0.001 else f"p = {p['p_adj']:.3f}"
     which = ("uncorrected, a control" if p["control"] else
@@ -220,7 +232,7 @@ def pooled_text(p: dict) -> str:
     words = f"pooled {CLAIMS[p['claim']].short} {estimate_text(p)}, {p_text}" + (f" {which}" if which else "")
     if math.isfinite(p["pred_lo"]):
         words += f"; a new setting like these: {interval(p['claim'], p['pred_lo'], p['pred_hi'])}"
-    return words
+    return words + tuned_off_text(p)
 
 
 def question_sentence(result: dict, arm: str, question: str) -> str:

@@ -132,6 +132,14 @@ def _not_answered(row: pd.Series, claim: str, seeds: int) -> str:
     return _seeds_needed(n, seeds)
 
 
+def _off_seeds(row: pd.Series, claim: str) -> str:
+    """``; both arms tune decay off on 4 of 5 seeds``: how many seeds compare the shared trial with itself."""
+    k, n = row.get(f"shared_seeds_{claim}"), row.get(f"n_{claim}")
+    if not (_finite(k) and _finite(n)) or not k:
+        return ""
+    return f"; both arms tune decay off (λ = 0, the trial they share) on {int(k)} of {int(n)} seeds"
+
+
 def _undefined(attrs: dict, claim: str) -> str | None:
     why = (attrs.get("undefined") or {}).get(claim)
     return f"cannot be shown: {why}" if why else None
@@ -153,7 +161,7 @@ def answer_text(row: pd.Series, question: str, attrs: dict, base_optimizer: str 
                 or f"Holm-adjusted {_p(row[f'p_adj_{question}'])}")
     numbers = (f"{c.label}: {value(claim, a)} vs {value(claim, b)}, "
                f"{difference(claim, row[f'diff_{claim}'], row[f'diff_{claim}_lo'], row[f'diff_{claim}_hi'])}, "
-               + evidence)
+               + evidence + _off_seeds(row, claim))
     if control:
         return f"{QUESTIONS[question]}? not asked of a control ({numbers})"
     return f"{QUESTIONS[question]}? {ans} ({numbers})"
@@ -248,7 +256,8 @@ def headline(summary: pd.DataFrame, base_optimizer: str | None = None) -> str | 
             words.append(f"{QUESTIONS[question]}? {_not_answered(row, claim, attrs['seeds'])}")
             continue
         d = difference(claim, row[f"diff_{claim}"], row[f"diff_{claim}_lo"], row[f"diff_{claim}_hi"])
-        words.append(f"{QUESTIONS[question]}? {ans} ({CLAIMS[claim].short} {d}; {CLAIMS[claim].reading})")
+        words.append(f"{QUESTIONS[question]}? {ans} ({CLAIMS[claim].short} {d}; {CLAIMS[claim].reading}"
+                     f"{_off_seeds(row, claim)})")
     text = f"{arm.upper() if arm == 'lpwd' else arm} vs {display_name(baseline, base_optimizer)}: " + "; ".join(words)
     mass = mass_words(attrs.get("decomposition"), short=True)
     return text + (f"; how much is decay mass? {mass}" if mass else "") + "."
