@@ -202,7 +202,7 @@ def counts_text(p: dict, n: int) -> str:
     """``4 shown, 0 shown worse, 3 not shown of 7 settings (shown in 57% [18%, 90%] of settings like these)``."""
     by = p["settings_by_answer"]
     words = ", ".join(f"{len(by[a])} {a}" for a in ANSWERS if by[a] or a in ("shown", "shown worse", "not shown"))
-    return (f"{words} of {n} settings (shown in {100 * p['shown_share_lo']:.0f}–{100 * p['shown_share_hi']:.0f}% "
+    return (f"{words} of {n} setting{'s' if n != 1 else ''} (shown in {100 * p['shown_share_lo']:.0f}–{100 * p['shown_share_hi']:.0f}% "
             "of settings like these, Clopper–Pearson)")
 
 
@@ -225,14 +225,14 @@ def tuned_off_text(p: dict) -> str:
             "(λ = 0, the trial they share: there the difference is 0 by construction)")
 
 
-def pooled_text(p: dict) -> str:
+def pooled_text(p: dict, off: bool = True) -> str:
     p_text = "p < 0.001" if p["p_adj"] < 0.001 else f"p = {p['p_adj']:.3f}"
     which = ("uncorrected, a control" if p["control"] else
              f"Holm-corrected across {p['family']} arms" if p["family"] > 1 else "")
     words = f"pooled {CLAIMS[p['claim']].short} {estimate_text(p)}, {p_text}" + (f" {which}" if which else "")
     if math.isfinite(p["pred_lo"]):
         words += f"; a new setting like these: {interval(p['claim'], p['pred_lo'], p['pred_hi'])}"
-    return words + tuned_off_text(p)
+    return words + (tuned_off_text(p) if off else "")
 
 
 def question_sentence(result: dict, arm: str, question: str) -> str:
@@ -255,7 +255,8 @@ def question_sentence(result: dict, arm: str, question: str) -> str:
         words.append(f"pooled: cannot be shown ({p['k']} setting{'s' if p['k'] != 1 else ''} to pool, "
                      f"{MIN_STUDIES} needed)")
     else:
-        words.append(f"{pooled_text(p)} ({claim.reading}): {p['answer'] if p['answer'] != CONTROL else 'not asked of a control'}")
+        words.append(f"{pooled_text(p, off=False)} ({claim.reading}): "
+                     f"{p['answer'] if p['answer'] != CONTROL else 'not asked of a control'}{tuned_off_text(p)}")
         words.append(heterogeneity_text(p, result["alpha"]))
     words.append(f"exploratory: {p['favour']} of {n} settings favour {arm} (exact sign test p = {p['p_sign']:.3f}"
                  + (f", Holm-corrected across {len(result['family'])} arms p = {p['p_sign_adj']:.3f}"
