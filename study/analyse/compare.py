@@ -202,8 +202,8 @@ def counts_text(p: dict, n: int) -> str:
     """``4 shown, 0 shown worse, 3 not shown of 7 settings (shown in 57% [18%, 90%] of settings like these)``."""
     by = p["settings_by_answer"]
     words = ", ".join(f"{len(by[a])} {a}" for a in ANSWERS if by[a] or a in ("shown", "shown worse", "not shown"))
-    return (f"{words} of {n} setting{'s' if n != 1 else ''} (shown in {100 * p['shown_share_lo']:.0f}–{100 * p['shown_share_hi']:.0f}% "
-            "of settings like these, Clopper–Pearson)")
+    share = f"{100 * p['shown_share_lo']:.0f}–{100 * p['shown_share_hi']:.0f}%"
+    return f"{words} of {n} setting{'s' if n != 1 else ''} (shown in {share} of settings like these, Clopper–Pearson)"
 
 
 def heterogeneity_text(p: dict, alpha: float) -> str:
