@@ -167,6 +167,30 @@ def test_report_files(study):
         assert img.size[0] > 300 and ImageStat.Stat(img).stddev[0] > 5  # not blank
 
 
+def test_a_png_the_export_gave_up_on_is_exported_again(chromium, tmp_path, monkeypatch):
+    """kaleido gives up on a figure past its render timeout (a busy machine) and deletes its file, and
+    plotly's batched export says nothing: the report exports what is missing again, in real Chromium,
+    and attaches only PNGs that exist."""
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from study.present.report import export_pngs
+
+    monkeypatch.setenv("BROWSER_PATH", chromium)
+    calls, real = [], pio.write_images
+
+    def gives_up_once(figs, paths, **kw):
+        calls.append([p.name for p in paths])
+        real(figs, paths, **kw)
+        if len(calls) == 1:
+            paths[0].unlink()  # what kaleido does with a render that timed out
+
+    monkeypatch.setattr(pio, "write_images", gives_up_once)
+    pngs = [tmp_path / "a.png", tmp_path / "b.png"]
+    assert export_pngs([go.Figure(go.Scatter(y=[1, 2])), go.Figure(go.Bar(y=[3, 1]))], pngs) == pngs
+    assert calls == [["a.png", "b.png"], ["a.png"]] and Image.open(pngs[0]).size[0] == 900
+
+
 @pytest.mark.parametrize("width", [800, 1400])
 def test_report_fits_the_window_without_horizontal_overflow(study, chromium, tmp_path, width):
     layout, _ = layout_in_chromium(chromium, study["dir"] / "report.html", width, tmp_path)

@@ -293,10 +293,10 @@ def write_report(study: Study, metric: str = "test_acc_at_best_val", baseline: s
     artifacts = [html, out / "robustness.csv", out / "robustness.json", study_dir / "trials.csv"]
     for name in FIGURES:  # never leave a figure of an earlier report next to this one
         (out / f"{name}.png").unlink(missing_ok=True)
+    from .commands import invocation
+
     browser = find_browser()
     if browser:
-        import plotly.io as pio
-
         os.environ.setdefault("BROWSER_PATH", browser)
         pngs = [out / f"{name}.png" for name in figures]
         # images for narrow viewers (MLflow's artifact view shows them about 550 px wide): 900 px wide,
@@ -306,9 +306,12 @@ def write_report(study: Study, metric: str = "test_acc_at_best_val", baseline: s
                   **({"decomposition": decomposition_curves(summary.attrs["decomposition"], per_row=2)}
                      if "decomposition" in figures else {})}
         images = [images[n].update_layout(font={"size": 15}) for n in figures]
-        pio.write_images(images, pngs, scale=1, width=900, height=[f.layout.height or 500 for f in images])
-        artifacts += pngs
-    from .commands import invocation
+        written = export_pngs(images, pngs)
+        artifacts += written
+        missing = [p.name for p in pngs if p not in written]
+        if missing:
+            print(f"PNG export did not finish for {', '.join(missing)} (Chromium too slow on a busy machine): the "
+                  f"figures are in report.html; `{invocation()} report {study.where}` exports them again")
 
     print_summary(shown, parts if verbose else short, label, details=None if verbose else (
         f"details (each arm's exploratory numbers, the decay-mass decomposition λ by λ, the scope and limits): "
@@ -368,6 +371,21 @@ def page(name: str, verdict: list[str], short: list[str], shown: pd.DataFrame, f
     return ("<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' "
             f"content='width=device-width, initial-scale=1'><title>{escape(name)} robustness</title>"
             f"<style>{STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>")
+
+
+def export_pngs(images: list, pngs: list[Path], tries: int = 2) -> list[Path]:
+    """Write ``images`` to ``pngs`` with plotly's batched export, again for any it did not write: kaleido
+    gives up on a figure after its render timeout (90 s) and plotly does not say so, which a busy machine
+    reaches. The PNGs written."""
+    import plotly.io as pio
+
+    for _ in range(tries):
+        todo = [(f, p) for f, p in zip(images, pngs) if not p.exists()]
+        if not todo:
+            break
+        pio.write_images([f for f, _ in todo], [p for _, p in todo], scale=1, width=900,
+                         height=[f.layout.height or 500 for f, _ in todo])
+    return [p for p in pngs if p.exists()]
 
 
 def attach(study_dir: Path, artifacts: list[Path], text: str, summary: pd.DataFrame, status: str | None) -> None:
