@@ -204,6 +204,20 @@ def test_a_step_grad_scaler_skips_changes_nothing(variant, base, fast):
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(skipped, reference)), variant
 
 
+def lpwd_shrink_by_hand(model):
+    """lpwd's pre-forward shrink written out: each weight matrix by (1 − lr λ l/L)."""
+    scales = {n: l / L for n, (l, L) in lpwd.layer_indices(model).items()}
+    named = dict(model.named_parameters())
+
+    @torch.no_grad()
+    def decay():
+        for n, p in named.items():
+            if p.ndim >= 2:
+                p.mul_(1 - LR * LAM * scales[n])
+
+    return decay
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_autocast_loop_matches_decay_then_torch_adam(dtype):
     """Under autocast, lpwd = shrink each weight by (1 - lr lambda_l) before the forward, then torch's Adam."""
@@ -223,15 +237,7 @@ def test_autocast_loop_matches_decay_then_torch_adam(dtype):
     model = mlp(torch.float32)
     ours = loop(model, lpwd.build_optimizer(model, "lpwd", LR, LAM), lambda: None)
     ref_model = mlp(torch.float32)
-    scales = {n: l / L for n, (l, L) in lpwd.layer_indices(ref_model).items()}
-    named = dict(ref_model.named_parameters())
-
-    @torch.no_grad()
-    def decay():
-        for n, p in named.items():
-            if p.ndim >= 2:
-                p.mul_(1 - LR * LAM * scales[n])
-
+    decay = lpwd_shrink_by_hand(ref_model)
     ref = loop(ref_model, torch.optim.Adam(ref_model.parameters(), lr=LR, fused=True), decay)
     assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(ours, ref))
 
@@ -254,15 +260,7 @@ def test_autocast_loop_matches_decay_then_the_base_with_its_decay_off(base):
     model = mlp(torch.float32)
     ours = loop(model, lpwd.build_optimizer(model, "lpwd", LR, LAM, base), lambda: None)
     ref_model = mlp(torch.float32)
-    scales = {n: l / L for n, (l, L) in lpwd.layer_indices(ref_model).items()}
-    named = dict(ref_model.named_parameters())
-
-    @torch.no_grad()
-    def decay():
-        for n, p in named.items():
-            if p.ndim >= 2:
-                p.mul_(1 - LR * LAM * scales[n])
-
+    decay = lpwd_shrink_by_hand(ref_model)
     ref = loop(ref_model, lpwd.build_optimizer(ref_model, "none", LR, 0.0, base), decay)
     assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(ours, ref))
 
