@@ -822,8 +822,9 @@ def build_optimizer(
     groups = decay_groups(model, weight_decay, decay_bias_and_norm, decay_no_weight_decay)
     if base == "muon":
         groups = muon_groups(model, groups)
-    refuse_sharded(BASES[base].load(), groups)
-    return decayed_class(BASES[base].load())(
+    cls = BASES[base].load()
+    refuse_sharded(cls, groups)
+    return decayed_class(cls)(
         groups, lr, float(weight_decay), variant=variant, model=model, layer_schedule=layer_schedule,
         strict=strict, diagnostics_every=diagnostics_every, diagnostics_sample=diagnostics_sample,
         diagnostics_seed=diagnostics_seed, compile_step=compile_step, **base_kwargs)

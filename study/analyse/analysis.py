@@ -178,17 +178,23 @@ def compare(stat: np.ndarray, a: int, b: int, confidence: float = CONFIDENCE,
 
 
 def seeds_off_together(shared: np.ndarray | None, a: int, b: int, seeds: np.ndarray) -> int:
-    """On how many of ``seeds`` arms a and b both read a claim from the shared λ = 0 trial (0 where the
-    claim never does): those seeds' differences are 0 by construction, so a reader is told how many."""
+    """On how many of ``seeds`` arms a and b both read a claim from the shared λ = 0 trial (``shared``:
+    ``Claim.shared``'s [arm, seed] mask; 0 where the claim never does): those seeds' differences are 0
+    by construction, so a reader is told how many."""
     return int((shared[a, seeds] & shared[b, seeds]).sum()) if shared is not None and len(seeds) else 0
 
 
-def off_together(shared: np.ndarray | None, a: int, b: int, seeds: np.ndarray) -> bool:
-    """Whether arms a and b read a claim from the shared λ = 0 trial on every one of ``seeds``
-    (``shared``: ``Claim.shared``'s [arm, seed] mask): their difference is then 0 by construction, and
-    its standard error, 0 over these seeds, says nothing of the seeds on which one of them would not."""
-    return (shared is not None and len(seeds) >= MIN_SEEDS
-            and bool(shared[a, seeds].all() and shared[b, seeds].all()))
+def off_on_every_seed(count: int, seeds: np.ndarray) -> bool:
+    """Both arms tuned decay off on every one of ``seeds`` (``count`` of them, from ``seeds_off_together``):
+    the difference is 0 by construction, and its standard error, 0 over these seeds, says nothing of the
+    seeds on which one of them would not."""
+    return len(seeds) >= MIN_SEEDS and count == len(seeds)
+
+
+def tuned_off_flag(row: pd.Series, claim: str) -> bool:
+    """A summary row's ``shared_<claim>`` as a plain bool (NaN where the row compares nothing)."""
+    off = row.get(f"shared_{claim}")
+    return isinstance(off, (bool, np.bool_)) and bool(off)
 
 
 def own_interval(x: np.ndarray, confidence: float = CONFIDENCE, bounds: tuple[float, float] = (-math.inf, math.inf),
@@ -414,11 +420,11 @@ def summarize(table: pd.DataFrame, metric: str = "test_acc_at_best_val", baselin
                 d, seeds = compare(stat[k], a, b, resolution=steps[k])
                 if k in undefined:
                     d = replace(d, lo=math.nan, hi=math.nan, p=math.nan, se=math.nan)
-                off = off_together(shared.get(k), a, b, seeds)
+                count = seeds_off_together(shared.get(k), a, b, seeds)
+                off = off_on_every_seed(count, seeds)
                 if off:  # the p-value (1: every difference is 0) stays in Holm's family; no interval
                     d = replace(d, lo=math.nan, hi=math.nan, se=math.nan)
-                row.update({f"shared_{k}": off, f"shared_seeds_{k}": seeds_off_together(shared.get(k), a, b, seeds),
-                            f"diff_{k}": d.diff, f"diff_{k}_lo": d.lo, f"diff_{k}_hi": d.hi,
+                row.update({f"shared_{k}": off, f"shared_seeds_{k}": count, f"diff_{k}": d.diff, f"diff_{k}_lo": d.lo, f"diff_{k}_hi": d.hi,
                             f"p_{k}": d.p,
                             f"n_{k}": d.n, f"se_{k}": d.se,
                             f"{k}_paired": float(stat[k][a, seeds].mean()) if len(seeds) else float("nan"),
@@ -479,13 +485,14 @@ def sequential_answers(out: pd.DataFrame, stat: dict, shared: dict, g: Grid, b: 
     (``stop_*``), and the primary claim's difference and repeated confidence interval at that look, so
     every word has its number."""
     for question, name in primary.items():
-        history, used, off = {}, {}, {}
+        history, used, off, count = {}, {}, {}, {}
         for arm in family:
             a = g.arms.index(arm)
             history[arm] = []
             for n in looks[:done]:
                 d, used[arm, n] = compare(stat[name][:, :n], a, b, resolution=steps[name])
-                off[arm, n] = off_together(shared.get(name), a, b, used[arm, n])
+                count[arm, n] = seeds_off_together(shared.get(name), a, b, used[arm, n])
+                off[arm, n] = off_on_every_seed(count[arm, n], used[arm, n])
                 # tuned off together: no spread to bound the difference by, so no interval and no futility;
                 # the look stays open and the next wave may show a seed on which they part
                 history[arm].append(Look(n, d.diff, math.nan if off[arm, n] else d.se, d.p, d.n))
@@ -500,7 +507,7 @@ def sequential_answers(out: pd.DataFrame, stat: dict, shared: dict, g: Grid, b: 
                 ans = ("ruled out" if dec.outcome == "futile" else "not shown" if dec.outcome in ("open", "stalled")
                        else "shown" if dec.diff * CLAIMS[name].better_sign() > 0 else "shown worse")
             values = {f"answer_{question}": ans, f"shared_{name}": off[arm, dec.seeds],
-                      f"shared_seeds_{name}": seeds_off_together(shared.get(name), a, b, both),
+                      f"shared_seeds_{name}": count[arm, dec.seeds],
                       f"look_{question}": dec.look,
                       f"seeds_{question}": dec.seeds,
                       f"stop_{question}": dec.outcome, f"level_{question}": dec.level, f"p_adj_{question}": math.nan,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
 from ..define.claims import CLAIMS, QUESTIONS
+from .analysis import tuned_off_flag
 
 
 def clean(x):
@@ -53,7 +53,7 @@ def answers_json(summary: pd.DataFrame, parts: list[str]) -> dict:
             per_claim[name] = {"arm": r[f"{name}_paired"], "baseline": r[f"{name}_baseline_paired"],
                                "diff": r[f"diff_{name}"], "lo": r[f"diff_{name}_lo"], "hi": r[f"diff_{name}_hi"],
                                "se": r[f"se_{name}"], "df": int(r[f"n_{name}"]) - 1, "p": r[f"p_{name}"],
-                               "tuned_off": r.get(f"shared_{name}") is True or r.get(f"shared_{name}") is np.True_,
+                               "tuned_off": tuned_off_flag(r, name),
                                "tuned_off_seeds": r.get(f"shared_seeds_{name}"),
                                **({"p_adj": r[f"p_adj_{question}"]} if question else {})}
         sequential = {q: {"look": r[f"look_{q}"], "seeds": r[f"seeds_{q}"], "stop": r[f"stop_{q}"],

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
 from ..define.roles import MASS_ARM
-from .analysis import CONTROL, DECOMPOSITION, MIN_SEEDS
+from .analysis import CONTROL, DECOMPOSITION, MIN_SEEDS, tuned_off_flag
 from .sequential import nominal_levels
 from ..define.claims import CLAIMS, QUESTIONS
 
@@ -125,8 +124,7 @@ TUNED_OFF = ("cannot be shown: tuning turns decay off for both arms (on every se
 
 def _not_answered(row: pd.Series, claim: str, seeds: int) -> str:
     """Why a claim answered "cannot be shown": both arms tuned decay off, or too few seeds."""
-    off = row.get(f"shared_{claim}")
-    if isinstance(off, (bool, np.bool_)) and off:
+    if tuned_off_flag(row, claim):
         return TUNED_OFF
     n = int(row[f"n_{claim}"]) if _finite(row.get(f"n_{claim}")) else 0
     return _seeds_needed(n, seeds)
