@@ -8,8 +8,9 @@ alternating rounds of ``--steps`` steps; the ratio of each pair of rounds is
 taken and the median and range over ``--rounds`` pairs printed. ``--compile``
 adds the same with ``torch.compile`` (default inductor backend) of both models;
 the first round of each (compilation) is left out. ``--compile-step`` adds a
-``cwd`` row with ``compile_step=True`` (Adam and the cautious decay as one
-kernel that torch.compile generates; its compilation is in the warm-up).
+``cwd`` row with ``compile_step=True`` on the bases that have that path (Adam and
+Lion: the base's update and the cautious decay as one kernel that torch.compile
+generates; its compilation is in the warm-up).
 ``--bases muon lion adafactor`` measures each variant on that base against the base
 with its own decoupled decay (timm's Muon on the same Muon/AdamW split, timm's Lion,
 torch's Adafactor), instead of against AdamW.
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import lpwd
+from lpwd import cautious
 from lpwd.bases import BASES, muon_groups
 from lpwd.optim import decay_groups, fastest_kernel
 
@@ -108,7 +110,8 @@ def main():
         for compiled in ([False, True] if args.compile else [False]):
             for base in args.bases:
                 rows = [(v, False) for v in args.variants]
-                rows += [("cwd", True)] if args.compile_step and base == "adam" else []
+                fused = cautious.fused_for(BASES[base].load())
+                rows += [("cwd", True)] if args.compile_step and fused else []
                 for variant, compile_step in rows:
                     ratios, ours, theirs = measure(name, variant, compiled, args, device, compile_step, base)
                     label = f"{variant} (compile_step)" if compile_step else variant
