@@ -8,9 +8,9 @@ alternating rounds of ``--steps`` steps; the ratio of each pair of rounds is
 taken and the median and range over ``--rounds`` pairs printed. ``--compile``
 adds the same with ``torch.compile`` (default inductor backend) of both models;
 the first round of each (compilation) is left out. ``--compile-step`` adds a
-``cwd`` row with ``compile_step=True`` on the bases that have that path (Adam and
-Lion: the base's update and the cautious decay as one kernel that torch.compile
-generates; its compilation is in the warm-up).
+``cwd`` row with ``compile_step=True`` (on Adam and Lion the base's update and the
+cautious decay as one kernel that torch.compile generates, on the other bases the
+mask pass after the base's step compiled; its compilation is in the warm-up).
 ``--bases muon lion adafactor`` measures each variant on that base against the base
 with its own decoupled decay (timm's Muon on the same Muon/AdamW split, timm's Lion,
 torch's Adafactor), instead of against AdamW.
@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 
 import lpwd
-from lpwd import cautious
 from lpwd.bases import BASES, muon_groups
 from lpwd.optim import decay_groups, fastest_kernel
 
@@ -110,8 +109,7 @@ def main():
         for compiled in ([False, True] if args.compile else [False]):
             for base in args.bases:
                 rows = [(v, False) for v in args.variants]
-                fused = cautious.fused_for(BASES[base].load())
-                rows += [("cwd", True)] if args.compile_step and fused else []
+                rows += [("cwd", True)] if args.compile_step else []
                 for variant, compile_step in rows:
                     ratios, ours, theirs = measure(name, variant, compiled, args, device, compile_step, base)
                     label = f"{variant} (compile_step)" if compile_step else variant

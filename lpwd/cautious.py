@@ -17,6 +17,11 @@ fuses it. Each keeps its base's state layout (Adam's ``step``, ``exp_avg``,
 ``exp_avg_sq``, ``max_exp_avg_sq``; Lion's ``exp_avg``), so a checkpoint moves freely
 between this path and the base's own kernel. The first step compiles (tens of seconds
 on a CPU; torch caches the result on disk), so it pays on long runs of larger models.
+
+On any other base (Muon, Adafactor, SGD, a class passed to ``lpwd.decayed``) u's sign is
+known only once the base has stepped, so the weights are still copied before its step,
+but the mask and the decay after it (:func:`masked_decay_`) are one compiled pass
+instead of four.
 """
 
 from __future__ import annotations
@@ -73,6 +78,21 @@ def lion_cautious_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_av
         agree = u * p >= 0
         p.copy_(p - lr * u - torch.where(agree, shrink * p, 0))
         exp_avgs[i].copy_(torch.lerp(exp_avgs[i], g, 1 - beta2))
+        if count:
+            counts.append(agree.sum(dtype=torch.float32))
+    return torch.stack(counts) if count else None
+
+
+def masked_decay_(params: list[torch.Tensor], befores: list[torch.Tensor], shrinks: torch.Tensor,
+                  count: bool) -> torch.Tensor | None:
+    """After the base's step: theta <- theta' - shrink 1[(theta_t - theta') theta_t >= 0] theta_t for every
+    tensor, in place, with lr u = theta_t - theta' (``befores``: theta_t). ``shrinks[i]`` is tensor i's
+    lr * lambda_p. With ``count``, returns how many coordinates each tensor decayed."""
+    counts = []
+    for i, p in enumerate(params):
+        before = befores[i]
+        agree = (before - p) * before >= 0
+        p.copy_(p - torch.where(agree, shrinks[i] * before, 0))
         if count:
             counts.append(agree.sum(dtype=torch.float32))
     return torch.stack(counts) if count else None
@@ -175,9 +195,10 @@ def fused_for(cls: type[torch.optim.Optimizer]) -> str | None:
 
 
 def compiled(key: str) -> Callable:
-    """The compiled kernel of one base, built once per process (torch caches its code on disk across processes)."""
+    """The compiled kernel of one base (``"mask"``: :func:`masked_decay_`), built once per process (torch
+    caches its code on disk across processes)."""
     if key not in _compiled:
-        _compiled[key] = torch.compile(FUSED[key].function)
+        _compiled[key] = torch.compile(masked_decay_ if key == "mask" else FUSED[key].function)
     return _compiled[key]
 
 

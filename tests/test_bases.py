@@ -219,10 +219,25 @@ def test_cwd_compiled_step_on_lion_stays_float64_on_a_float64_model():
         torch.testing.assert_close(p, q, atol=1e-12, rtol=1e-12)
 
 
-def test_compile_step_is_ignored_where_the_base_has_no_fused_kernel():
-    for base in ("muon", "adafactor"):
-        opt = lpwd.build_optimizer(make_model(), "cwd", LR0, LAM, base, compile_step=True)
-        assert opt._cautious_kernel is None
+@pytest.mark.parametrize("base", ["muon", "adafactor"])
+def test_cwd_compile_step_on_a_base_without_a_fused_step_compiles_the_mask_pass(base):
+    """Muon's and Adafactor's update signs are known only after their step: the weights are copied before
+    it, and the mask and decay after it are one compiled pass, the same run (and decay mass) as the eager pass."""
+    runs = []
+    for compile_step in (True, False):
+        model = make_model()
+        opt = lpwd.build_optimizer(model, "cwd", LR0, LAM, base, compile_step=compile_step, diagnostics_every=2)
+        assert opt._cautious_kernel is None and (opt._mask_kernel is not None) == compile_step
+        train(model, opt)
+        assert opt._cautious_compiled_once == compile_step  # the compiled pass ran, not the eager fallback
+        runs.append((model, opt.diagnostics()["decay_fraction"]))
+    (compiled, fraction), (separate, eager_fraction) = runs
+    for p, q in zip(compiled.parameters(), separate.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
+    assert 0 < fraction < 1 and fraction == pytest.approx(eager_fraction)
+    ref = reference("cwd", base, {n: 1.0 for n, _ in compiled.named_parameters()})
+    for p, q in zip(compiled.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
 
 
 class Toy(torch.optim.Optimizer):
