@@ -98,13 +98,14 @@ def masked_decay_(params: list[torch.Tensor], befores: list[torch.Tensor], shrin
     return torch.stack(counts) if count else None
 
 
-def _coefficient_dtype(params: list[torch.Tensor]) -> torch.dtype:
+def coefficient_dtype(params: list[torch.Tensor]) -> torch.dtype:
     """float32 coefficients for float32 (and lower) weights; a float64 model keeps them in float64, so the
     compiled step is as exact as the equations there too."""
     return torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
 
 
-def _adam_step(optimizer: torch.optim.Optimizer, shrink_of: dict[int, float], count: bool, kernel) -> list:
+def _adam_step(optimizer: torch.optim.Optimizer, shrink_of: dict[int, float], count: bool, kernel
+               ) -> tuple[list[tuple[torch.Tensor, float]], torch.Tensor | None]:
     """Gathers Adam's tensors and state for :func:`adam_cautious_`; returns [(param, shrink)] of the
     decayed tensors stepped and the kernel's counts."""
     params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps, hyper, betas, eps = ([] for _ in range(9))
@@ -137,7 +138,7 @@ def _adam_step(optimizer: torch.optim.Optimizer, shrink_of: dict[int, float], co
     beta1, beta2 = torch.tensor(betas, dtype=torch.float64, device=device).unbind(1)
     coefficients = torch.stack([lr / (1 - beta1 ** t), (1 - beta2 ** t).rsqrt(), shrink], 1)
     try:
-        counts = kernel(params, grads, exp_avgs, exp_avg_sqs, max_sqs, coefficients.to(_coefficient_dtype(params)),
+        counts = kernel(params, grads, exp_avgs, exp_avg_sqs, max_sqs, coefficients.to(coefficient_dtype(params)),
                         betas, eps, count)
     except Exception:  # not compiled (so nothing written): the step counters go back for torch's kernel
         torch._foreach_sub_(steps, 1)
@@ -145,7 +146,8 @@ def _adam_step(optimizer: torch.optim.Optimizer, shrink_of: dict[int, float], co
     return [(p, s) for p, (_, s) in zip(params, hyper)], counts
 
 
-def _lion_step(optimizer: torch.optim.Optimizer, shrink_of: dict[int, float], count: bool, kernel) -> list:
+def _lion_step(optimizer: torch.optim.Optimizer, shrink_of: dict[int, float], count: bool, kernel
+               ) -> tuple[list[tuple[torch.Tensor, float]], torch.Tensor | None]:
     """Gathers Lion's tensors and state for :func:`lion_cautious_` (see :func:`_adam_step`)."""
     params, grads, exp_avgs, hyper, betas = ([] for _ in range(5))
     for group in optimizer.param_groups:
@@ -162,7 +164,7 @@ def _lion_step(optimizer: torch.optim.Optimizer, shrink_of: dict[int, float], co
             betas.append(tuple(float(b) for b in group["betas"]))
     if not params:
         return [], None
-    coefficients = torch.tensor(hyper, dtype=_coefficient_dtype(params), device=params[0].device)
+    coefficients = torch.tensor(hyper, dtype=coefficient_dtype(params), device=params[0].device)
     counts = kernel(params, grads, exp_avgs, coefficients, betas, count)
     return [(p, s) for p, (_, s) in zip(params, hyper)], counts
 

@@ -406,11 +406,10 @@ class DecayMixin:
             shrinks.extend(k * scale for scale in scales)
         if not params:
             return False
-        wide = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
         count = self._count_due()
+        shrinks = torch.tensor(shrinks, dtype=cautious.coefficient_dtype(params), device=params[0].device)
         try:
-            counts = self._mask_kernel(params, before, torch.tensor(shrinks, dtype=wide, device=params[0].device),
-                                       count)
+            counts = self._mask_kernel(params, before, shrinks, count)
         except Exception as error:  # inductor needs a C++ (CPU) or Triton (GPU) toolchain
             if self._cautious_compiled_once:
                 raise
