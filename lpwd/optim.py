@@ -394,6 +394,15 @@ class DecayMixin:
         if counts:
             self._add_cautious_count(torch.stack(counts).sum(), sum(o.numel() for o in before))
 
+    def _compile_failed(self, error: Exception, kernel: str, instead: str) -> None:
+        """A kernel that does not compile is said once, and the eager path is kept from then on; one that
+        compiled before and fails now is a real error, raised."""
+        if self._cautious_compiled_once:
+            raise error
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        self._warn("compile", f"compile_step: torch.compile could not build {kernel} ({type(error).__name__}: "
+                   f"{first}); cwd runs {instead}")
+
     def _compiled_mask_pass(self, before: list[torch.Tensor]) -> bool:
         """cwd's mask and decay after the base's step as one compiled pass (False: not built, not
         possible for these tensors, or it failed to compile, said once; the eager pass runs then)."""
@@ -411,12 +420,8 @@ class DecayMixin:
         try:
             counts = self._mask_kernel(params, before, shrinks, count)
         except Exception as error:  # inductor needs a C++ (CPU) or Triton (GPU) toolchain
-            if self._cautious_compiled_once:
-                raise
             self._mask_kernel = None
-            first = (str(error).strip().splitlines() or [""])[0][:200]
-            self._warn("compile", f"compile_step: torch.compile could not build the cautious mask pass "
-                       f"({type(error).__name__}: {first}); cwd runs the eager mask pass")
+            self._compile_failed(error, "the cautious mask pass", "the eager mask pass")
             return False
         self._cautious_compiled_once = True
         if count:
@@ -435,13 +440,9 @@ class DecayMixin:
             decayed, total = cautious.step(self, self._cautious_key, {id(p): s for p, s in self._decayed()},
                                            self._count_due(), self._cautious_kernel)
         except Exception as error:  # inductor needs a C++ (CPU) or Triton (GPU) toolchain
-            if self._cautious_compiled_once:
-                raise
             self._cautious_kernel = None
-            first = (str(error).strip().splitlines() or [""])[0][:200]
-            self._warn("compile", f"compile_step: torch.compile could not build the cautious "
-                       f"{self._torch_class.__name__} kernel ({type(error).__name__}: {first}); cwd runs "
-                       f"{self._torch_class.__name__}'s own kernel and a separate mask pass")
+            name = self._torch_class.__name__
+            self._compile_failed(error, f"the cautious {name} kernel", f"{name}'s own kernel and a separate mask pass")
             return False
         self._cautious_compiled_once = True
         self._add_cautious_count(decayed, total)

@@ -10,6 +10,8 @@ from torch import nn
 
 import lpwd
 
+from .test_optimizer import assert_compiled_step_is_the_separate_pass
+
 LR0, LAM = 0.02, 0.9
 LR_FACTORS = [1.0, 0.7, 1.2, 0.5, 0.9, 0.4]
 STEPS = len(LR_FACTORS)
@@ -183,24 +185,7 @@ def test_cwd_compiled_step_on_lion_agrees_with_the_separate_pass_in_every_option
             loss_of(model, t).backward()
             opt.step()
 
-    compiled_model, separate_model = make_model(), make_model()
-    compiled, separate = build(compiled_model, True), build(separate_model, False)
-    run(compiled_model, compiled, 3)
-    run(separate_model, separate, 3)
-    assert compiled._cautious_compiled_once and separate._cautious_kernel is None
-    for p, q in zip(compiled_model.parameters(), separate_model.parameters()):
-        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
-    ours, theirs = compiled.diagnostics(), separate.diagnostics()
-    assert ours["r_op_steps"] == theirs["r_op_steps"] == 2
-    assert ours["r_op"] == pytest.approx(theirs["r_op"]) and ours["decay_fraction"] == pytest.approx(theirs["decay_fraction"])
-    swapped_c, swapped_s = build(compiled_model, False), build(separate_model, True)
-    swapped_c.load_state_dict(compiled.state_dict())
-    swapped_s.load_state_dict(separate.state_dict())
-    run(compiled_model, swapped_c, 3, start=3)
-    run(separate_model, swapped_s, 3, start=3)
-    for p, q in zip(compiled_model.parameters(), separate_model.parameters()):
-        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
-    assert swapped_s._cautious_compiled_once
+    assert_compiled_step_is_the_separate_pass(make_model, build, run)
 
 
 def test_cwd_compiled_step_on_lion_stays_float64_on_a_float64_model():
@@ -238,6 +223,26 @@ def test_cwd_compile_step_on_a_base_without_a_fused_step_compiles_the_mask_pass(
     ref = reference("cwd", base, {n: 1.0 for n, _ in compiled.named_parameters()})
     for p, q in zip(compiled.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("base", ["lion", "adafactor"])
+def test_a_compile_step_that_cannot_compile_warns_once_and_keeps_the_eager_pass(base):
+    """Without inductor's toolchain the first call fails: one warning, and the run is the eager pass's."""
+    def no_toolchain(*args):
+        raise RuntimeError("InductorError: no working C++ compiler found\nmore lines")
+
+    model, eager_model = make_model(), make_model()
+    opt = lpwd.build_optimizer(model, "cwd", LR0, LAM, base, compile_step=True)
+    key = "_cautious_kernel" if base == "lion" else "_mask_kernel"
+    setattr(opt, key, no_toolchain)
+    with pytest.warns(RuntimeWarning) as caught:
+        train(model, opt)
+    said = [str(w.message) for w in caught if "compile_step" in str(w.message)]
+    assert len(said) == 1 and "could not build" in said[0] and "no working C++ compiler found)" in said[0], said
+    assert getattr(opt, key) is None and not opt._cautious_compiled_once
+    train(eager_model, lpwd.build_optimizer(eager_model, "cwd", LR0, LAM, base))
+    for p, q in zip(model.parameters(), eager_model.parameters()):
+        assert torch.equal(p, q)
 
 
 class Toy(torch.optim.Optimizer):

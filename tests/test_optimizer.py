@@ -543,17 +543,24 @@ def test_cwd_compiled_step_agrees_with_the_separate_pass_in_every_option():
         return lpwd.DecayedAdam(groups, LR0, LAM, variant="cwd", model=model, compile_step=compile_step,
                                 diagnostics_every=2, diagnostics_sample=None)
 
+    assert_compiled_step_is_the_separate_pass(make_model, build, train)
+
+
+def assert_compiled_step_is_the_separate_pass(make_model, build, train):
+    """``build(model, compile_step)`` twice, 3 steps each with R_op and the decay mass on every other step:
+    the same weights and diagnostics; then each resumes the other's checkpoint (the base's own state
+    layout) for 3 steps more and they still agree."""
     compiled_model, separate_model = make_model(), make_model()
     compiled, separate = build(compiled_model, True), build(separate_model, False)
     train(compiled_model, compiled, 3)
     train(separate_model, separate, 3)
     assert compiled._cautious_compiled_once and compiled._cautious_kernel is not None
+    assert not separate._cautious_compiled_once
     for p, q in zip(compiled_model.parameters(), separate_model.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
     ours, theirs = compiled.diagnostics(), separate.diagnostics()
     assert ours["r_op_steps"] == theirs["r_op_steps"] == 2
     assert ours["r_op"] == pytest.approx(theirs["r_op"]) and ours["decay_fraction"] == pytest.approx(theirs["decay_fraction"])
-    # the same state layout as torch's Adam: each path resumes the other's checkpoint
     swapped_c, swapped_s = build(compiled_model, False), build(separate_model, True)
     swapped_c.load_state_dict(compiled.state_dict())
     swapped_s.load_state_dict(separate.state_dict())
