@@ -220,14 +220,16 @@ def supported(optimizer: torch.optim.Optimizer) -> str | None:
 
 
 @torch.no_grad()
-def step(optimizer: torch.optim.Optimizer, key: str, shrink_of: dict[int, float], count: bool, kernel):
+def step(optimizer: torch.optim.Optimizer, key: str, decayed_tensors: list[tuple[torch.Tensor, float]], count: bool,
+         kernel):
     """The base's update + cautious decay over every parameter of ``optimizer`` through ``kernel``.
 
-    ``shrink_of``: id(param) -> lr * lambda_p for the decayed tensors. A decayed tensor without
+    ``decayed_tensors``: (param, lr * lambda_p) for the decayed tensors. A decayed tensor without
     a gradient is shrunk whole (u = 0 agrees with any sign), as the unfused path does.
     Returns (coordinates decayed, coordinates counted) when ``count`` (the first a tensor on
     the parameters' device, read only when the diagnostics are), else (0, 0).
     """
+    shrink_of = {id(p): s for p, s in decayed_tensors}
     stepped, counts = FUSED[key].gather(optimizer, shrink_of, count, kernel)
     with_grad = {id(p) for p, _ in stepped}
     decayed, total = 0.0, 0
@@ -235,11 +237,9 @@ def step(optimizer: torch.optim.Optimizer, key: str, shrink_of: dict[int, float]
         shrinks = torch.tensor([s for _, s in stepped], device=counts.device)
         decayed = (counts * (shrinks > 0)).sum()
         total = sum(p.numel() for p, s in stepped if s)
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            shrink = shrink_of.get(id(p), 0.0)
-            if shrink and id(p) not in with_grad:
-                p.mul_(1 - shrink)
-                if count:
-                    decayed, total = decayed + p.numel(), total + p.numel()
+    for p, shrink in decayed_tensors:
+        if shrink and id(p) not in with_grad:
+            p.mul_(1 - shrink)
+            if count:
+                decayed, total = decayed + p.numel(), total + p.numel()
     return decayed, total

@@ -408,15 +408,13 @@ class DecayMixin:
         possible for these tensors, or it failed to compile, said once; the eager pass runs then)."""
         if self._mask_kernel is None or any(is_dtensor(b) or torch.is_complex(b) for b in before[:1]):
             return False
-        params, shrinks = [], []
-        for group, group_params, scales, _ in self._decay_plan():
-            k = float(group["lr"]) * group["weight_decay"]
-            params.extend(group_params)
-            shrinks.extend(k * scale for scale in scales)
-        if not params:
+        decayed = self._decayed()  # in the order the snapshot took them
+        if not decayed:
             return False
+        params = [p for p, _ in decayed]
         count = self._count_due()
-        shrinks = torch.tensor(shrinks, dtype=cautious.coefficient_dtype(params), device=params[0].device)
+        shrinks = torch.tensor([s for _, s in decayed], dtype=cautious.coefficient_dtype(params),
+                               device=params[0].device)
         try:
             counts = self._mask_kernel(params, before, shrinks, count)
         except Exception as error:  # inductor needs a C++ (CPU) or Triton (GPU) toolchain
@@ -437,8 +435,8 @@ class DecayMixin:
                 or (probing and cautious.FUSED[self._cautious_key].direction is None):
             return False
         try:
-            decayed, total = cautious.step(self, self._cautious_key, {id(p): s for p, s in self._decayed()},
-                                           self._count_due(), self._cautious_kernel)
+            decayed, total = cautious.step(self, self._cautious_key, self._decayed(), self._count_due(),
+                                           self._cautious_kernel)
         except Exception as error:  # inductor needs a C++ (CPU) or Triton (GPU) toolchain
             self._cautious_kernel = None
             name = self._torch_class.__name__
